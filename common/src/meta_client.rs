@@ -1,0 +1,183 @@
+//! A client for the metadata cluster that finds the Raft leader by itself.
+//!
+//! Give it every meta node's address. Each call goes to the node believed to be the leader; a
+//! follower's `NotLeader` answer redirects it to the leader the follower names, and an
+//! unreachable node or an election in progress makes it try the next node after a short
+//! backoff, until [`MetaClient::retry_for`] has passed. Callers therefore see a leader change as
+//! a pause, not an error.
+//!
+//! Retrying is safe for reads. For mutations, a retry happens only when the request was refused
+//! (`NotLeader`) or the node could not be reached; a mutation whose reply was lost after the
+//! leader applied it may be seen twice and then fail with e.g. `AlreadyExists`.
+use crate::error::{leader_hint, ErrorKind};
+use cairn_proto::meta_service_client::MetaServiceClient;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+#[derive(Clone)]
+pub struct MetaClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    addrs: Vec<String>,
+    /// Where calls go first: the last node that answered as leader, or a node's hint.
+    leader: Mutex<Option<String>>,
+    channels: Mutex<HashMap<String, Channel>>,
+    next: Mutex<usize>,
+    retry_for: Duration,
+    rpc_timeout: Duration,
+}
+
+impl MetaClient {
+    /// A client for the cluster whose nodes listen at `addrs` (`host:port`). Connections are made
+    /// lazily; this never fails on an unreachable node.
+    pub fn new(addrs: Vec<String>) -> MetaClient {
+        MetaClient::with_timeouts(addrs, Duration::from_secs(30), Duration::from_secs(10))
+    }
+
+    /// Like [`MetaClient::new`]: `retry_for` bounds how long one call keeps looking for a leader,
+    /// `rpc_timeout` bounds one attempt.
+    pub fn with_timeouts(addrs: Vec<String>, retry_for: Duration, rpc_timeout: Duration) -> Self {
+        MetaClient {
+            inner: Arc::new(Inner {
+                addrs,
+                leader: Mutex::new(None),
+                channels: Mutex::new(HashMap::new()),
+                next: Mutex::new(0),
+                retry_for,
+                rpc_timeout,
+            }),
+        }
+    }
+
+    /// Parses a comma-separated address list (`a:1,b:2`).
+    pub fn from_list(list: &str) -> MetaClient {
+        MetaClient::new(
+            list.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        )
+    }
+
+    pub fn addrs(&self) -> &[String] {
+        &self.inner.addrs
+    }
+
+    /// A client connected to one specific node (no leader following), e.g. for status queries.
+    pub fn node(&self, addr: &str) -> Result<MetaServiceClient<Channel>, Status> {
+        Ok(self.client_for(addr)?)
+    }
+
+    fn client_for(&self, addr: &str) -> Result<MetaServiceClient<Channel>, Status> {
+        let mut chans = self.inner.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let ch = match chans.get(addr) {
+            Some(ch) => ch.clone(),
+            None => {
+                let ch = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| {
+                        crate::error::status(
+                            ErrorKind::InvalidArgument,
+                            format!("bad meta address {addr:?}: {e}"),
+                        )
+                    })?
+                    .connect_timeout(Duration::from_secs(1))
+                    .timeout(self.inner.rpc_timeout)
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                chans.insert(addr.to_owned(), ch.clone());
+                ch
+            }
+        };
+        Ok(MetaServiceClient::new(ch)
+            .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES))
+    }
+
+    fn pick(&self) -> Option<String> {
+        if let Some(l) = self.inner.leader.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Some(l);
+        }
+        if self.inner.addrs.is_empty() {
+            return None;
+        }
+        let mut n = self.inner.next.lock().unwrap_or_else(|e| e.into_inner());
+        let a = self.inner.addrs[*n % self.inner.addrs.len()].clone();
+        *n = n.wrapping_add(1);
+        Some(a)
+    }
+
+    fn set_leader(&self, l: Option<String>) {
+        *self.inner.leader.lock().unwrap_or_else(|e| e.into_inner()) = l;
+    }
+
+    /// Runs `f` against the leader, following redirects and retrying while the cluster has no
+    /// reachable leader. Errors other than "not leader" and "unreachable" are returned as is.
+    ///
+    /// ```ignore
+    /// let attr = meta.call(|mut c| async move { c.get_attr(GetAttrRequest { ino }).await }).await?;
+    /// ```
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
+    where
+        F: Fn(MetaServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.inner.retry_for;
+        let mut backoff = Duration::from_millis(20);
+        let mut last_err: Option<Status> = None;
+        loop {
+            let Some(addr) = self.pick() else {
+                return Err(crate::error::status(
+                    ErrorKind::InvalidArgument,
+                    "no meta server addresses configured",
+                ));
+            };
+            let client = self.client_for(&addr)?;
+            match f(client).await {
+                Ok(resp) => {
+                    self.set_leader(Some(addr));
+                    return Ok(resp.into_inner());
+                }
+                Err(status) => {
+                    let kind = ErrorKind::from_status(&status);
+                    match kind {
+                        ErrorKind::NotLeader => {
+                            let hint = leader_hint(&status).filter(|h| *h != addr);
+                            let redirected = hint.is_some();
+                            self.set_leader(hint);
+                            if redirected {
+                                // A named leader: go there at once.
+                                last_err = Some(status);
+                                continue;
+                            }
+                        }
+                        ErrorKind::Unavailable => self.set_leader(None),
+                        _ => return Err(status),
+                    }
+                    tracing::debug!(%addr, error = %status.message(), "meta call retrying");
+                    last_err = Some(status);
+                }
+            }
+            if Instant::now() + backoff > deadline {
+                let msg = last_err
+                    .map(|s| s.message().to_owned())
+                    .unwrap_or_else(|| "no leader".into());
+                return Err(crate::error::status(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "metadata cluster unavailable after {:?}: {msg}",
+                        self.inner.retry_for
+                    ),
+                ));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Chunk-server liveness (from heartbeats) and replica placement. STUB.

@@ -1,0 +1,12 @@
+//! Generates the Rust types and tonic services from `cairn.proto`.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tonic_prost_build::configure()
+        // Chunk payloads are `bytes::Bytes`: decoding slices the receive buffer instead of
+        // copying it into a Vec.
+        .bytes(".cairn.v1.PutChunkRequest.data")
+        .bytes(".cairn.v1.GetChunkReply.data")
+        .bytes(".cairn.v1.RaftPayload.data")
+        .compile_protos(&["cairn.proto"], &["."])?;
+    println!("cargo:rerun-if-changed=cairn.proto");
+    Ok(())
+}
