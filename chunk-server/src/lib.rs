@@ -1,1 +1,191 @@
+//! Cairn's chunk server: stores file chunks durably and serves them, verified.
+//!
+//! Chunks are content-addressed (the id is the blake3 of the bytes, at most 4 MiB). Clients
+//! fan each chunk out to R servers themselves, so a server only stores and serves.
+//!
+//! - [`store`]: the on-disk chunk store behind the [`store::ChunkStore`] trait — chunk file
+//!   format (header with per-64 KiB-block blake3 hashes), the durable write path (temp, fsync,
+//!   rename, fsync dir), verified partial reads, quarantine of corrupt chunks, ENOSPC handling,
+//!   crash recovery of `tmp/` at startup.
+//! - [`service`]: the `ChunkService` gRPC service (PutChunk / GetChunk / HasChunk / Info).
+//! - [`heartbeat`]: registration with the metadata cluster and periodic heartbeats.
+//! - [`config`]: command-line flags / `CAIRN_CHUNK_*` environment.
+//! - [`start`] / [`RunningServer`]: runs a server in-process (used by `main.rs` and tests),
+//!   with a graceful shutdown that drains in-flight requests.
+pub mod config;
+pub mod heartbeat;
+pub mod service;
+pub mod store;
 
+pub use config::Config;
+
+use anyhow::Context;
+use cairn_common::MetaClient;
+use cairn_proto::chunk_service_server::ChunkServiceServer;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use store::{FileStore, StoreOptions};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+
+/// HTTP/2 windows: a 4 MiB chunk flows without waiting for window updates.
+const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Concurrent requests per connection; with [`cairn_proto::MAX_MESSAGE_BYTES`] this bounds
+/// the request memory one connection can pin.
+const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+
+/// A chunk server running in this process.
+pub struct RunningServer {
+    addr: SocketAddr,
+    advertise: String,
+    store: Arc<FileStore>,
+    server_id: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    heartbeat: Option<JoinHandle<()>>,
+    drain: Duration,
+}
+
+/// Opens the store, binds the listener, starts serving and (when `config.meta` is not empty)
+/// registers with the metadata cluster and starts heartbeats. Returns once the server accepts
+/// connections.
+pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    config.validate()?;
+    let opts = StoreOptions {
+        reserve_bytes: config.reserve_bytes,
+        ..StoreOptions::default()
+    };
+    let dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || FileStore::open(dir, opts))
+        .await
+        .context("join store-opening task")?
+        .with_context(|| format!("open chunk store in {}", config.data_dir.display()))?;
+    let store = Arc::new(store);
+
+    // Bind first so that port 0 resolves to a real port, then advertise that.
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("bind {}", config.listen))?;
+    let addr = listener.local_addr().context("read bound address")?;
+    let advertise = match &config.advertise {
+        Some(a) => a.clone(),
+        None => {
+            if addr.ip().is_unspecified() {
+                tracing::warn!(%addr, "listening on a wildcard address without --advertise; peers cannot reach it by this address");
+            }
+            addr.to_string()
+        }
+    };
+
+    let server_id = Arc::new(AtomicU64::new(0));
+    let shutdown = CancellationToken::new();
+    let svc = ChunkServiceServer::new(service::ChunkServer::new(store.clone(), server_id.clone()))
+        .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let serve = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .add_service(svc)
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    let server = tokio::spawn(serve);
+
+    let heartbeat = if config.meta.is_empty() {
+        tracing::warn!("no --meta given: running standalone, without registration or heartbeats");
+        None
+    } else {
+        let hb = heartbeat::Heartbeat {
+            meta: MetaClient::new(config.meta.clone()),
+            store: store.clone(),
+            uuid: store.uuid().to_owned(),
+            addr: advertise.clone(),
+            interval: config.heartbeat_interval(),
+            server_id: server_id.clone(),
+            id_file: config.data_dir.join("server.id"),
+        };
+        Some(tokio::spawn(hb.run(shutdown.clone())))
+    };
+    tracing::info!(%addr, %advertise, uuid = %store.uuid(), "chunk server listening");
+    Ok(RunningServer {
+        addr,
+        advertise,
+        store,
+        server_id,
+        shutdown,
+        server,
+        heartbeat,
+        drain: config.drain_timeout(),
+    })
+}
+
+impl RunningServer {
+    /// The address actually bound.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The address given to the metadata cluster.
+    pub fn advertise_addr(&self) -> &str {
+        &self.advertise
+    }
+
+    /// The store (tests inspect files and counters through it).
+    pub fn store(&self) -> &Arc<FileStore> {
+        &self.store
+    }
+
+    /// The id assigned by the metadata cluster; 0 until registered.
+    pub fn server_id(&self) -> u64 {
+        self.server_id.load(Ordering::Relaxed)
+    }
+
+    /// Runs until `stop` completes, then shuts down gracefully. Returns an error if the server
+    /// stopped on its own first.
+    pub async fn run_until(mut self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = stop => self.shutdown().await,
+            r = &mut self.server => {
+                self.shutdown.cancel();
+                if let Some(hb) = self.heartbeat.take() {
+                    let _ = hb.await;
+                }
+                match r {
+                    Ok(Ok(())) => anyhow::bail!("gRPC server stopped unexpectedly"),
+                    Ok(Err(e)) => Err(e).context("gRPC server failed"),
+                    Err(e) => Err(e).context("gRPC server task failed"),
+                }
+            }
+        }
+    }
+
+    /// Stops accepting connections and heartbeats, waits (up to the drain timeout) for
+    /// in-flight requests — puts included — to finish, and returns.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.addr, "chunk server shutting down");
+        // Sticky: once cancelled, no new connection is accepted and no heartbeat is sent.
+        self.shutdown.cancel();
+        if let Some(hb) = self.heartbeat.take() {
+            let _ = hb.await;
+        }
+        match tokio::time::timeout(self.drain, &mut self.server).await {
+            Ok(Ok(r)) => r.context("gRPC server failed")?,
+            Ok(Err(e)) => return Err(e).context("gRPC server task failed"),
+            Err(_) => {
+                self.server.abort();
+                anyhow::bail!(
+                    "in-flight requests did not finish within {:?}; aborted",
+                    self.drain
+                );
+            }
+        }
+        tracing::info!("chunk server stopped");
+        Ok(())
+    }
+}

@@ -166,8 +166,10 @@ impl std::fmt::Display for ErrorKind {
 /// Builds the status for `kind` with a human-readable message.
 pub fn status(kind: ErrorKind, message: impl Into<String>) -> Status {
     let mut s = Status::new(kind.code(), message);
-    s.metadata_mut()
-        .insert(ERROR_KEY, tonic::metadata::MetadataValue::from_static(kind.as_str()));
+    s.metadata_mut().insert(
+        ERROR_KEY,
+        tonic::metadata::MetadataValue::from_static(kind.as_str()),
+    );
     s
 }
 
@@ -175,7 +177,10 @@ pub fn status(kind: ErrorKind, message: impl Into<String>) -> Status {
 pub fn not_leader(leader_addr: Option<&str>) -> Status {
     let mut s = status(
         ErrorKind::NotLeader,
-        format!("not the leader; leader is {}", leader_addr.unwrap_or("unknown")),
+        format!(
+            "not the leader; leader is {}",
+            leader_addr.unwrap_or("unknown")
+        ),
     );
     if let Some(addr) = leader_addr {
         if let Ok(v) = addr.parse() {

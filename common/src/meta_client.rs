@@ -72,11 +72,15 @@ impl MetaClient {
 
     /// A client connected to one specific node (no leader following), e.g. for status queries.
     pub fn node(&self, addr: &str) -> Result<MetaServiceClient<Channel>, Status> {
-        Ok(self.client_for(addr)?)
+        self.client_for(addr)
     }
 
     fn client_for(&self, addr: &str) -> Result<MetaServiceClient<Channel>, Status> {
-        let mut chans = self.inner.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let mut chans = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let ch = match chans.get(addr) {
             Some(ch) => ch.clone(),
             None => {
@@ -101,7 +105,13 @@ impl MetaClient {
     }
 
     fn pick(&self) -> Option<String> {
-        if let Some(l) = self.inner.leader.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        if let Some(l) = self
+            .inner
+            .leader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
             return Some(l);
         }
         if self.inner.addrs.is_empty() {
@@ -130,7 +140,7 @@ impl MetaClient {
     {
         let deadline = Instant::now() + self.inner.retry_for;
         let mut backoff = Duration::from_millis(20);
-        let mut last_err: Option<Status> = None;
+        let mut redirects = 0u32;
         loop {
             let Some(addr) = self.pick() else {
                 return Err(crate::error::status(
@@ -139,40 +149,37 @@ impl MetaClient {
                 ));
             };
             let client = self.client_for(&addr)?;
-            match f(client).await {
+            let status = match f(client).await {
                 Ok(resp) => {
                     self.set_leader(Some(addr));
                     return Ok(resp.into_inner());
                 }
-                Err(status) => {
-                    let kind = ErrorKind::from_status(&status);
-                    match kind {
-                        ErrorKind::NotLeader => {
-                            let hint = leader_hint(&status).filter(|h| *h != addr);
-                            let redirected = hint.is_some();
-                            self.set_leader(hint);
-                            if redirected {
-                                // A named leader: go there at once.
-                                last_err = Some(status);
-                                continue;
-                            }
-                        }
-                        ErrorKind::Unavailable => self.set_leader(None),
-                        _ => return Err(status),
+                Err(status) => status,
+            };
+            match ErrorKind::from_status(&status) {
+                ErrorKind::NotLeader => {
+                    let hint = leader_hint(&status).filter(|h| *h != addr);
+                    let redirected = hint.is_some();
+                    self.set_leader(hint);
+                    // A named leader: go there at once, but never bounce between stale hints
+                    // without backing off.
+                    if redirected && redirects < 3 {
+                        redirects += 1;
+                        continue;
                     }
-                    tracing::debug!(%addr, error = %status.message(), "meta call retrying");
-                    last_err = Some(status);
                 }
+                ErrorKind::Unavailable => self.set_leader(None),
+                _ => return Err(status),
             }
+            redirects = 0;
+            tracing::debug!(%addr, error = %status.message(), "meta call retrying");
             if Instant::now() + backoff > deadline {
-                let msg = last_err
-                    .map(|s| s.message().to_owned())
-                    .unwrap_or_else(|| "no leader".into());
                 return Err(crate::error::status(
                     ErrorKind::Unavailable,
                     format!(
-                        "metadata cluster unavailable after {:?}: {msg}",
-                        self.inner.retry_for
+                        "metadata cluster unavailable after {:?}: {}",
+                        self.inner.retry_for,
+                        status.message()
                     ),
                 ));
             }

@@ -15,7 +15,32 @@ pub struct Time {
     pub nanos: u32,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+impl From<cairn_proto::Timestamp> for Time {
+    fn from(t: cairn_proto::Timestamp) -> Time {
+        Time {
+            secs: t.secs,
+            nanos: t.nanos,
+        }
+    }
+}
+
+impl From<Time> for cairn_proto::Timestamp {
+    fn from(t: Time) -> cairn_proto::Timestamp {
+        cairn_proto::Timestamp {
+            secs: t.secs,
+            nanos: t.nanos,
+        }
+    }
+}
+
+impl Time {
+    /// The wall clock now (the leader stamps commands with it).
+    pub fn now() -> Time {
+        cairn_common::time::now().into()
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     Regular,
     Directory,
@@ -25,6 +50,41 @@ pub enum Kind {
     CharDevice,
     BlockDevice,
 }
+
+impl Kind {
+    /// The kind a wire `FileKind` names; `None` for `UNSPECIFIED` and unknown values.
+    pub fn from_proto(k: i32) -> Option<Kind> {
+        use cairn_proto::FileKind as F;
+        Some(match F::try_from(k).ok()? {
+            F::Unspecified => return None,
+            F::Regular => Kind::Regular,
+            F::Directory => Kind::Directory,
+            F::Symlink => Kind::Symlink,
+            F::Fifo => Kind::Fifo,
+            F::Socket => Kind::Socket,
+            F::CharDevice => Kind::CharDevice,
+            F::BlockDevice => Kind::BlockDevice,
+        })
+    }
+
+    pub fn to_proto(self) -> cairn_proto::FileKind {
+        use cairn_proto::FileKind as F;
+        match self {
+            Kind::Regular => F::Regular,
+            Kind::Directory => F::Directory,
+            Kind::Symlink => F::Symlink,
+            Kind::Fifo => F::Fifo,
+            Kind::Socket => F::Socket,
+            Kind::CharDevice => F::CharDevice,
+            Kind::BlockDevice => F::BlockDevice,
+        }
+    }
+}
+
+/// Linux `renameat2` flag: fail if the target exists.
+pub const RENAME_NOREPLACE: u32 = 1;
+/// Linux `renameat2` flag: atomically swap source and target (both must exist).
+pub const RENAME_EXCHANGE: u32 = 2;
 
 /// One non-hole slot of a file: which chunk holds slot `index`'s bytes.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

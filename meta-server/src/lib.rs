@@ -1,7 +1,214 @@
-//! cairn-meta: the metadata service. STUB module map.
+//! cairn-meta: Cairn's metadata service, a Raft cluster (openraft) on RocksDB.
+//!
+//! - [`config`]: command-line flags of a node and the openraft settings derived from them.
+//! - [`types`]: the openraft type configuration (entries carry a [`command::Command`]).
+//! - [`store`]: the single RocksDB instance — Raft log and vote ([`store::log`]) and the state
+//!   machine wrapper with snapshots ([`store::state_machine`]).
+//! - [`fsm`]: the namespace state machine itself (inodes, dentries, chunks, chunk servers).
+//! - [`command`]: the replicated commands and their results.
+//! - [`network`] / [`raft_service`]: Raft RPCs between meta nodes over gRPC (client / server).
+//! - [`node`]: [`node::MetaNode`], the handle services use to propose writes and do linearizable
+//!   reads.
+//! - [`service`]: the client-facing `MetaService`; [`placement`]: chunk-server liveness and
+//!   replica placement.
+//!
+//! [`start`] runs a node inside the current tokio runtime (tests use it with `127.0.0.1:0`);
+//! [`run`] is what the `cairn-meta` binary calls.
 pub mod command;
+pub mod config;
 pub mod error;
 pub mod fsm;
+pub mod network;
 pub mod node;
 pub mod placement;
+pub mod raft_service;
 pub mod service;
+pub mod store;
+pub mod types;
+
+use anyhow::Context;
+use cairn_proto::meta_service_server::MetaServiceServer;
+use cairn_proto::raft_service_server::RaftServiceServer;
+use config::Config;
+use node::MetaNode;
+use openraft::error::{InitializeError, RaftError};
+use openraft::BasicNode;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+/// A meta node running in the background of the current tokio runtime.
+pub struct RunningNode {
+    /// The address the gRPC server is bound to.
+    pub addr: SocketAddr,
+    pub node: Arc<MetaNode>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningNode {
+    /// Stops accepting RPCs, lets in-flight ones finish (up to the drain timeout), shuts Raft
+    /// down and syncs the WAL. The node's database is closed once every `Arc<MetaNode>` clone
+    /// the caller still holds is dropped.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.context("join meta node task")?
+    }
+}
+
+/// Binds `config.listen` and starts the node (see [`start_with_listener`]).
+pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("bind {}", config.listen))?;
+    start_with_listener(config, listener).await
+}
+
+/// Starts a node serving on an already bound `listener`: opens (or creates) its database,
+/// starts Raft, serves `RaftService` and `MetaService`, and bootstraps the cluster from
+/// `config.peers` if this node's log is empty. Tests bind `127.0.0.1:0` listeners first so they
+/// can put the real addresses into `peers`.
+pub async fn start_with_listener(
+    config: Config,
+    listener: TcpListener,
+) -> anyhow::Result<RunningNode> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let span = tracing::info_span!("meta", node_id = config.id);
+    let addr = listener.local_addr().context("read bound address")?;
+    let advertise = config.advertise_addr(addr);
+
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+    let db = store::open_db(&config.data_dir.join("db")).context("open database")?;
+    let fsm = Arc::new(fsm::Fsm::open(db.clone()).context("open state machine")?);
+    let log_store = store::LogStore::new(db.clone());
+    let sm_store =
+        store::StateMachineStore::new(db.clone(), fsm.clone(), config.data_dir.join("snapshot"))
+            .context("open snapshot store")?;
+    let raft_config = Arc::new(config.raft_config().map_err(anyhow::Error::msg)?);
+    let raft = types::Raft::new(
+        config.id,
+        raft_config,
+        network::NetworkFactory { id: config.id },
+        log_store,
+        sm_store,
+    )
+    .instrument(span.clone())
+    .await
+    .context("start raft")?;
+    let node = Arc::new(MetaNode::new(
+        config.id,
+        advertise.clone(),
+        fsm,
+        raft.clone(),
+    ));
+
+    let raft_svc = RaftServiceServer::new(raft_service::RaftServiceImpl::new(raft.clone()))
+        .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);
+    let meta_svc = MetaServiceServer::new(service::MetaServiceImpl::new(
+        node.clone(),
+        config.service_config(),
+    ))
+    .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);
+
+    // `stop` (held by RunningNode) asks the background task to stop; the task then tells the
+    // server to stop accepting and drain (`drain_server`), with a hard deadline.
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (drain_tx, drain_rx) = oneshot::channel::<()>();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = tonic::transport::Server::builder()
+        .add_service(raft_svc)
+        .add_service(meta_svc)
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = drain_rx.await;
+        });
+    let mut server_task = tokio::spawn(server.instrument(span.clone()));
+    let drain_deadline = Duration::from_millis(config.drain_timeout_ms);
+    let task_raft = raft.clone();
+    let task = tokio::spawn(
+        async move {
+            let flatten = |joined: Result<Result<(), tonic::transport::Error>, _>| {
+                joined
+                    .context("join grpc server")
+                    .and_then(|r: Result<(), _>| r.context("serve grpc"))
+            };
+            let served = tokio::select! {
+                joined = &mut server_task => flatten(joined),
+                // A dropped RunningNode counts as a stop request too.
+                _ = stop_rx => {
+                    let _ = drain_tx.send(());
+                    match tokio::time::timeout(drain_deadline, &mut server_task).await {
+                        Ok(joined) => flatten(joined),
+                        Err(_) => {
+                            tracing::warn!(?drain_deadline, "in-flight RPCs did not finish; cutting them off");
+                            server_task.abort();
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            tracing::info!("grpc server stopped; shutting raft down");
+            if let Err(e) = task_raft.shutdown().await {
+                tracing::error!(error = %e, "raft shutdown");
+            }
+            let synced = db.flush_wal(true).context("sync WAL on shutdown");
+            tracing::info!("meta node stopped");
+            served.and(synced)
+        }
+        .instrument(span.clone()),
+    );
+
+    if !config.peers.is_empty() {
+        bootstrap(&raft, &config).instrument(span.clone()).await?;
+    }
+    span.in_scope(|| tracing::info!(%addr, %advertise, "meta node started"));
+    Ok(RunningNode {
+        addr,
+        node,
+        stop: Some(stop_tx),
+        task,
+    })
+}
+
+/// Initializes the cluster with `config.peers` if this node has never been initialized. Every
+/// node may do this with the same membership: openraft treats identical initial logs as one.
+async fn bootstrap(raft: &types::Raft, config: &Config) -> anyhow::Result<()> {
+    if raft.is_initialized().await.context("read raft state")? {
+        return Ok(());
+    }
+    let members: BTreeMap<u64, BasicNode> = config
+        .peers
+        .iter()
+        .map(|p| (p.id, BasicNode::new(p.addr.clone())))
+        .collect();
+    match raft.initialize(members).await {
+        Ok(()) => {
+            tracing::info!(peers = config.peers.len(), "initialized cluster");
+            Ok(())
+        }
+        Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+            tracing::debug!(reason = %e, "cluster already initialized");
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!("initialize cluster: {e}")),
+    }
+}
+
+/// Runs a node until `shutdown` resolves, then drains in-flight RPCs and stops cleanly.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let node = start(config).await?;
+    shutdown.await;
+    tracing::info!("shutdown requested");
+    node.shutdown().await
+}

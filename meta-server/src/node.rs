@@ -1,54 +1,126 @@
 //! `MetaNode`: the handle the gRPC services use to reach Raft and the state machine.
-//!
-//! STUB — signatures fixed, bodies to be implemented by the Raft layer.
 use crate::command::{Command, Reply};
 use crate::error::MetaError;
 use crate::fsm::Fsm;
+use crate::types::{Node, NodeId, Raft};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::ServerState;
 use std::sync::Arc;
 
 pub struct MetaNode {
     pub id: u64,
+    /// The address peers and clients reach this node at (its advertised address).
     pub addr: String,
     fsm: Arc<Fsm>,
+    raft: Raft,
+}
+
+fn not_leader(f: ForwardToLeader<NodeId, Node>) -> MetaError {
+    MetaError::NotLeader {
+        leader: f.leader_node.map(|n| n.addr),
+    }
 }
 
 impl MetaNode {
+    pub fn new(id: u64, addr: String, fsm: Arc<Fsm>, raft: Raft) -> MetaNode {
+        MetaNode {
+            id,
+            addr,
+            fsm,
+            raft,
+        }
+    }
+
     /// The local state machine, for reads. Call [`MetaNode::linearizable_read`] first when the
     /// read must reflect every write acknowledged before it.
     pub fn fsm(&self) -> &Fsm {
         &self.fsm
     }
 
+    /// The openraft handle (membership changes, metrics, tests).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
     /// Proposes `cmd` through Raft and returns its result once it is committed (durable on a
     /// majority) and applied. `NotLeader { leader }` when this node is not the leader;
     /// `Fs(..)` when the state machine refused the command.
+    ///
+    /// When leadership is lost while the command is in flight the result is `NotLeader` even
+    /// though the command may still commit under the new leader: callers that retry must be
+    /// prepared to find its effect already there.
     pub async fn write(&self, cmd: Command) -> Result<Reply, MetaError> {
-        let _ = cmd;
-        todo!()
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => Ok(resp.data?),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(not_leader(f)),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(MetaError::Raft(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(MetaError::Raft(e.to_string())),
+        }
     }
 
     /// Waits until this node, as leader, has confirmed its leadership with a quorum and applied
     /// everything committed so far (read index). `NotLeader` otherwise.
     pub async fn linearizable_read(&self) -> Result<(), MetaError> {
-        todo!()
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f)),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(MetaError::Raft(format!("leadership not confirmed: {e}")))
+            }
+            Err(RaftError::Fatal(e)) => Err(MetaError::Raft(e.to_string())),
+        }
     }
 
     /// The current leader (id, address) as this node knows it.
     pub fn leader(&self) -> Option<(u64, String)> {
-        todo!()
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+            .unwrap_or_default();
+        Some((id, addr))
     }
 
     pub fn is_leader(&self) -> bool {
-        todo!()
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
     }
 
     /// Voting members and learners of the cluster: (id, address).
     pub fn members(&self) -> Vec<(u64, String)> {
-        todo!()
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
     }
 
     /// This node's own view: role, term, last applied / last log index.
     pub fn local_status(&self) -> cairn_proto::MetaNodeStatus {
-        todo!()
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower | ServerState::Candidate => "follower",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "down",
+        };
+        cairn_proto::MetaNodeStatus {
+            id: self.id,
+            addr: self.addr.clone(),
+            role: role.to_string(),
+            term: m.current_term,
+            last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+            last_log_index: m.last_log_index.unwrap_or(0),
+        }
     }
 }

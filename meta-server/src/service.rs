@@ -1,7 +1,36 @@
-//! The `MetaService` gRPC implementation. STUB — signatures fixed.
+//! The client-facing `MetaService`: validates each request, then either proposes a [`Command`]
+//! through Raft (mutations) or reads the local state machine after a linearizable read barrier
+//! (reads). Chunk-server heartbeats feed the in-memory [`Placement`] table of the leader.
+//!
+//! Every request is checked before anything happens: a malformed one (bad name, inode 0, chunk
+//! id not 32 bytes, lengths out of range, oversized lists) gets `InvalidArgument` and changes
+//! nothing. Every error leaves through the one `From<MetaError> for Status` mapping, so a
+//! follower answers `NotLeader` with the leader's address and clients follow it.
+use crate::command::{Command, Kind, Reply, SlotChunk, SlotUpdate, Time};
+use crate::command::{RENAME_EXCHANGE, RENAME_NOREPLACE};
+use crate::error::MetaError;
+use crate::fsm::{Inode, SYMLINK_MAX};
 use crate::node::MetaNode;
+use crate::placement::{Load, Placement};
+use cairn_common::error::ErrorKind;
+use cairn_common::{ChunkId, CHUNK_SIZE};
+use cairn_proto as pb;
+use cairn_proto::meta_service_server::MetaService;
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tonic::{Request, Response, Status};
+
+/// Most entries one ReadDir returns.
+pub const MAX_READDIR: usize = 1000;
+/// Most chunks one PrepareWrite may ask about.
+pub const MAX_PREPARE_CHUNKS: usize = 1024;
+/// Most slot updates one CommitWrite may carry.
+pub const MAX_SLOT_UPDATES: usize = 4096;
+/// Largest file size accepted (1 PiB).
+pub const MAX_FILE_SIZE: u64 = 1 << 50;
+/// How long ClusterStatus waits for each peer's NodeStatus.
+const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Settings of the client-facing service.
 #[derive(Clone, Debug)]
@@ -14,13 +43,1113 @@ pub struct ServiceConfig {
     pub heartbeat_timeout: Duration,
 }
 
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            replication: 3,
+            min_replication: 2,
+            heartbeat_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// The replica count a commit needs: `min_replication`, but never more than `replication`
+    /// and never less than 1.
+    pub fn commit_quorum(&self) -> usize {
+        self.min_replication.min(self.replication).max(1) as usize
+    }
+}
+
 pub struct MetaServiceImpl {
     node: Arc<MetaNode>,
     cfg: ServiceConfig,
+    placement: Arc<Placement>,
 }
 
 impl MetaServiceImpl {
     pub fn new(node: Arc<MetaNode>, cfg: ServiceConfig) -> MetaServiceImpl {
-        MetaServiceImpl { node, cfg }
+        let placement = Arc::new(Placement::new(cfg.heartbeat_timeout));
+        MetaServiceImpl {
+            node,
+            cfg,
+            placement,
+        }
+    }
+
+    /// The chunk-server table fed by heartbeats (leader only).
+    pub fn placement(&self) -> Arc<Placement> {
+        self.placement.clone()
+    }
+
+    fn not_leader(&self) -> MetaError {
+        MetaError::NotLeader {
+            leader: self.node.leader().map(|(_, addr)| addr),
+        }
+    }
+
+    async fn write_attr(&self, cmd: Command) -> Result<Response<pb::AttrReply>, Status> {
+        match self.node.write(cmd).await? {
+            Reply::Attr(i) => Ok(attr_reply(&i)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Addresses of registered servers, by id: the last heartbeat's address when known, else
+    /// the registered one.
+    fn server_addrs(&self) -> Result<HashMap<u64, String>, MetaError> {
+        let mut m: HashMap<u64, String> = self
+            .node
+            .fsm()
+            .servers()?
+            .into_iter()
+            .map(|s| (s.id, s.addr))
+            .collect();
+        for (id, addr) in m.iter_mut() {
+            if let Some(s) = self.placement.get(*id) {
+                *addr = s.addr;
+            }
+        }
+        Ok(m)
+    }
+
+    /// Locations of `replicas`, servers that are up first (each group in the given order).
+    fn locations(
+        &self,
+        replicas: &[u64],
+        addrs: &HashMap<u64, String>,
+        now: Instant,
+        up_only: bool,
+    ) -> Vec<pb::ChunkLocation> {
+        let (up, down): (Vec<u64>, Vec<u64>) = replicas
+            .iter()
+            .partition(|id| self.placement.is_up(**id, now));
+        let mut ids = up;
+        if !up_only {
+            ids.extend(down);
+        }
+        ids.into_iter()
+            .filter_map(|id| {
+                addrs.get(&id).map(|addr| pb::ChunkLocation {
+                    server_id: id,
+                    addr: addr.clone(),
+                })
+            })
+            .collect()
+    }
+
+    async fn peer_status(&self, id: u64, addr: String) -> pb::MetaNodeStatus {
+        let down = pb::MetaNodeStatus {
+            id,
+            addr: addr.clone(),
+            role: "down".into(),
+            ..Default::default()
+        };
+        let ask = async {
+            let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .ok()?
+                .connect_timeout(PEER_STATUS_TIMEOUT)
+                .timeout(PEER_STATUS_TIMEOUT)
+                .connect()
+                .await
+                .ok()?;
+            let mut c = pb::meta_service_client::MetaServiceClient::new(ch);
+            c.node_status(pb::NodeStatusRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .node
+        };
+        match tokio::time::timeout(PEER_STATUS_TIMEOUT, ask).await {
+            Ok(Some(mut s)) => {
+                s.id = id;
+                s.addr = addr;
+                s
+            }
+            _ => {
+                tracing::debug!(peer = id, %addr, "meta node did not answer NodeStatus");
+                down
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input checks: each returns InvalidArgument (or NameTooLong) before anything is changed.
+// ---------------------------------------------------------------------------------------------
+
+fn invalid(msg: impl Into<String>) -> Status {
+    MetaError::Invalid(msg.into()).into()
+}
+
+fn unexpected(r: Reply) -> Status {
+    tracing::error!(reply = ?r, "state machine returned an unexpected reply");
+    cairn_common::error::status(ErrorKind::Internal, format!("unexpected reply {r:?}"))
+}
+
+fn check_ino(ino: u64, what: &str) -> Result<u64, Status> {
+    if ino == 0 {
+        return Err(invalid(format!("{what}: inode 0 does not exist")));
+    }
+    Ok(ino)
+}
+
+fn check_name(name: &[u8]) -> Result<(), Status> {
+    cairn_common::name::validate_name(name).map_err(|kind| {
+        MetaError::fs(
+            kind,
+            format!("invalid name {:?}", String::from_utf8_lossy(name)),
+        )
+        .into()
+    })
+}
+
+fn check_time(t: &pb::Timestamp) -> Result<Time, Status> {
+    if t.nanos >= 1_000_000_000 {
+        return Err(invalid(format!("timestamp nanos {} out of range", t.nanos)));
+    }
+    Ok((*t).into())
+}
+
+fn check_size(size: u64) -> Result<u64, Status> {
+    if size > MAX_FILE_SIZE {
+        return Err(invalid(format!("size {size} exceeds {MAX_FILE_SIZE}")));
+    }
+    Ok(size)
+}
+
+fn chunk_id(b: &[u8]) -> Result<ChunkId, Status> {
+    ChunkId::from_bytes(b).map_err(|e| invalid(e.to_string()))
+}
+
+fn check_chunk_ref(c: &pb::ChunkRef) -> Result<SlotChunk, Status> {
+    let id = chunk_id(&c.id)?;
+    if c.stored_len == 0 || c.stored_len as usize > CHUNK_SIZE || c.len > c.stored_len {
+        return Err(invalid(format!(
+            "chunk {id}: need len ({}) <= stored_len ({}) <= {CHUNK_SIZE}, stored_len > 0",
+            c.len, c.stored_len
+        )));
+    }
+    Ok(SlotChunk {
+        id,
+        len: c.len,
+        stored_len: c.stored_len,
+    })
+}
+
+fn attr_reply(i: &Inode) -> Response<pb::AttrReply> {
+    Response::new(pb::AttrReply {
+        attr: Some(i.to_attr()),
+    })
+}
+
+#[tonic::async_trait]
+impl MetaService for MetaServiceImpl {
+    async fn lookup(
+        &self,
+        req: Request<pb::LookupRequest>,
+    ) -> Result<Response<pb::AttrReply>, Status> {
+        let r = req.into_inner();
+        check_ino(r.parent, "parent")?;
+        check_name(&r.name)?;
+        self.node.linearizable_read().await?;
+        Ok(attr_reply(&self.node.fsm().lookup(r.parent, &r.name)?))
+    }
+
+    async fn get_attr(
+        &self,
+        req: Request<pb::GetAttrRequest>,
+    ) -> Result<Response<pb::AttrReply>, Status> {
+        let r = req.into_inner();
+        check_ino(r.ino, "ino")?;
+        self.node.linearizable_read().await?;
+        Ok(attr_reply(&self.node.fsm().get(r.ino)?))
+    }
+
+    async fn set_attr(
+        &self,
+        req: Request<pb::SetAttrRequest>,
+    ) -> Result<Response<pb::AttrReply>, Status> {
+        let r = req.into_inner();
+        check_ino(r.ino, "ino")?;
+        let now = Time::now();
+        let atime = match (r.atime_now, &r.atime) {
+            (true, _) => Some(now),
+            (false, Some(t)) => Some(check_time(t)?),
+            (false, None) => None,
+        };
+        let mtime = match (r.mtime_now, &r.mtime) {
+            (true, _) => Some(now),
+            (false, Some(t)) => Some(check_time(t)?),
+            (false, None) => None,
+        };
+        let size = r.size.map(check_size).transpose()?;
+        self.write_attr(Command::SetAttr {
+            ino: r.ino,
+            // The kernel may pass the file-type bits along; only permission bits are ours.
+            mode: r.mode.map(|m| m & 0o7777),
+            uid: r.uid,
+            gid: r.gid,
+            size,
+            atime,
+            mtime,
+            now,
+        })
+        .await
+    }
+
+    async fn create(
+        &self,
+        req: Request<pb::CreateRequest>,
+    ) -> Result<Response<pb::AttrReply>, Status> {
+        let r = req.into_inner();
+        check_ino(r.parent, "parent")?;
+        check_name(&r.name)?;
+        let kind = Kind::from_proto(r.kind)
+            .ok_or_else(|| invalid(format!("unknown or unspecified file kind {}", r.kind)))?;
+        if kind == Kind::Symlink {
+            if r.symlink_target.is_empty()
+                || r.symlink_target.len() > SYMLINK_MAX
+                || r.symlink_target.contains(&0)
+            {
+                return Err(invalid(format!(
+                    "symlink target must be 1..={SYMLINK_MAX} bytes without NUL"
+                )));
+            }
+        } else if !r.symlink_target.is_empty() {
+            return Err(invalid("only symlinks have a target"));
+        }
+        self.write_attr(Command::Create {
+            parent: r.parent,
+            name: r.name,
+            kind,
+            mode: r.mode & 0o7777,
+            uid: r.uid,
+            gid: r.gid,
+            rdev: r.rdev,
+            symlink_target: r.symlink_target,
+            exclusive: r.exclusive,
+            now: Time::now(),
+        })
+        .await
+    }
+
+    async fn link(&self, req: Request<pb::LinkRequest>) -> Result<Response<pb::AttrReply>, Status> {
+        let r = req.into_inner();
+        check_ino(r.ino, "ino")?;
+        check_ino(r.new_parent, "new_parent")?;
+        check_name(&r.new_name)?;
+        self.write_attr(Command::Link {
+            ino: r.ino,
+            new_parent: r.new_parent,
+            new_name: r.new_name,
+            now: Time::now(),
+        })
+        .await
+    }
+
+    async fn unlink(
+        &self,
+        req: Request<pb::UnlinkRequest>,
+    ) -> Result<Response<pb::UnlinkReply>, Status> {
+        let r = req.into_inner();
+        check_ino(r.parent, "parent")?;
+        check_name(&r.name)?;
+        self.node
+            .write(Command::Unlink {
+                parent: r.parent,
+                name: r.name,
+                now: Time::now(),
+            })
+            .await?;
+        Ok(Response::new(pb::UnlinkReply {}))
+    }
+
+    async fn rmdir(
+        &self,
+        req: Request<pb::RmdirRequest>,
+    ) -> Result<Response<pb::UnlinkReply>, Status> {
+        let r = req.into_inner();
+        check_ino(r.parent, "parent")?;
+        check_name(&r.name)?;
+        self.node
+            .write(Command::Rmdir {
+                parent: r.parent,
+                name: r.name,
+                now: Time::now(),
+            })
+            .await?;
+        Ok(Response::new(pb::UnlinkReply {}))
+    }
+
+    async fn rename(
+        &self,
+        req: Request<pb::RenameRequest>,
+    ) -> Result<Response<pb::RenameReply>, Status> {
+        let r = req.into_inner();
+        check_ino(r.parent, "parent")?;
+        check_ino(r.new_parent, "new_parent")?;
+        check_name(&r.name)?;
+        check_name(&r.new_name)?;
+        let known = RENAME_NOREPLACE | RENAME_EXCHANGE;
+        if r.flags & !known != 0 || r.flags == known {
+            return Err(invalid(format!("unsupported rename flags {:#x}", r.flags)));
+        }
+        self.node
+            .write(Command::Rename {
+                parent: r.parent,
+                name: r.name,
+                new_parent: r.new_parent,
+                new_name: r.new_name,
+                flags: r.flags,
+                now: Time::now(),
+            })
+            .await?;
+        Ok(Response::new(pb::RenameReply {}))
+    }
+
+    async fn readlink(
+        &self,
+        req: Request<pb::ReadlinkRequest>,
+    ) -> Result<Response<pb::ReadlinkReply>, Status> {
+        let r = req.into_inner();
+        check_ino(r.ino, "ino")?;
+        self.node.linearizable_read().await?;
+        let target = self.node.fsm().readlink(r.ino)?;
+        Ok(Response::new(pb::ReadlinkReply { target }))
+    }
+
+    async fn read_dir(
+        &self,
+        req: Request<pb::ReadDirRequest>,
+    ) -> Result<Response<pb::ReadDirReply>, Status> {
+        let r = req.into_inner();
+        check_ino(r.ino, "ino")?;
+        if r.after.len() > cairn_common::name::NAME_MAX {
+            return Err(invalid("`after` is longer than any name"));
+        }
+        let limit = match r.limit as usize {
+            0 => MAX_READDIR,
+            n => n.min(MAX_READDIR),
+        };
+        self.node.linearizable_read().await?;
+        let page = self.node.fsm().readdir(r.ino, &r.after, limit)?;
+        Ok(Response::new(pb::ReadDirReply {
+            entries: page
+                .entries
+                .iter()
+                .map(|(name, i)| pb::DirEntry {
+                    name: name.clone(),
+                    attr: Some(i.to_attr()),
+                })
+                .collect(),
+            eof: page.eof,
+            dir: Some(page.dir.to_attr()),
+            parent: page.dir.parent,
+        }))
+    }
+
+    async fn get_chunks(
+        &self,
+        req: Request<pb::GetChunksRequest>,
+    ) -> Result<Response<pb::GetChunksReply>, Status> {
+        let r = req.into_inner();
+        check_ino(r.ino, "ino")?;
+        self.node.linearizable_read().await?;
+        let (inode, slots) = self.node.fsm().chunk_locations(r.ino)?;
+        let addrs = self.server_addrs()?;
+        let now = Instant::now();
+        let slots = slots
+            .into_iter()
+            .map(|s| pb::ChunkSlot {
+                index: s.index,
+                chunk: Some(pb::ChunkRef {
+                    id: s.chunk.id.as_bytes().to_vec(),
+                    len: s.chunk.len,
+                    stored_len: s.chunk.stored_len,
+                }),
+                locations: self.locations(&s.replicas, &addrs, now, false),
+            })
+            .collect();
+        Ok(Response::new(pb::GetChunksReply {
+            attr: Some(inode.to_attr()),
+            chunk_size: CHUNK_SIZE as u32,
+            slots,
+        }))
+    }
+
+    async fn prepare_write(
+        &self,
+        req: Request<pb::PrepareWriteRequest>,
+    ) -> Result<Response<pb::PrepareWriteReply>, Status> {
+        let r = req.into_inner();
+        if r.chunks.len() > MAX_PREPARE_CHUNKS {
+            return Err(invalid(format!(
+                "{} chunks in one PrepareWrite (at most {MAX_PREPARE_CHUNKS})",
+                r.chunks.len()
+            )));
+        }
+        let chunks = r
+            .chunks
+            .iter()
+            .map(check_chunk_ref)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.node.linearizable_read().await?;
+        let fsm = self.node.fsm();
+        let addrs = self.server_addrs()?;
+        let now = Instant::now();
+        let replication = self.cfg.replication.max(1) as usize;
+        let mut placements = Vec::with_capacity(chunks.len());
+        for c in &chunks {
+            let held: Vec<u64> = fsm
+                .chunk(&c.id)?
+                .map(|rec| rec.replicas)
+                .unwrap_or_default();
+            let existing = self.locations(&held, &addrs, now, true);
+            let need = replication.saturating_sub(existing.len());
+            let forbid: Vec<u64> = existing.iter().map(|l| l.server_id).collect();
+            let targets: Vec<pb::ChunkLocation> = self
+                .placement
+                .place_forbidding(need, &r.exclude_servers, &forbid)
+                .into_iter()
+                .map(|(server_id, addr)| pb::ChunkLocation { server_id, addr })
+                .collect();
+            if existing.is_empty() && targets.is_empty() {
+                return Err(if self.placement.up_servers(now).is_empty() {
+                    MetaError::fs(ErrorKind::Unavailable, "no chunk servers are up")
+                } else {
+                    MetaError::fs(ErrorKind::NoSpace, "no chunk server has room for a chunk")
+                }
+                .into());
+            }
+            placements.push(pb::ChunkPlacement {
+                id: c.id.as_bytes().to_vec(),
+                existing,
+                targets,
+            });
+        }
+        Ok(Response::new(pb::PrepareWriteReply {
+            placements,
+            replication: self.cfg.replication,
+            min_replication: self.cfg.commit_quorum() as u32,
+        }))
+    }
+
+    async fn commit_write(
+        &self,
+        req: Request<pb::CommitWriteRequest>,
+    ) -> Result<Response<pb::AttrReply>, Status> {
+        let r = req.into_inner();
+        check_ino(r.ino, "ino")?;
+        let size = check_size(r.size)?;
+        if r.updates.len() > MAX_SLOT_UPDATES {
+            return Err(invalid(format!(
+                "{} slot updates in one commit (at most {MAX_SLOT_UPDATES})",
+                r.updates.len()
+            )));
+        }
+        let mtime = r.mtime.as_ref().map(check_time).transpose()?;
+        let fsm = self.node.fsm();
+        let quorum = self.cfg.commit_quorum();
+        let mut updates = Vec::with_capacity(r.updates.len());
+        for u in &r.updates {
+            let mut replicas = u.replicas.clone();
+            replicas.sort_unstable();
+            replicas.dedup();
+            let chunk = match &u.chunk {
+                None => None,
+                Some(c) => {
+                    let c = check_chunk_ref(c)?;
+                    if u.index.saturating_mul(CHUNK_SIZE as u64) >= size {
+                        return Err(invalid(format!(
+                            "slot {} lies past the new size {size}",
+                            u.index
+                        )));
+                    }
+                    for id in &replicas {
+                        if fsm.server(*id)?.is_none() {
+                            return Err(invalid(format!("unknown chunk server {id}")));
+                        }
+                    }
+                    // Replicas the cluster already knows of count too (a deduplicated chunk is
+                    // not uploaded again).
+                    let mut all = replicas.clone();
+                    if let Some(rec) = fsm.chunk(&c.id)? {
+                        all.extend(rec.replicas);
+                        all.sort_unstable();
+                        all.dedup();
+                    }
+                    if all.len() < quorum {
+                        return Err(invalid(format!(
+                            "chunk {} has {} durable replicas, at least {quorum} needed",
+                            c.id,
+                            all.len()
+                        )));
+                    }
+                    Some(c)
+                }
+            };
+            updates.push(SlotUpdate {
+                index: u.index,
+                chunk,
+                replicas,
+            });
+        }
+        self.write_attr(Command::CommitWrite {
+            ino: r.ino,
+            base_version: r.base_version,
+            size,
+            updates,
+            mtime,
+            now: Time::now(),
+        })
+        .await
+    }
+
+    async fn stat_fs(
+        &self,
+        _req: Request<pb::StatFsRequest>,
+    ) -> Result<Response<pb::StatFsReply>, Status> {
+        self.node.linearizable_read().await?;
+        let files = self.node.fsm().inode_count()?;
+        let rep = u64::from(self.cfg.replication.max(1));
+        let (mut total, mut free, mut used) = (0u64, 0u64, 0u64);
+        for s in self.placement.up_servers(Instant::now()) {
+            total = total.saturating_add(s.load.capacity_bytes);
+            free = free.saturating_add(s.load.free_bytes);
+            used = used.saturating_add(s.load.used_bytes);
+        }
+        Ok(Response::new(pb::StatFsReply {
+            total_bytes: total / rep,
+            free_bytes: free / rep,
+            used_bytes: used / rep,
+            files,
+            replication: self.cfg.replication,
+        }))
+    }
+
+    async fn register_chunk_server(
+        &self,
+        req: Request<pb::RegisterChunkServerRequest>,
+    ) -> Result<Response<pb::RegisterChunkServerReply>, Status> {
+        let r = req.into_inner();
+        if r.uuid.is_empty() || r.uuid.len() > 128 {
+            return Err(invalid("chunk server uuid must be 1..=128 bytes"));
+        }
+        if r.addr.is_empty() || r.addr.len() > 256 {
+            return Err(invalid("chunk server address must be 1..=256 bytes"));
+        }
+        let reply = self
+            .node
+            .write(Command::RegisterChunkServer {
+                uuid: r.uuid.clone(),
+                addr: r.addr.clone(),
+            })
+            .await?;
+        match reply {
+            Reply::ServerId(server_id) => {
+                tracing::info!(server = server_id, uuid = %r.uuid, addr = %r.addr, "chunk server registered");
+                Ok(Response::new(pb::RegisterChunkServerReply { server_id }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatReply>, Status> {
+        let r = req.into_inner();
+        if r.server_id == 0 {
+            return Err(invalid("server id 0: register first"));
+        }
+        if !self.node.is_leader() {
+            return Err(self.not_leader().into());
+        }
+        let Some(rec) = self.node.fsm().server(r.server_id)? else {
+            return Err(MetaError::fs(
+                ErrorKind::NotFound,
+                format!("chunk server {} is not registered", r.server_id),
+            )
+            .into());
+        };
+        let addr = if r.addr.is_empty() { rec.addr } else { r.addr };
+        let load = Load {
+            capacity_bytes: r.capacity_bytes,
+            used_bytes: r.used_bytes,
+            free_bytes: r.free_bytes,
+            chunk_count: r.chunk_count,
+        };
+        if !self.placement.is_up(r.server_id, Instant::now()) {
+            tracing::info!(server = r.server_id, %addr, "chunk server is up");
+        }
+        self.placement
+            .heartbeat(r.server_id, &addr, load, Instant::now());
+        Ok(Response::new(pb::HeartbeatReply {}))
+    }
+
+    async fn cluster_status(
+        &self,
+        _req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusReply>, Status> {
+        if !self.node.is_leader() {
+            return Err(self.not_leader().into());
+        }
+        let me = self.node.id;
+        let asks = self
+            .node
+            .members()
+            .into_iter()
+            .map(|(id, addr)| async move {
+                if id == me {
+                    let mut s = self.node.local_status();
+                    s.id = id;
+                    s
+                } else {
+                    self.peer_status(id, addr).await
+                }
+            });
+        let meta = futures::future::join_all(asks).await;
+
+        let now = Instant::now();
+        let chunk_servers = self
+            .node
+            .fsm()
+            .servers()?
+            .into_iter()
+            .map(|rec| match self.placement.get(rec.id) {
+                Some(s) => pb::ChunkServerStatus {
+                    id: rec.id,
+                    addr: s.addr.clone(),
+                    state: if self.placement.is_up(rec.id, now) {
+                        "up"
+                    } else {
+                        "down"
+                    }
+                    .into(),
+                    capacity_bytes: s.load.capacity_bytes,
+                    used_bytes: s.load.used_bytes,
+                    free_bytes: s.load.free_bytes,
+                    chunk_count: s.load.chunk_count,
+                    last_heartbeat_ms_ago: now
+                        .saturating_duration_since(s.last_seen)
+                        .as_millis()
+                        .max(1) as u64,
+                },
+                None => pb::ChunkServerStatus {
+                    id: rec.id,
+                    addr: rec.addr,
+                    state: "down".into(),
+                    ..Default::default()
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::ClusterStatusReply {
+            meta,
+            chunk_servers,
+            leader_id: me,
+            replication: self.cfg.replication,
+        }))
+    }
+
+    async fn node_status(
+        &self,
+        _req: Request<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::NodeStatusReply>, Status> {
+        let (leader_id, leader_addr) = self.node.leader().unwrap_or_default();
+        Ok(Response::new(pb::NodeStatusReply {
+            node: Some(self.node.local_status()),
+            leader_id,
+            leader_addr,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_refs_are_checked() {
+        let id = ChunkId::of(b"x").as_bytes().to_vec();
+        let ok = pb::ChunkRef {
+            id: id.clone(),
+            len: 10,
+            stored_len: 20,
+        };
+        assert_eq!(check_chunk_ref(&ok).unwrap().len, 10);
+        for bad in [
+            pb::ChunkRef {
+                id: vec![0; 31],
+                len: 1,
+                stored_len: 1,
+            },
+            pb::ChunkRef {
+                id: id.clone(),
+                len: 21,
+                stored_len: 20,
+            },
+            pb::ChunkRef {
+                id: id.clone(),
+                len: 0,
+                stored_len: 0,
+            },
+            pb::ChunkRef {
+                id,
+                len: 1,
+                stored_len: CHUNK_SIZE as u32 + 1,
+            },
+        ] {
+            let e = check_chunk_ref(&bad).unwrap_err();
+            assert_eq!(ErrorKind::from_status(&e), ErrorKind::InvalidArgument);
+        }
+    }
+
+    #[test]
+    fn names_times_and_sizes_are_checked() {
+        let e = check_name(&[b'a'; 300]).unwrap_err();
+        assert_eq!(ErrorKind::from_status(&e), ErrorKind::NameTooLong);
+        let e = check_name(b"a/b").unwrap_err();
+        assert_eq!(ErrorKind::from_status(&e), ErrorKind::InvalidArgument);
+        assert!(check_name(b"ok").is_ok());
+        assert!(check_ino(0, "ino").is_err());
+        assert!(check_time(&pb::Timestamp {
+            secs: 1,
+            nanos: 1_000_000_000
+        })
+        .is_err());
+        assert!(check_size(MAX_FILE_SIZE + 1).is_err());
+        let cfg = ServiceConfig {
+            replication: 1,
+            min_replication: 2,
+            ..Default::default()
+        };
+        assert_eq!(cfg.commit_quorum(), 1);
+        assert_eq!(ServiceConfig::default().commit_quorum(), 2);
+    }
+
+    /// The whole service against a real one-node cluster: namespace calls, chunk-server
+    /// registration and heartbeats, placement, commit quorum, chunk locations, status.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_node_cluster_end_to_end() {
+        use crate::config::{Config, Peer};
+        use cairn_common::MetaClient;
+
+        let dir = tempfile::tempdir().unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let mut cfg = Config::new(1, addr.clone(), dir.path());
+        cfg.peers = vec![Peer {
+            id: 1,
+            addr: addr.clone(),
+        }];
+        cfg.drain_timeout_ms = 1_000;
+        let node = crate::start_with_listener(cfg, l).await.unwrap();
+        let meta = MetaClient::new(vec![addr.clone()]);
+        let kind_of = |s: Status| ErrorKind::from_status(&s);
+
+        tracing::info!("--- namespace");
+        let d = meta
+            .call(|mut c| async move {
+                c.create(pb::CreateRequest {
+                    parent: 1,
+                    name: b"d".to_vec(),
+                    kind: pb::FileKind::Directory as i32,
+                    mode: 0o40755,
+                    exclusive: true,
+                    ..Default::default()
+                })
+                .await
+            })
+            .await
+            .unwrap()
+            .attr
+            .unwrap();
+        assert_eq!(d.kind, pb::FileKind::Directory as i32);
+        assert_eq!(d.mode, 0o755);
+        let f = meta
+            .call(|mut c| async move {
+                c.create(pb::CreateRequest {
+                    parent: d.ino,
+                    name: b"f".to_vec(),
+                    kind: pb::FileKind::Regular as i32,
+                    mode: 0o644,
+                    exclusive: true,
+                    ..Default::default()
+                })
+                .await
+            })
+            .await
+            .unwrap()
+            .attr
+            .unwrap();
+        let mut c = meta.node(&addr).unwrap();
+        let got = c
+            .lookup(pb::LookupRequest {
+                parent: d.ino,
+                name: b"f".to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.attr.unwrap().ino, f.ino);
+        let page = c
+            .read_dir(pb::ReadDirRequest {
+                ino: d.ino,
+                after: vec![],
+                limit: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(page.entries.len(), 1);
+        assert!(page.eof);
+        assert_eq!(page.parent, 1);
+        assert_eq!(page.dir.unwrap().ino, d.ino);
+
+        tracing::info!("--- bad input is refused");
+        let e = c
+            .create(pb::CreateRequest {
+                parent: 1,
+                name: b"a/b".to_vec(),
+                kind: pb::FileKind::Regular as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(kind_of(e), ErrorKind::InvalidArgument);
+        let e = c
+            .create(pb::CreateRequest {
+                parent: 1,
+                name: b"x".to_vec(),
+                kind: 0,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(kind_of(e), ErrorKind::InvalidArgument);
+        let e = c.get_attr(pb::GetAttrRequest { ino: 0 }).await.unwrap_err();
+        assert_eq!(kind_of(e), ErrorKind::InvalidArgument);
+        let e = c
+            .lookup(pb::LookupRequest {
+                parent: 1,
+                name: b"nope".to_vec(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(kind_of(e), ErrorKind::NotFound);
+        let e = c
+            .readlink(pb::ReadlinkRequest { ino: f.ino })
+            .await
+            .unwrap_err();
+        assert_eq!(kind_of(e), ErrorKind::InvalidArgument);
+
+        tracing::info!("--- no chunk servers: writes are unavailable");
+        let data = b"hello world".to_vec();
+        let cref = pb::ChunkRef {
+            id: ChunkId::of(&data).as_bytes().to_vec(),
+            len: data.len() as u32,
+            stored_len: data.len() as u32,
+        };
+        let e = c
+            .prepare_write(pb::PrepareWriteRequest {
+                chunks: vec![cref.clone()],
+                exclude_servers: vec![],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(kind_of(e), ErrorKind::Unavailable);
+
+        tracing::info!("--- register three chunk servers and heartbeat");
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let id = c
+                .register_chunk_server(pb::RegisterChunkServerRequest {
+                    uuid: format!("uuid-{i}"),
+                    addr: format!("127.0.0.1:{}", 9100 + i),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .server_id;
+            c.heartbeat(pb::HeartbeatRequest {
+                server_id: id,
+                addr: format!("127.0.0.1:{}", 9100 + i),
+                capacity_bytes: 30 << 30,
+                used_bytes: 20 << 30,
+                free_bytes: 10 << 30,
+                chunk_count: 0,
+            })
+            .await
+            .unwrap();
+            ids.push(id);
+        }
+        assert_eq!(ids, vec![1, 2, 3]);
+        let again = c
+            .register_chunk_server(pb::RegisterChunkServerRequest {
+                uuid: "uuid-1".into(),
+                addr: "127.0.0.1:9101".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(again.server_id, 2);
+        let e = c
+            .heartbeat(pb::HeartbeatRequest {
+                server_id: 77,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(kind_of(e), ErrorKind::NotFound);
+
+        tracing::info!("--- prepare, commit, locate");
+        let p = c
+            .prepare_write(pb::PrepareWriteRequest {
+                chunks: vec![cref.clone()],
+                exclude_servers: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((p.replication, p.min_replication), (3, 2));
+        assert!(p.placements[0].existing.is_empty());
+        let mut targets: Vec<u64> = p.placements[0]
+            .targets
+            .iter()
+            .map(|t| t.server_id)
+            .collect();
+        targets.sort();
+        assert_eq!(targets, vec![1, 2, 3]);
+
+        let commit = |replicas: Vec<u64>, base_version: u64| pb::CommitWriteRequest {
+            ino: f.ino,
+            base_version,
+            size: data.len() as u64,
+            updates: vec![pb::SlotUpdate {
+                index: 0,
+                chunk: Some(cref.clone()),
+                replicas,
+            }],
+            mtime: None,
+        };
+        let e = c.commit_write(commit(vec![1], 1)).await.unwrap_err();
+        assert_eq!(
+            kind_of(e),
+            ErrorKind::InvalidArgument,
+            "below min_replication"
+        );
+        let e = c.commit_write(commit(vec![1, 9], 1)).await.unwrap_err();
+        assert_eq!(kind_of(e), ErrorKind::InvalidArgument, "unknown server");
+        let a = c
+            .commit_write(commit(vec![1, 2], 1))
+            .await
+            .unwrap()
+            .into_inner()
+            .attr
+            .unwrap();
+        assert_eq!((a.version, a.size, a.stored_bytes), (2, 11, 11));
+        let e = c.commit_write(commit(vec![1, 2], 1)).await.unwrap_err();
+        assert_eq!(kind_of(e), ErrorKind::Conflict);
+
+        let gc = c
+            .get_chunks(pb::GetChunksRequest { ino: f.ino })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(gc.chunk_size as usize, CHUNK_SIZE);
+        assert_eq!(gc.slots.len(), 1);
+        let locs: Vec<(u64, String)> = gc.slots[0]
+            .locations
+            .iter()
+            .map(|l| (l.server_id, l.addr.clone()))
+            .collect();
+        assert_eq!(
+            locs,
+            vec![
+                (1, "127.0.0.1:9100".to_string()),
+                (2, "127.0.0.1:9101".to_string())
+            ]
+        );
+
+        // The chunk is known now: only the missing replica is a target.
+        let p = c
+            .prepare_write(pb::PrepareWriteRequest {
+                chunks: vec![cref.clone()],
+                exclude_servers: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(p.placements[0].existing.len(), 2);
+        let t: Vec<u64> = p.placements[0]
+            .targets
+            .iter()
+            .map(|t| t.server_id)
+            .collect();
+        assert_eq!(t, vec![3]);
+
+        tracing::info!("--- statfs and status");
+        let st = c.stat_fs(pb::StatFsRequest {}).await.unwrap().into_inner();
+        assert_eq!(st.total_bytes, 30 << 30);
+        assert_eq!(st.free_bytes, 10 << 30);
+        assert_eq!(st.files, 3);
+        let cs = c
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(cs.leader_id, 1);
+        assert_eq!(cs.meta.len(), 1);
+        assert_eq!(cs.meta[0].role, "leader");
+        assert_eq!(cs.chunk_servers.len(), 3);
+        assert!(cs.chunk_servers.iter().all(|s| s.state == "up"));
+        let ns = c
+            .node_status(pb::NodeStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((ns.leader_id, ns.leader_addr.as_str()), (1, addr.as_str()));
+
+        tracing::info!("--- truncate, rename, unlink, rmdir");
+        let a = c
+            .set_attr(pb::SetAttrRequest {
+                ino: f.ino,
+                size: Some(0),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .attr
+            .unwrap();
+        assert_eq!((a.size, a.version, a.stored_bytes), (0, 3, 0));
+        c.rename(pb::RenameRequest {
+            parent: d.ino,
+            name: b"f".to_vec(),
+            new_parent: 1,
+            new_name: b"g".to_vec(),
+            flags: 0,
+        })
+        .await
+        .unwrap();
+        c.rmdir(pb::RmdirRequest {
+            parent: 1,
+            name: b"d".to_vec(),
+        })
+        .await
+        .unwrap();
+        c.unlink(pb::UnlinkRequest {
+            parent: 1,
+            name: b"g".to_vec(),
+        })
+        .await
+        .unwrap();
+        let st = c.stat_fs(pb::StatFsRequest {}).await.unwrap().into_inner();
+        assert_eq!(st.files, 1);
+
+        drop(c);
+        drop(meta);
+        node.shutdown().await.unwrap();
     }
 }

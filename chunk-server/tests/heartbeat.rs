@@ -1,0 +1,165 @@
+//! Registration and heartbeats against a fake metadata service on 127.0.0.1:0.
+use cairn_chunk_server::store::ChunkStore;
+use cairn_chunk_server::{start, Config};
+use cairn_common::error::{status, ErrorKind};
+use cairn_common::ChunkId;
+use cairn_proto::meta_service_server::{MetaService, MetaServiceServer};
+use cairn_proto::*;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::{Request, Response, Status};
+
+#[derive(Default)]
+struct Recorded {
+    registrations: Vec<RegisterChunkServerRequest>,
+    heartbeats: Vec<HeartbeatRequest>,
+    /// Refuse this many registrations with `unavailable` first.
+    fail_registrations: usize,
+    /// Answer the next heartbeat with `not-found` (the cluster forgot this server).
+    forget_next: bool,
+}
+
+#[derive(Clone, Default)]
+struct FakeMeta(Arc<Mutex<Recorded>>);
+
+/// `impl MetaService for FakeMeta`: the listed RPCs answer `unimplemented`, the rest are given.
+/// (The whole impl is generated so that `async_trait` sees the expanded methods.)
+macro_rules! fake_meta_impl {
+    ($($name:ident($req:ty) -> $rep:ty;)* ; $($real:tt)*) => {
+        #[tonic::async_trait]
+        impl MetaService for FakeMeta {
+            $(async fn $name(&self, _r: Request<$req>) -> Result<Response<$rep>, Status> {
+                Err(Status::unimplemented(stringify!($name)))
+            })*
+            $($real)*
+        }
+    };
+}
+
+fake_meta_impl! {
+        lookup(LookupRequest) -> AttrReply;
+        get_attr(GetAttrRequest) -> AttrReply;
+        set_attr(SetAttrRequest) -> AttrReply;
+        create(CreateRequest) -> AttrReply;
+        link(LinkRequest) -> AttrReply;
+        unlink(UnlinkRequest) -> UnlinkReply;
+        rmdir(RmdirRequest) -> UnlinkReply;
+        rename(RenameRequest) -> RenameReply;
+        readlink(ReadlinkRequest) -> ReadlinkReply;
+        read_dir(ReadDirRequest) -> ReadDirReply;
+        get_chunks(GetChunksRequest) -> GetChunksReply;
+        prepare_write(PrepareWriteRequest) -> PrepareWriteReply;
+        commit_write(CommitWriteRequest) -> AttrReply;
+        stat_fs(StatFsRequest) -> StatFsReply;
+        cluster_status(ClusterStatusRequest) -> ClusterStatusReply;
+        node_status(NodeStatusRequest) -> NodeStatusReply;
+    ;
+
+    async fn register_chunk_server(
+        &self,
+        r: Request<RegisterChunkServerRequest>,
+    ) -> Result<Response<RegisterChunkServerReply>, Status> {
+        let mut rec = self.0.lock().unwrap();
+        if rec.fail_registrations > 0 {
+            rec.fail_registrations -= 1;
+            return Err(status(ErrorKind::Unavailable, "no leader yet"));
+        }
+        rec.registrations.push(r.into_inner());
+        Ok(Response::new(RegisterChunkServerReply {
+            server_id: 41 + rec.registrations.len() as u64,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        r: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatReply>, Status> {
+        let mut rec = self.0.lock().unwrap();
+        if std::mem::take(&mut rec.forget_next) {
+            return Err(status(ErrorKind::NotFound, "unknown chunk server"));
+        }
+        rec.heartbeats.push(r.into_inner());
+        Ok(Response::new(HeartbeatReply {}))
+    }
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_heartbeats_reregisters_and_stops() {
+    tracing::info!("--- a fake metadata service that refuses the first registrations");
+    let fake = FakeMeta::default();
+    fake.0.lock().unwrap().fail_registrations = 2;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let meta_addr = listener.local_addr().unwrap();
+    let meta_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(MetaServiceServer::new(fake.clone()))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+
+    tracing::info!("--- the chunk server registers (after retries) and persists its id");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::for_tests(dir.path());
+    cfg.meta = vec![meta_addr.to_string()];
+    cfg.heartbeat_ms = 50;
+    let server = start(cfg).await.unwrap();
+    wait_for("registration", || server.server_id() == 42).await;
+    {
+        let rec = fake.0.lock().unwrap();
+        assert_eq!(rec.registrations.len(), 1);
+        assert_eq!(rec.registrations[0].uuid, server.store().uuid());
+        assert_eq!(rec.registrations[0].addr, server.addr().to_string());
+    }
+    wait_for("server.id", || {
+        std::fs::read_to_string(dir.path().join("server.id")).is_ok_and(|s| s.trim() == "42")
+    })
+    .await;
+
+    tracing::info!("--- heartbeats carry the id, address and the current chunk count");
+    let d = bytes::Bytes::from_static(b"some chunk");
+    server.store().put(ChunkId::of(&d), d).unwrap();
+    wait_for("heartbeat with one chunk", || {
+        fake.0
+            .lock()
+            .unwrap()
+            .heartbeats
+            .iter()
+            .any(|h| h.chunk_count == 1)
+    })
+    .await;
+    {
+        let rec = fake.0.lock().unwrap();
+        let h = rec.heartbeats.last().unwrap();
+        assert_eq!(h.server_id, 42);
+        assert_eq!(h.addr, server.addr().to_string());
+        assert!(h.capacity_bytes > 0 && h.free_bytes <= h.capacity_bytes);
+    }
+
+    tracing::info!("--- a cluster that forgot the server gets a new registration");
+    fake.0.lock().unwrap().forget_next = true;
+    wait_for("re-registration", || server.server_id() == 43).await;
+    wait_for("heartbeat with the new id", || {
+        fake.0
+            .lock()
+            .unwrap()
+            .heartbeats
+            .iter()
+            .any(|h| h.server_id == 43)
+    })
+    .await;
+    assert_eq!(fake.0.lock().unwrap().registrations.len(), 2);
+
+    tracing::info!("--- after shutdown no heartbeat is sent");
+    server.shutdown().await.unwrap();
+    let n = fake.0.lock().unwrap().heartbeats.len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fake.0.lock().unwrap().heartbeats.len(), n);
+    meta_task.abort();
+}

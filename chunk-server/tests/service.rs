@@ -1,0 +1,238 @@
+//! The ChunkService over real gRPC on 127.0.0.1:0: round trips, refusals of bad input,
+//! corruption reported as `corrupt`, and graceful shutdown.
+use bytes::Bytes;
+use cairn_chunk_server::{start, Config};
+use cairn_common::error::ErrorKind;
+use cairn_common::{ChunkId, CHUNK_SIZE};
+use cairn_proto::chunk_service_client::ChunkServiceClient;
+use cairn_proto::{ChunkServerInfoRequest, GetChunkRequest, HasChunkRequest, PutChunkRequest};
+use tonic::transport::Channel;
+use tonic::Code;
+
+fn data(seed: &str, len: usize) -> Bytes {
+    let mut buf = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(seed.as_bytes())
+        .finalize_xof()
+        .fill(&mut buf);
+    Bytes::from(buf)
+}
+
+async fn client(addr: std::net::SocketAddr) -> ChunkServiceClient<Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // The client is allowed to send far more than the server accepts, to test the server.
+    ChunkServiceClient::new(ch)
+        .max_encoding_message_size(64 * 1024 * 1024)
+        .max_decoding_message_size(64 * 1024 * 1024)
+}
+
+fn put(id: &ChunkId, data: &Bytes) -> PutChunkRequest {
+    PutChunkRequest {
+        id: id.as_bytes().to_vec(),
+        data: data.clone(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_round_trip_and_bad_requests_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(Config::for_tests(dir.path())).await.unwrap();
+    assert_eq!(server.advertise_addr(), server.addr().to_string());
+    assert_ne!(server.addr().port(), 0);
+    let mut c = client(server.addr()).await;
+
+    // --- put and get a full 4 MiB chunk
+    let d = data("grpc", CHUNK_SIZE);
+    let id = ChunkId::of(&d);
+    let r = c.put_chunk(put(&id, &d)).await.unwrap().into_inner();
+    assert!(!r.already_present);
+    let r = c.put_chunk(put(&id, &d)).await.unwrap().into_inner();
+    assert!(r.already_present);
+    let got = c
+        .get_chunk(GetChunkRequest {
+            id: id.as_bytes().to_vec(),
+            offset: 0,
+            len: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.stored_len, CHUNK_SIZE as u64);
+    assert_eq!(got.data, d);
+    let got = c
+        .get_chunk(GetChunkRequest {
+            id: id.as_bytes().to_vec(),
+            offset: 65_530,
+            len: 77,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.data, d.slice(65_530..65_607));
+    let has = c
+        .has_chunk(HasChunkRequest {
+            id: id.as_bytes().to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(has.present);
+    assert_eq!(has.stored_len, CHUNK_SIZE as u64);
+
+    // --- a malformed id (31 bytes) is InvalidArgument, for every call
+    let bad = vec![0u8; 31];
+    let e = c
+        .put_chunk(PutChunkRequest {
+            id: bad.clone(),
+            data: Bytes::from_static(b"x"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(ErrorKind::from_status(&e), ErrorKind::InvalidArgument);
+    let e = c
+        .get_chunk(GetChunkRequest {
+            id: bad.clone(),
+            offset: 0,
+            len: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ErrorKind::from_status(&e), ErrorKind::InvalidArgument);
+    let e = c.has_chunk(HasChunkRequest { id: bad }).await.unwrap_err();
+    assert_eq!(ErrorKind::from_status(&e), ErrorKind::InvalidArgument);
+
+    // --- data that does not match its id is refused
+    let other = data("other", 100);
+    let e = c.put_chunk(put(&id, &other)).await.unwrap_err();
+    assert_eq!(ErrorKind::from_status(&e), ErrorKind::InvalidArgument);
+    assert!(e.message().contains("hash"), "{}", e.message());
+
+    // --- a chunk larger than CHUNK_SIZE (but within the message limit) is refused
+    let big = data("big", CHUNK_SIZE + 1);
+    let e = c
+        .put_chunk(put(&ChunkId::of(&big), &big))
+        .await
+        .unwrap_err();
+    assert_eq!(ErrorKind::from_status(&e), ErrorKind::InvalidArgument);
+
+    // --- a message larger than MAX_MESSAGE_BYTES is refused by the transport
+    let huge = data("huge", cairn_proto::MAX_MESSAGE_BYTES + 1024);
+    let e = c
+        .put_chunk(put(&ChunkId::of(&huge), &huge))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.code(), Code::ResourceExhausted | Code::OutOfRange),
+        "oversized message: {e:?}"
+    );
+    assert!(
+        e.message().contains("message length too large") || e.message().contains("large"),
+        "{}",
+        e.message()
+    );
+
+    // --- missing chunk and bad range
+    let missing = ChunkId::of(b"missing");
+    let e = c
+        .get_chunk(GetChunkRequest {
+            id: missing.as_bytes().to_vec(),
+            offset: 0,
+            len: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert_eq!(ErrorKind::from_status(&e), ErrorKind::NotFound);
+    let e = c
+        .get_chunk(GetChunkRequest {
+            id: id.as_bytes().to_vec(),
+            offset: CHUNK_SIZE as u64 - 1,
+            len: 2,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ErrorKind::from_status(&e), ErrorKind::InvalidArgument);
+
+    // --- Info counts chunks and received bytes (all PutChunk data, refused puts included)
+    let info = c
+        .info(ChunkServerInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.chunk_count, 1);
+    assert_eq!(info.server_id, 0, "standalone server is not registered");
+    assert!(info.capacity_bytes > 0);
+    let expected = 2 * CHUNK_SIZE as u64 + 1 + 100 + (CHUNK_SIZE as u64 + 1);
+    assert_eq!(info.received_bytes, expected);
+
+    // --- corruption on disk is reported as `corrupt`, never as data
+    let path = server.store().chunk_path(id);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = c
+        .get_chunk(GetChunkRequest {
+            id: id.as_bytes().to_vec(),
+            offset: 0,
+            len: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::DataLoss);
+    assert_eq!(ErrorKind::from_status(&e), ErrorKind::Corrupt);
+    let has = c
+        .has_chunk(HasChunkRequest {
+            id: id.as_bytes().to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!has.present, "quarantined chunk is no longer present");
+
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_puts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(Config::for_tests(dir.path())).await.unwrap();
+    let addr = server.addr();
+    let chunks: Vec<Bytes> = (0..8)
+        .map(|i| data(&format!("drain-{i}"), CHUNK_SIZE))
+        .collect();
+    let mut tasks = Vec::new();
+    for d in chunks.clone() {
+        tasks.push(tokio::spawn(async move {
+            let mut c = client(addr).await;
+            c.put_chunk(put(&ChunkId::of(&d), &d)).await
+        }));
+    }
+    // Give the puts time to be accepted, then shut down while they run.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let store = server.store().clone();
+    server.shutdown().await.unwrap();
+    // Every put that was acknowledged is durable and readable.
+    let mut acked = 0;
+    for (t, d) in tasks.into_iter().zip(&chunks) {
+        if t.await.unwrap().is_ok() {
+            acked += 1;
+            use cairn_chunk_server::store::ChunkStore;
+            assert_eq!(&store.get(ChunkId::of(d), 0, 0).unwrap().0, d);
+        }
+    }
+    assert!(acked > 0, "in-flight puts should complete during the drain");
+    // After shutdown, new connections are refused.
+    assert!(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .is_err()
+    );
+}

@@ -1,0 +1,75 @@
+//! File data: the chunked write path (`writer`) and the verified read path (`reader`), on top of
+//! the pure slot arithmetic in `slots`.
+//!
+//! [`DataPlane`] is what both share: the meta client, the chunk-server connection pool, the
+//! servers that failed recently (tried last on reads, excluded on writes), the chunk cache and
+//! the global bound on uploads in flight.
+pub mod reader;
+pub mod slots;
+pub mod writer;
+
+use cairn_common::chunk_client::ChunkClients;
+use cairn_common::MetaClient;
+use cairn_proto::ChunkLocation;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Uploads in flight per file (each holds one chunk, up to 4 MiB, in memory).
+pub const MAX_UPLOADS_PER_FILE: usize = 4;
+/// Uploads in flight across the whole mount: bounds upload memory to 16 × 4 MiB.
+pub const MAX_UPLOADS_TOTAL: usize = 16;
+/// Partially filled dirty slot buffers one file may hold before the oldest is uploaded early.
+pub const MAX_DIRTY_SLOTS_PER_FILE: usize = 8;
+/// Bytes of verified chunk data kept for reads.
+pub const CHUNK_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// How long a server that failed is avoided.
+const FAILED_SERVER_MEMORY: Duration = Duration::from_secs(30);
+
+pub struct DataPlane {
+    pub meta: MetaClient,
+    pub chunks: ChunkClients,
+    pub cache: reader::ChunkCache,
+    pub upload_slots: Arc<Semaphore>,
+    failed: Mutex<HashMap<u64, Instant>>,
+}
+
+impl DataPlane {
+    pub fn new(meta: MetaClient) -> Arc<DataPlane> {
+        Arc::new(DataPlane {
+            meta,
+            chunks: ChunkClients::new(),
+            cache: reader::ChunkCache::new(CHUNK_CACHE_BYTES),
+            upload_slots: Arc::new(Semaphore::new(MAX_UPLOADS_TOTAL)),
+            failed: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Remembers that `server_id` just failed a request.
+    pub fn mark_failed(&self, server_id: u64) {
+        let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        f.insert(server_id, Instant::now());
+    }
+
+    /// Remembers that `server_id` just answered.
+    pub fn mark_ok(&self, server_id: u64) {
+        let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        f.remove(&server_id);
+    }
+
+    /// Servers that failed within the last 30 s.
+    pub fn recently_failed(&self) -> Vec<u64> {
+        let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        f.retain(|_, t| t.elapsed() < FAILED_SERVER_MEMORY);
+        f.keys().copied().collect()
+    }
+
+    /// `locs` reordered so that servers that failed recently come last (stable otherwise).
+    pub fn order_replicas(&self, locs: &[ChunkLocation]) -> Vec<ChunkLocation> {
+        let failed = self.recently_failed();
+        let mut out: Vec<ChunkLocation> = locs.to_vec();
+        out.sort_by_key(|l| failed.contains(&l.server_id));
+        out
+    }
+}

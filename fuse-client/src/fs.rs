@@ -1,0 +1,927 @@
+//! The FUSE file system: fuser's `Filesystem` on top of the meta service and the data plane.
+//!
+//! fuser calls every method on one thread; each method hands its work to the tokio runtime
+//! (`self.spawn(async move { .. reply.xxx(..) })`) so a slow chunk fetch never blocks an `ls`
+//! elsewhere. Helpers return `Result<T, Errno>`; only these methods call `reply.error`.
+//! Cairn inode numbers are the FUSE inode numbers (root = 1).
+use crate::data::writer::OpenFiles;
+use crate::data::DataPlane;
+use crate::errno::Errno;
+use cairn_common::name::validate_name;
+use cairn_proto as pb;
+use fuser::{
+    FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    Request, TimeOrNow,
+};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::future::Future;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// How long the kernel may cache attributes and entries.
+const TTL: Duration = Duration::from_secs(1);
+/// Directory entries fetched per ReadDir call.
+const READDIR_PAGE: u32 = 512;
+
+/// Everything a request needs; shared by all in-flight requests.
+pub struct Core {
+    pub dp: Arc<DataPlane>,
+    pub files: OpenFiles,
+    dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirHandle>>>>,
+    next_fh: AtomicU64,
+}
+
+/// A directory listing being read: entries fetched so far (cookie = index + 3).
+#[derive(Default)]
+struct DirHandle {
+    entries: Vec<pb::DirEntry>,
+    eof: bool,
+    dir: Option<pb::Attr>,
+    parent: u64,
+}
+
+impl Core {
+    pub fn new(dp: Arc<DataPlane>) -> Arc<Core> {
+        Arc::new(Core {
+            dp,
+            files: OpenFiles::default(),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        })
+    }
+
+    fn fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Flushes every dirty file (unmount, SIGTERM). Returns how many failed.
+    pub async fn drain(&self) -> usize {
+        let mut failed = 0;
+        for f in self.files.all() {
+            if f.is_dirty() {
+                if let Err(e) = f.flush(&self.dp).await {
+                    tracing::error!(inode = f.ino, errno = e.0, "flush on shutdown failed");
+                    failed += 1;
+                }
+            }
+        }
+        failed
+    }
+
+    async fn meta<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, Errno>
+    where
+        F: Fn(
+            cairn_proto::meta_service_client::MetaServiceClient<tonic::transport::Channel>,
+        ) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.dp.meta.call(f).await.map_err(|s| {
+            tracing::debug!(op, error = %s.message(), "meta call failed");
+            Errno::from(&s)
+        })
+    }
+
+    /// `attr` with this mount's view: the dirty size of a file being written.
+    fn to_fuse(&self, a: &pb::Attr) -> FileAttr {
+        let mut attr = to_file_attr(a);
+        if let Some(f) = self.files.get(a.ino) {
+            if let Some(size) = f.dirty_size() {
+                attr.size = size;
+                attr.blocks = size.div_ceil(512);
+            }
+        }
+        attr
+    }
+
+    async fn getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
+        let r = self
+            .meta("getattr", |mut c| async move {
+                c.get_attr(pb::GetAttrRequest { ino }).await
+            })
+            .await?;
+        let a = r.attr.ok_or(Errno::EIO)?;
+        Ok(self.to_fuse(&a))
+    }
+
+    async fn lookup(&self, parent: u64, name: Vec<u8>) -> Result<FileAttr, Errno> {
+        validate_name(&name).map_err(Errno::from)?;
+        let r = self
+            .meta("lookup", |mut c| {
+                let name = name.clone();
+                async move { c.lookup(pb::LookupRequest { parent, name }).await }
+            })
+            .await?;
+        let a = r.attr.ok_or(Errno::EIO)?;
+        Ok(self.to_fuse(&a))
+    }
+
+    async fn create(&self, req: pb::CreateRequest) -> Result<pb::Attr, Errno> {
+        validate_name(&req.name).map_err(Errno::from)?;
+        let r = self
+            .meta("create", |mut c| {
+                let req = req.clone();
+                async move { c.create(req).await }
+            })
+            .await?;
+        r.attr.ok_or(Errno::EIO)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+    ) -> Result<FileAttr, Errno> {
+        // Dirty data is committed first, so the attribute change applies on top of it (a
+        // truncate cuts the written data; cp -a's futimens is not overwritten by close).
+        let file = self.files.get(ino);
+        if let Some(f) = &file {
+            f.flush(&self.dp).await?;
+        }
+        let (atime, atime_now) = time_arg(atime);
+        let (mtime, mtime_now) = time_arg(mtime);
+        let req = pb::SetAttrRequest {
+            ino,
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+            atime_now,
+            mtime_now,
+        };
+        let r = self
+            .meta("setattr", |mut c| async move { c.set_attr(req).await })
+            .await;
+        if let Some(f) = &file {
+            f.invalidate().await;
+        }
+        let a = r?.attr.ok_or(Errno::EIO)?;
+        Ok(self.to_fuse(&a))
+    }
+
+    /// Makes sure entries up to `index` (exclusive) are fetched, if the directory has them.
+    async fn fill_dir(&self, ino: u64, h: &mut DirHandle, index: usize) -> Result<(), Errno> {
+        while h.entries.len() < index && !h.eof {
+            let after = h.entries.last().map(|e| e.name.clone()).unwrap_or_default();
+            let r = self
+                .meta("readdir", |mut c| {
+                    let after = after.clone();
+                    async move {
+                        c.read_dir(pb::ReadDirRequest {
+                            ino,
+                            after,
+                            limit: READDIR_PAGE,
+                        })
+                        .await
+                    }
+                })
+                .await?;
+            if r.entries.is_empty() && !r.eof {
+                tracing::error!(inode = ino, "ReadDir returned an empty page before eof");
+                return Err(Errno::EIO);
+            }
+            h.entries.extend(r.entries);
+            h.eof = r.eof;
+            if r.dir.is_some() {
+                h.dir = r.dir;
+            }
+            h.parent = r.parent;
+        }
+        Ok(())
+    }
+
+    fn dir_handle(&self, fh: u64) -> Arc<tokio::sync::Mutex<DirHandle>> {
+        let mut d = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        d.entry(fh).or_default().clone()
+    }
+}
+
+fn time_arg(t: Option<TimeOrNow>) -> (Option<pb::Timestamp>, bool) {
+    match t {
+        None => (None, false),
+        Some(TimeOrNow::Now) => (None, true),
+        Some(TimeOrNow::SpecificTime(t)) => (Some(cairn_common::time::to_wire(t)), false),
+    }
+}
+
+fn file_type(kind: i32) -> FileType {
+    match pb::FileKind::try_from(kind) {
+        Ok(pb::FileKind::Directory) => FileType::Directory,
+        Ok(pb::FileKind::Symlink) => FileType::Symlink,
+        Ok(pb::FileKind::Fifo) => FileType::NamedPipe,
+        Ok(pb::FileKind::Socket) => FileType::Socket,
+        Ok(pb::FileKind::CharDevice) => FileType::CharDevice,
+        Ok(pb::FileKind::BlockDevice) => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn ts(t: &Option<pb::Timestamp>) -> SystemTime {
+    t.as_ref()
+        .map(cairn_common::time::from_wire)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// The FUSE attributes of a Cairn inode.
+pub fn to_file_attr(a: &pb::Attr) -> FileAttr {
+    FileAttr {
+        ino: a.ino,
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: ts(&a.atime),
+        mtime: ts(&a.mtime),
+        ctime: ts(&a.ctime),
+        crtime: ts(&a.ctime),
+        kind: file_type(a.kind),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: 128 * 1024,
+        flags: 0,
+    }
+}
+
+/// The wire kind of a mknod mode.
+fn kind_of_mode(mode: u32) -> Result<pb::FileKind, Errno> {
+    Ok(match mode & libc::S_IFMT {
+        libc::S_IFREG | 0 => pb::FileKind::Regular,
+        libc::S_IFIFO => pb::FileKind::Fifo,
+        libc::S_IFSOCK => pb::FileKind::Socket,
+        libc::S_IFCHR => pb::FileKind::CharDevice,
+        libc::S_IFBLK => pb::FileKind::BlockDevice,
+        libc::S_IFDIR => pb::FileKind::Directory,
+        _ => return Err(Errno::EINVAL),
+    })
+}
+
+/// fuser's `Filesystem`, handing every request to the runtime.
+pub struct CairnFs {
+    core: Arc<Core>,
+    rt: tokio::runtime::Handle,
+}
+
+impl CairnFs {
+    pub fn new(core: Arc<Core>, rt: tokio::runtime::Handle) -> CairnFs {
+        CairnFs { core, rt }
+    }
+
+    fn spawn<F, Fut>(&self, f: F)
+    where
+        F: FnOnce(Arc<Core>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.rt.spawn(f(self.core.clone()));
+    }
+}
+
+fn bytes(name: &OsStr) -> Vec<u8> {
+    name.as_bytes().to_vec()
+}
+
+impl Filesystem for CairnFs {
+    fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
+        use fuser::consts::*;
+        // Large requests: fewer round trips per 4 MiB chunk.
+        let _ = config
+            .set_max_write(1 << 20)
+            .or_else(|n| config.set_max_write(n));
+        let _ = config
+            .set_max_readahead(1 << 20)
+            .or_else(|n| config.set_max_readahead(n));
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        for cap in [
+            FUSE_BIG_WRITES,
+            FUSE_ASYNC_READ,
+            FUSE_DO_READDIRPLUS,
+            FUSE_READDIRPLUS_AUTO,
+            FUSE_PARALLEL_DIROPS,
+        ] {
+            if config.add_capabilities(cap).is_err() {
+                tracing::debug!(cap, "kernel lacks capability");
+            }
+        }
+        tracing::info!("FUSE session initialised");
+        Ok(())
+    }
+
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        let name = bytes(name);
+        self.spawn(|core| async move {
+            match core.lookup(parent, name).await {
+                Ok(a) => reply.entry(&TTL, &a, 0),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        self.spawn(|core| async move {
+            match core.getattr(ino).await {
+                Ok(a) => reply.attr(&TTL, &a),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn setattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<u64>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<u32>,
+        reply: ReplyAttr,
+    ) {
+        self.spawn(|core| async move {
+            match core.setattr(ino, mode, uid, gid, size, atime, mtime).await {
+                Ok(a) => reply.attr(&TTL, &a),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        self.spawn(|core| async move {
+            let r = core
+                .meta("readlink", |mut c| async move {
+                    c.readlink(pb::ReadlinkRequest { ino }).await
+                })
+                .await;
+            match r {
+                Ok(r) => reply.data(&r.target),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn mknod(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let (uid, gid, name) = (req.uid(), req.gid(), bytes(name));
+        self.spawn(|core| async move {
+            let r = async {
+                let kind = kind_of_mode(mode)?;
+                let a = core
+                    .create(pb::CreateRequest {
+                        parent,
+                        name,
+                        kind: kind as i32,
+                        mode: mode & 0o7777,
+                        uid,
+                        gid,
+                        rdev,
+                        symlink_target: Vec::new(),
+                        exclusive: true,
+                    })
+                    .await?;
+                Ok::<_, Errno>(core.to_fuse(&a))
+            }
+            .await;
+            match r {
+                Ok(a) => reply.entry(&TTL, &a, 0),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn mkdir(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (uid, gid, name) = (req.uid(), req.gid(), bytes(name));
+        self.spawn(|core| async move {
+            let r = core
+                .create(pb::CreateRequest {
+                    parent,
+                    name,
+                    kind: pb::FileKind::Directory as i32,
+                    mode: mode & 0o7777,
+                    uid,
+                    gid,
+                    rdev: 0,
+                    symlink_target: Vec::new(),
+                    exclusive: true,
+                })
+                .await;
+            match r {
+                Ok(a) => reply.entry(&TTL, &core.to_fuse(&a), 0),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let name = bytes(name);
+        self.spawn(|core| async move {
+            let r = async {
+                validate_name(&name).map_err(Errno::from)?;
+                core.meta("unlink", |mut c| {
+                    let name = name.clone();
+                    async move { c.unlink(pb::UnlinkRequest { parent, name }).await }
+                })
+                .await
+            }
+            .await;
+            match r {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let name = bytes(name);
+        self.spawn(|core| async move {
+            let r = async {
+                validate_name(&name).map_err(Errno::from)?;
+                core.meta("rmdir", |mut c| {
+                    let name = name.clone();
+                    async move { c.rmdir(pb::RmdirRequest { parent, name }).await }
+                })
+                .await
+            }
+            .await;
+            match r {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn symlink(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (uid, gid, name) = (req.uid(), req.gid(), bytes(link_name));
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.spawn(|core| async move {
+            let r = core
+                .create(pb::CreateRequest {
+                    parent,
+                    name,
+                    kind: pb::FileKind::Symlink as i32,
+                    mode: 0o777,
+                    uid,
+                    gid,
+                    rdev: 0,
+                    symlink_target: target,
+                    exclusive: true,
+                })
+                .await;
+            match r {
+                Ok(a) => reply.entry(&TTL, &core.to_fuse(&a), 0),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn rename(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (name, new_name) = (bytes(name), bytes(newname));
+        self.spawn(|core| async move {
+            let r = async {
+                validate_name(&name).map_err(Errno::from)?;
+                validate_name(&new_name).map_err(Errno::from)?;
+                let req = pb::RenameRequest {
+                    parent,
+                    name,
+                    new_parent: newparent,
+                    new_name,
+                    flags,
+                };
+                core.meta("rename", |mut c| {
+                    let req = req.clone();
+                    async move { c.rename(req).await }
+                })
+                .await
+            }
+            .await;
+            match r {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn link(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let new_name = bytes(newname);
+        self.spawn(|core| async move {
+            let r = async {
+                validate_name(&new_name).map_err(Errno::from)?;
+                let r = core
+                    .meta("link", |mut c| {
+                        let new_name = new_name.clone();
+                        async move {
+                            c.link(pb::LinkRequest {
+                                ino,
+                                new_parent: newparent,
+                                new_name,
+                            })
+                            .await
+                        }
+                    })
+                    .await?;
+                r.attr.ok_or(Errno::EIO)
+            }
+            .await;
+            match r {
+                Ok(a) => reply.entry(&TTL, &core.to_fuse(&a), 0),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        let f = self.core.files.open(ino);
+        let fh = self.core.fh();
+        self.spawn(|_core| async move {
+            f.refresh_if_clean().await;
+            reply.opened(fh, 0);
+        });
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyData,
+    ) {
+        let Some(f) = self.core.files.get(ino) else {
+            reply.error(libc::EBADF);
+            return;
+        };
+        let Ok(offset) = u64::try_from(offset) else {
+            reply.error(libc::EINVAL);
+            return;
+        };
+        self.spawn(|core| async move {
+            match f.read(&core.dp, offset, size).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn write(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        data: &[u8],
+        _write_flags: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyWrite,
+    ) {
+        let Some(f) = self.core.files.get(ino) else {
+            reply.error(libc::EBADF);
+            return;
+        };
+        let Ok(offset) = u64::try_from(offset) else {
+            reply.error(libc::EINVAL);
+            return;
+        };
+        let data = data.to_vec();
+        self.spawn(|core| async move {
+            match f.write(&core.dp, offset, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn flush(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        _lock_owner: u64,
+        reply: ReplyEmpty,
+    ) {
+        let f = self.core.files.get(ino);
+        self.spawn(|core| async move {
+            let r = match f {
+                Some(f) => f.flush(&core.dp).await,
+                None => Ok(()),
+            };
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let f = self.core.files.get(ino);
+        self.spawn(|core| async move {
+            let r = match f {
+                Some(f) => f.flush(&core.dp).await,
+                None => Ok(()),
+            };
+            core.files.release(ino);
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn fsync(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let f = self.core.files.get(ino);
+        self.spawn(|core| async move {
+            let r = match f {
+                Some(f) => f.flush(&core.dp).await,
+                None => Ok(()),
+            };
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn opendir(&mut self, _req: &Request<'_>, _ino: u64, _flags: i32, reply: ReplyOpen) {
+        let fh = self.core.fh();
+        let _ = self.core.dir_handle(fh);
+        reply.opened(fh, 0);
+    }
+
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
+        let h = self.core.dir_handle(fh);
+        self.spawn(|core| async move {
+            let mut h = h.lock().await;
+            let start = offset.max(0) as usize;
+            // Cookies: 1 = ".", 2 = "..", 3 + i = entry i.
+            let mut pos = start;
+            loop {
+                if pos < 2 {
+                    if h.dir.is_none() {
+                        if let Err(e) = core.fill_dir(ino, &mut h, 1).await {
+                            return reply.error(e.0);
+                        }
+                    }
+                    let (name, target) = if pos == 0 {
+                        (".", ino)
+                    } else {
+                        ("..", h.parent.max(1))
+                    };
+                    if reply.add(target, (pos + 1) as i64, FileType::Directory, name) {
+                        break;
+                    }
+                    pos += 1;
+                    continue;
+                }
+                let i = pos - 2;
+                if let Err(e) = core.fill_dir(ino, &mut h, i + 1).await {
+                    return reply.error(e.0);
+                }
+                let Some(e) = h.entries.get(i) else { break };
+                let (child, kind) = e
+                    .attr
+                    .as_ref()
+                    .map(|a| (a.ino, file_type(a.kind)))
+                    .unwrap_or((0, FileType::RegularFile));
+                if reply.add(child, (pos + 1) as i64, kind, OsStr::from_bytes(&e.name)) {
+                    break;
+                }
+                pos += 1;
+            }
+            reply.ok();
+        });
+    }
+
+    fn readdirplus(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let h = self.core.dir_handle(fh);
+        self.spawn(|core| async move {
+            let mut h = h.lock().await;
+            let mut pos = offset.max(0) as usize;
+            loop {
+                if pos < 2 {
+                    if h.dir.is_none() {
+                        if let Err(e) = core.fill_dir(ino, &mut h, 1).await {
+                            return reply.error(e.0);
+                        }
+                    }
+                    let Some(dir) = h.dir.as_ref() else {
+                        return reply.error(libc::EIO);
+                    };
+                    let mut attr = core.to_fuse(dir);
+                    let name = if pos == 0 { "." } else { ".." };
+                    if pos == 1 {
+                        attr.ino = h.parent.max(1);
+                    }
+                    if reply.add(attr.ino, (pos + 1) as i64, name, &Duration::ZERO, &attr, 0) {
+                        break;
+                    }
+                    pos += 1;
+                    continue;
+                }
+                let i = pos - 2;
+                if let Err(e) = core.fill_dir(ino, &mut h, i + 1).await {
+                    return reply.error(e.0);
+                }
+                let Some(e) = h.entries.get(i) else { break };
+                let Some(a) = e.attr.as_ref() else {
+                    pos += 1;
+                    continue;
+                };
+                let attr = core.to_fuse(a);
+                if reply.add(
+                    a.ino,
+                    (pos + 1) as i64,
+                    OsStr::from_bytes(&e.name),
+                    &TTL,
+                    &attr,
+                    0,
+                ) {
+                    break;
+                }
+                pos += 1;
+            }
+            reply.ok();
+        });
+    }
+
+    fn releasedir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.core
+            .dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh);
+        reply.ok();
+    }
+
+    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        self.spawn(|core| async move {
+            match core
+                .meta("statfs", |mut c| async move {
+                    c.stat_fs(pb::StatFsRequest {}).await
+                })
+                .await
+            {
+                Ok(s) => {
+                    const BS: u64 = 4096;
+                    // Capacity as a user sees it: raw bytes divided by the replication factor.
+                    let rep = u64::from(s.replication.max(1));
+                    let blocks = s.total_bytes / rep / BS;
+                    let free = s.free_bytes / rep / BS;
+                    reply.statfs(
+                        blocks,
+                        free,
+                        free,
+                        s.files,
+                        u64::from(u32::MAX),
+                        BS as u32,
+                        255,
+                        BS as u32,
+                    )
+                }
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn access(&mut self, _req: &Request<'_>, _ino: u64, _mask: i32, reply: ReplyEmpty) {
+        // The kernel checks permissions itself (default_permissions).
+        reply.ok();
+    }
+
+    fn create(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (uid, gid, name) = (req.uid(), req.gid(), bytes(name));
+        let fh = self.core.fh();
+        self.spawn(|core| async move {
+            let r = core
+                .create(pb::CreateRequest {
+                    parent,
+                    name,
+                    kind: pb::FileKind::Regular as i32,
+                    mode: mode & 0o7777,
+                    uid,
+                    gid,
+                    rdev: 0,
+                    symlink_target: Vec::new(),
+                    exclusive: flags & libc::O_EXCL != 0,
+                })
+                .await;
+            match r {
+                Ok(a) => {
+                    let f = core.files.open(a.ino);
+                    if a.size == 0 {
+                        f.set_empty_base(a.version).await;
+                    } else {
+                        f.refresh_if_clean().await;
+                    }
+                    reply.created(&TTL, &core.to_fuse(&a), 0, fh, 0)
+                }
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+}

@@ -1,0 +1,129 @@
+//! `cairn mount`: mounts the file system and keeps it until SIGTERM/SIGINT or an external
+//! unmount. Shutdown is ordered so nothing acknowledged is lost and nothing written is dropped
+//! silently: flush every dirty file, unmount, then flush whatever arrived in between.
+use crate::data::DataPlane;
+use crate::fs::{CairnFs, Core};
+use anyhow::Context;
+use cairn_common::MetaClient;
+use fuser::MountOption;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub struct MountConfig {
+    pub mountpoint: PathBuf,
+    pub meta: Vec<String>,
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let p = path.display().to_string();
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(p.as_str()))
+}
+
+fn allow_other() -> bool {
+    nix::unistd::geteuid().is_root()
+        || std::fs::read_to_string("/etc/fuse.conf")
+            .map(|s| s.lines().any(|l| l.trim() == "user_allow_other"))
+            .unwrap_or(false)
+}
+
+pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
+    let mountpoint = cfg
+        .mountpoint
+        .canonicalize()
+        .with_context(|| format!("mountpoint {} does not exist", cfg.mountpoint.display()))?;
+    anyhow::ensure!(
+        mountpoint.is_dir(),
+        "mountpoint {} is not a directory",
+        mountpoint.display()
+    );
+    anyhow::ensure!(
+        !cfg.meta.is_empty(),
+        "no meta server addresses given (--meta)"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .thread_name("cairn-io")
+        .build()
+        .context("start the tokio runtime")?;
+
+    let meta = MetaClient::new(cfg.meta.clone());
+    // Fail early and clearly when the cluster cannot be reached at all.
+    rt.block_on(meta.call(|mut c| async move {
+        c.get_attr(cairn_proto::GetAttrRequest {
+            ino: cairn_common::ROOT_INO,
+        })
+        .await
+    }))
+    .map_err(|s| {
+        anyhow::anyhow!(
+            "cannot reach the Cairn cluster at {}: {}",
+            cfg.meta.join(","),
+            s.message()
+        )
+    })?;
+
+    let core = Core::new(DataPlane::new(meta));
+    let fs = CairnFs::new(core.clone(), rt.handle().clone());
+    let mut options = vec![
+        MountOption::FSName("cairn".into()),
+        MountOption::Subtype("cairn".into()),
+        MountOption::DefaultPermissions,
+        MountOption::RW,
+        MountOption::NoAtime,
+    ];
+    if allow_other() {
+        options.push(MountOption::AllowOther);
+    }
+    let session = fuser::spawn_mount2(fs, &mountpoint, &options)
+        .with_context(|| format!("mount at {}", mountpoint.display()))?;
+    tracing::info!(mountpoint = %mountpoint.display(), meta = %cfg.meta.join(","), "mounted");
+
+    let reason = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut poll = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok::<_, std::io::Error>("SIGTERM"),
+                _ = tokio::signal::ctrl_c() => return Ok("SIGINT"),
+                _ = poll.tick() => {
+                    if session.guard.is_finished() {
+                        return Ok("unmounted");
+                    }
+                }
+            }
+        }
+    })?;
+    tracing::info!(reason, "shutting down: flushing dirty files");
+    let failed = rt.block_on(core.drain());
+
+    // Unmount (dropping the session unmounts), and make sure the mount is gone even if the
+    // kernel still had it busy.
+    drop(session);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while is_mounted(&mountpoint) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if is_mounted(&mountpoint) {
+        tracing::warn!(mountpoint = %mountpoint.display(), "mount busy; detaching it lazily");
+        if let Err(e) = nix::mount::umount2(&mountpoint, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(error = %e, "umount2(MNT_DETACH) failed; trying fusermount3 -uz");
+            let _ = std::process::Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&mountpoint)
+                .status();
+        }
+    }
+    // Writes that raced with the first drain.
+    let failed = failed + rt.block_on(core.drain());
+    rt.shutdown_timeout(Duration::from_secs(5));
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} file(s) could not be flushed before exit"
+    );
+    tracing::info!("unmounted cleanly");
+    Ok(())
+}

@@ -1,0 +1,434 @@
+//! A real Cairn cluster for end-to-end tests: `cairn-meta` and `cairn-chunk` processes on
+//! 127.0.0.1, and `cairn mount` FUSE mounts, all under one temporary directory.
+//!
+//! Everything is torn down in `Drop` (mounts lazily unmounted, processes killed), also when a
+//! test fails. The binaries are found next to the `cairn` binary cargo built for this test
+//! (`scripts/test` builds all of them first).
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, program: &Path, args: Vec<String>, log: PathBuf) -> Proc {
+        let mut p = Proc {
+            name: name.to_owned(),
+            child: None,
+            program: program.to_owned(),
+            args,
+            log,
+        };
+        p.start();
+        p
+    }
+
+    /// (Re)starts the process with the same arguments, appending to its log.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .env(
+                "RUST_LOG",
+                std::env::var("CAIRN_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.program.display()));
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// kill -9: the process gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("process not running");
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = c.try_wait().expect("wait") {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("{} did not exit within {timeout:?} of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Mount {
+    pub path: PathBuf,
+    pub proc: Proc,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub meta: Vec<Proc>,
+    pub meta_addrs: Vec<String>,
+    pub chunks: Vec<Proc>,
+    pub mounts: Vec<Mount>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+pub fn bin_dir() -> PathBuf {
+    let cairn = PathBuf::from(env!("CARGO_BIN_EXE_cairn"));
+    let dir = cairn.parent().expect("bin dir").to_owned();
+    for b in ["cairn-meta", "cairn-chunk"] {
+        assert!(
+            dir.join(b).exists(),
+            "{} not found in {}: build all binaries first (scripts/test does)",
+            b,
+            dir.display()
+        );
+    }
+    dir
+}
+
+impl Cluster {
+    /// Starts `n_meta` meta nodes and `n_chunk` chunk servers and waits until a leader is
+    /// elected and every chunk server is up.
+    pub fn start(n_meta: usize, n_chunk: usize) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("cairn-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let bin = bin_dir();
+        let ports: Vec<u16> = (0..n_meta).map(|_| free_port()).collect();
+        let meta_addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let peers = meta_addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster {
+            bin,
+            meta: Vec::new(),
+            meta_addrs,
+            chunks: Vec::new(),
+            mounts: Vec::new(),
+            dir,
+        };
+        for i in 0..n_meta {
+            let id = i + 1;
+            let args = vec![
+                "--id".into(),
+                id.to_string(),
+                "--listen".into(),
+                c.meta_addrs[i].clone(),
+                "--peers".into(),
+                peers.clone(),
+                "--data-dir".into(),
+                c.path(&format!("meta{id}")).display().to_string(),
+            ];
+            let p = Proc::spawn(
+                &format!("meta{id}"),
+                &c.bin.join("cairn-meta"),
+                args,
+                c.path(&format!("meta{id}.log")),
+            );
+            c.meta.push(p);
+        }
+        c.wait_for_leader(Duration::from_secs(30));
+        for i in 0..n_chunk {
+            c.add_chunk_server(i + 1);
+        }
+        c.wait_for_chunk_servers(n_chunk, Duration::from_secs(30));
+        c
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn meta_list(&self) -> String {
+        self.meta_addrs.join(",")
+    }
+
+    pub fn chunk_data_dir(&self, n: usize) -> PathBuf {
+        self.path(&format!("chunk{n}"))
+    }
+
+    pub fn add_chunk_server(&mut self, n: usize) {
+        let args = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            self.chunk_data_dir(n).display().to_string(),
+            "--meta".into(),
+            self.meta_list(),
+        ];
+        let p = Proc::spawn(
+            &format!("chunk{n}"),
+            &self.bin.join("cairn-chunk"),
+            args,
+            self.path(&format!("chunk{n}.log")),
+        );
+        self.chunks.push(p);
+    }
+
+    /// `cairn status --json`, parsed; None while the cluster cannot answer.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let out = Command::new(self.bin.join("cairn"))
+            .args(["status", "--json", "--meta", &self.meta_list()])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// The id of the current leader according to `cairn status`.
+    pub fn leader_id(&self) -> Option<u64> {
+        let st = self.status()?;
+        st["meta"]
+            .as_array()?
+            .iter()
+            .find(|m| m["role"] == "leader")
+            .and_then(|m| m["id"].as_u64())
+    }
+
+    pub fn wait_for_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(id) = self.leader_id() {
+                return id;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self.meta.iter().map(|m| m.log_tail()).collect();
+                panic!(
+                    "no leader within {timeout:?}; meta logs:\n{}",
+                    logs.join("\n---\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn chunk_servers_up(&self) -> usize {
+        self.status()
+            .and_then(|st| {
+                st["chunk_servers"]
+                    .as_array()
+                    .map(|a| a.iter().filter(|c| c["state"] == "up").count())
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn wait_for_chunk_servers(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.chunk_servers_up() < n {
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self.chunks.iter().map(|m| m.log_tail()).collect();
+                panic!(
+                    "fewer than {n} chunk servers up within {timeout:?}; status: {:?}\nlogs:\n{}",
+                    self.status(),
+                    logs.join("\n---\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Mounts the cluster at a new directory and waits until the mount answers.
+    pub fn mount(&mut self) -> PathBuf {
+        let n = self.mounts.len() + 1;
+        let path = self.path(&format!("mnt{n}"));
+        std::fs::create_dir_all(&path).expect("mkdir mountpoint");
+        let args = vec![
+            "mount".into(),
+            path.display().to_string(),
+            "--meta".into(),
+            self.meta_list(),
+        ];
+        let mut proc = Proc::spawn(
+            &format!("mount{n}"),
+            &self.bin.join("cairn"),
+            args,
+            self.path(&format!("mount{n}.log")),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(&path) {
+            if !proc.is_running() || Instant::now() > deadline {
+                panic!(
+                    "mount at {} did not appear:\n{}",
+                    path.display(),
+                    proc.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.mounts.push(Mount {
+            path: path.clone(),
+            proc,
+        });
+        path
+    }
+
+    /// Restarts mount `i` (0-based) after its process died or was killed.
+    pub fn remount(&mut self, i: usize) {
+        let path = self.mounts[i].path.clone();
+        lazy_unmount(&path);
+        self.mounts[i].proc.start();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(&path) || std::fs::metadata(&path).is_err() {
+            if !self.mounts[i].proc.is_running() || Instant::now() > deadline {
+                panic!("remount failed:\n{}", self.mounts[i].proc.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every chunk file stored by chunk server `n` (1-based), as hex ids.
+    pub fn chunk_files(&self, n: usize) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        let root = self.chunk_data_dir(n).join("chunks");
+        if let Ok(dirs) = std::fs::read_dir(&root) {
+            for d in dirs.flatten() {
+                if let Ok(files) = std::fs::read_dir(d.path()) {
+                    for f in files.flatten() {
+                        out.insert(f.file_name().to_string_lossy().into_owned());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let p = path.display().to_string();
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(p.as_str()))
+}
+
+pub fn lazy_unmount(path: &Path) {
+    if is_mounted(path) {
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(path)
+            .status();
+        if is_mounted(path) {
+            let _ = Command::new("umount").arg("-l").arg(path).status();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &mut self.mounts {
+            m.proc.kill9();
+            lazy_unmount(&m.path);
+        }
+        for p in self.chunks.iter_mut().chain(self.meta.iter_mut()) {
+            p.kill9();
+        }
+        if std::thread::panicking() {
+            // Keep the logs of a failed test for a post-mortem.
+            let kept = self.dir.path().to_owned();
+            eprintln!("e2e: cluster files kept at {}", kept.display());
+            let d = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            let _ = d.keep();
+        }
+    }
+}
+
+/// Runs a shell command, panicking with its output when it fails.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("bash")
+        .args(["-c", cmd])
+        .output()
+        .expect("spawn bash");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes `len` bytes of deterministic pseudo-random data to `path` (fast, incompressible).
+pub fn write_random_file(path: &Path, len: u64, seed: u64) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let mut x = seed | 1;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        for w in buf.chunks_mut(8) {
+            // xorshift64*
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            let v = x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+            w.copy_from_slice(&v[..w.len()]);
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+}

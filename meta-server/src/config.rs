@@ -1,0 +1,256 @@
+//! Configuration of one meta node: command-line flags (clap, each with a `CAIRN_META_*` env var).
+use crate::network::SNAPSHOT_CHUNK_BYTES;
+use crate::service::ServiceConfig;
+use clap::Parser;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One `id=host:port` entry of `--peers`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub id: u64,
+    pub addr: String,
+}
+
+fn parse_peer(s: &str) -> Result<Peer, String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("peer {s:?} is not of the form id=host:port"))?;
+    let id = id
+        .trim()
+        .parse::<u64>()
+        .map_err(|e| format!("peer {s:?}: bad id: {e}"))?;
+    let addr = addr.trim();
+    if addr
+        .rsplit_once(':')
+        .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+    {
+        return Err(format!("peer {s:?}: address is not host:port"));
+    }
+    Ok(Peer {
+        id,
+        addr: addr.to_string(),
+    })
+}
+
+/// A Cairn metadata node (one member of the Raft cluster).
+#[derive(Parser, Clone, Debug)]
+#[command(name = "cairn-meta", version, about)]
+pub struct Config {
+    /// This node's Raft id: unique in the cluster, greater than 0.
+    #[arg(long, env = "CAIRN_META_ID")]
+    pub id: u64,
+
+    /// Address to listen on for clients and peers (host:port; port 0 picks a free port).
+    #[arg(long, env = "CAIRN_META_LISTEN")]
+    pub listen: String,
+
+    /// Address peers and clients reach this node at. Default: this node's entry in `--peers`,
+    /// else the bound listen address.
+    #[arg(long, env = "CAIRN_META_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// The initial cluster, `id=host:port,...` (including this node). A node whose log is empty
+    /// bootstraps the cluster with exactly this membership; every node may be given the same list.
+    #[arg(long, env = "CAIRN_META_PEERS", value_delimiter = ',', value_parser = parse_peer)]
+    pub peers: Vec<Peer>,
+
+    /// Directory of this node's RocksDB (`db/`) and current snapshot (`snapshot/`).
+    #[arg(long, env = "CAIRN_META_DATA_DIR")]
+    pub data_dir: PathBuf,
+
+    /// Replicas per chunk.
+    #[arg(long, env = "CAIRN_META_REPLICATION", default_value_t = 3)]
+    pub replication: u32,
+
+    /// Fewest acknowledged replicas a chunk write may commit with while servers are down.
+    #[arg(long, env = "CAIRN_META_MIN_REPLICATION", default_value_t = 2)]
+    pub min_replication: u32,
+
+    /// A chunk server with no heartbeat for this long (ms) is considered down.
+    #[arg(long, env = "CAIRN_META_HEARTBEAT_TIMEOUT_MS", default_value_t = 5000)]
+    pub heartbeat_timeout_ms: u64,
+
+    /// Build a snapshot (and purge the log) after this many entries since the last one.
+    #[arg(long, env = "CAIRN_META_SNAPSHOT_LOGS", default_value_t = 10000)]
+    pub snapshot_logs: u64,
+
+    /// Interval (ms) of the leader's Raft heartbeats.
+    #[arg(long, env = "CAIRN_META_RAFT_HEARTBEAT_MS", default_value_t = 100)]
+    pub raft_heartbeat_ms: u64,
+
+    /// Lower bound (ms) of the randomized Raft election timeout.
+    #[arg(
+        long,
+        env = "CAIRN_META_ELECTION_TIMEOUT_MIN_MS",
+        default_value_t = 300
+    )]
+    pub election_timeout_min_ms: u64,
+
+    /// Upper bound (ms) of the randomized Raft election timeout.
+    #[arg(
+        long,
+        env = "CAIRN_META_ELECTION_TIMEOUT_MAX_MS",
+        default_value_t = 600
+    )]
+    pub election_timeout_max_ms: u64,
+
+    /// On shutdown, how long (ms) in-flight RPCs may take to finish before they are cut off.
+    #[arg(long, env = "CAIRN_META_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+}
+
+impl Config {
+    /// A config with every default, for tests and embedding.
+    pub fn new(id: u64, listen: impl Into<String>, data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            id,
+            listen: listen.into(),
+            advertise: None,
+            peers: Vec::new(),
+            data_dir: data_dir.into(),
+            replication: 3,
+            min_replication: 2,
+            heartbeat_timeout_ms: 5000,
+            snapshot_logs: 10_000,
+            raft_heartbeat_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            drain_timeout_ms: 10_000,
+        }
+    }
+
+    /// Refuses inconsistent settings with a message naming the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id == 0 {
+            return Err("--id must be greater than 0".into());
+        }
+        let mut ids = BTreeSet::new();
+        for p in &self.peers {
+            if p.id == 0 {
+                return Err("--peers: ids must be greater than 0".into());
+            }
+            if !ids.insert(p.id) {
+                return Err(format!("--peers: id {} appears twice", p.id));
+            }
+        }
+        if !self.peers.is_empty() && !ids.contains(&self.id) {
+            return Err(format!("--peers must include this node (id {})", self.id));
+        }
+        if let (Some(adv), Some(me)) =
+            (&self.advertise, self.peers.iter().find(|p| p.id == self.id))
+        {
+            if adv != &me.addr {
+                return Err(format!(
+                    "--advertise {adv} differs from this node's --peers address {}",
+                    me.addr
+                ));
+            }
+        }
+        if self.replication == 0 {
+            return Err("--replication must be at least 1".into());
+        }
+        if self.min_replication == 0 || self.min_replication > self.replication {
+            return Err("--min-replication must be between 1 and --replication".into());
+        }
+        if self.snapshot_logs == 0 {
+            return Err("--snapshot-logs must be at least 1".into());
+        }
+        if self.raft_heartbeat_ms == 0 || self.election_timeout_min_ms <= self.raft_heartbeat_ms {
+            return Err("--election-timeout-min-ms must exceed --raft-heartbeat-ms (> 0)".into());
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return Err("--election-timeout-max-ms must exceed --election-timeout-min-ms".into());
+        }
+        Ok(())
+    }
+
+    /// The address this node advertises, given the address its listener is bound to.
+    pub fn advertise_addr(&self, bound: std::net::SocketAddr) -> String {
+        if let Some(a) = &self.advertise {
+            return a.clone();
+        }
+        if let Some(me) = self.peers.iter().find(|p| p.id == self.id) {
+            return me.addr.clone();
+        }
+        bound.to_string()
+    }
+
+    /// openraft's settings derived from this config.
+    pub fn raft_config(&self) -> Result<openraft::Config, String> {
+        openraft::Config {
+            cluster_name: "cairn-meta".to_string(),
+            heartbeat_interval: self.raft_heartbeat_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            // A snapshot chunk is at most SNAPSHOT_CHUNK_BYTES; give it time on a busy LAN.
+            install_snapshot_timeout: 5_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            // Keep a tail of the log after a snapshot so a briefly lagging follower catches up by
+            // entries rather than by a full snapshot.
+            max_in_snapshot_log_to_keep: (self.snapshot_logs / 10).min(1000),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| format!("raft config: {e}"))
+    }
+
+    pub fn service_config(&self) -> ServiceConfig {
+        ServiceConfig {
+            replication: self.replication,
+            min_replication: self.min_replication,
+            heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_flags_and_validates() {
+        let c = Config::try_parse_from([
+            "cairn-meta",
+            "--id",
+            "2",
+            "--listen",
+            "0.0.0.0:7002",
+            "--peers",
+            "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003",
+            "--data-dir",
+            "/tmp/x",
+        ])
+        .unwrap();
+        assert_eq!(c.peers.len(), 3);
+        assert_eq!(
+            c.peers[1],
+            Peer {
+                id: 2,
+                addr: "127.0.0.1:7002".into()
+            }
+        );
+        c.validate().unwrap();
+        assert_eq!(
+            c.advertise_addr("0.0.0.0:7002".parse().unwrap()),
+            "127.0.0.1:7002"
+        );
+        c.raft_config().unwrap();
+    }
+
+    #[test]
+    fn refuses_bad_settings() {
+        assert!(parse_peer("x=1.2.3.4:5").is_err());
+        assert!(parse_peer("1=nohost").is_err());
+        let mut c = Config::new(4, "127.0.0.1:0", "/tmp/x");
+        c.peers = vec![parse_peer("1=a:1").unwrap()];
+        assert!(c.validate().unwrap_err().contains("include this node"));
+        let mut c = Config::new(1, "127.0.0.1:0", "/tmp/x");
+        c.min_replication = 4;
+        assert!(c.validate().is_err());
+        c = Config::new(0, "127.0.0.1:0", "/tmp/x");
+        assert!(c.validate().is_err());
+    }
+}

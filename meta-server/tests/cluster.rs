@@ -1,0 +1,350 @@
+//! An in-process 3-node metadata cluster on 127.0.0.1:0: election, leader failover, restart
+//! catch-up, and catch-up by snapshot after the log was purged.
+//!
+//! Writes are real commands (`RegisterChunkServer`, idempotent per uuid): registering a uuid
+//! again returns the id it got the first time, which proves the state survived. At the end of a
+//! scenario every node's replicated state (the `STATE_CFS` column families) is compared byte for
+//! byte.
+use cairn_meta_server::command::{Command, Reply};
+use cairn_meta_server::config::{Config, Peer};
+use cairn_meta_server::error::MetaError;
+use cairn_meta_server::fsm::STATE_CFS;
+use cairn_meta_server::{start_with_listener, RunningNode};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+/// Each node's replicated state: (column family, key, value) rows.
+type StateDumps = BTreeMap<u64, Vec<(String, Vec<u8>, Vec<u8>)>>;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+struct Cluster {
+    dirs: BTreeMap<u64, TempDir>,
+    addrs: BTreeMap<u64, SocketAddr>,
+    nodes: BTreeMap<u64, RunningNode>,
+    snapshot_logs: u64,
+}
+
+impl Cluster {
+    async fn start(n: u64, snapshot_logs: u64) -> Cluster {
+        let mut listeners = BTreeMap::new();
+        let mut addrs = BTreeMap::new();
+        for id in 1..=n {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addrs.insert(id, l.local_addr().unwrap());
+            listeners.insert(id, l);
+        }
+        let mut c = Cluster {
+            dirs: (1..=n)
+                .map(|id| (id, tempfile::tempdir().unwrap()))
+                .collect(),
+            addrs,
+            nodes: BTreeMap::new(),
+            snapshot_logs,
+        };
+        for (id, l) in listeners {
+            let node = start_with_listener(c.config(id), l).await.unwrap();
+            c.nodes.insert(id, node);
+        }
+        c
+    }
+
+    fn config(&self, id: u64) -> Config {
+        let mut cfg = Config::new(id, self.addrs[&id].to_string(), self.dirs[&id].path());
+        cfg.peers = self
+            .addrs
+            .iter()
+            .map(|(id, a)| Peer {
+                id: *id,
+                addr: a.to_string(),
+            })
+            .collect();
+        cfg.snapshot_logs = self.snapshot_logs;
+        cfg.drain_timeout_ms = 2_000;
+        cfg
+    }
+
+    async fn stop(&mut self, id: u64) {
+        let node = self.nodes.remove(&id).expect("node is running");
+        node.shutdown().await.unwrap();
+    }
+
+    async fn restart(&mut self, id: u64) {
+        let deadline = Instant::now() + WAIT;
+        // Rebind the same port (peers know it) and reopen the same data dir; both may take a
+        // moment to be released by the previous incarnation.
+        loop {
+            let attempt = async {
+                let l = TcpListener::bind(self.addrs[&id]).await?;
+                start_with_listener(self.config(id), l).await
+            };
+            match attempt.await {
+                Ok(node) => {
+                    self.nodes.insert(id, node);
+                    return;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    tracing::info!(error = %e, "restart not possible yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("restart node {id}: {e:#}"),
+            }
+        }
+    }
+
+    /// Waits until every running node agrees on one running leader.
+    async fn leader(&self) -> u64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let views: Vec<Option<u64>> = self
+                .nodes
+                .values()
+                .map(|n| n.node.leader().map(|(id, _)| id))
+                .collect();
+            if let Some(Some(l)) = views.first() {
+                if views.iter().all(|v| *v == Some(*l))
+                    && self.nodes.get(l).is_some_and(|n| n.node.is_leader())
+                {
+                    return *l;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {views:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Writes through whichever node is leader, following NotLeader redirects.
+    async fn write(&self, cmd: Command) -> Reply {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let l = self.leader().await;
+            match self.nodes[&l].node.write(cmd.clone()).await {
+                Ok(r) => return r,
+                Err(MetaError::NotLeader { .. }) | Err(MetaError::Raft(_))
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("write failed: {e}"),
+            }
+        }
+    }
+
+    async fn register(&self, uuid: &str) -> u64 {
+        let cmd = Command::RegisterChunkServer {
+            uuid: uuid.to_string(),
+            addr: format!("127.0.0.1:{}", 9000 + uuid.len()),
+        };
+        match self.write(cmd).await {
+            Reply::ServerId(id) => id,
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    /// Waits until every running node has applied `index`.
+    async fn wait_applied(&self, index: u64) {
+        let deadline = Instant::now() + WAIT;
+        for (id, n) in &self.nodes {
+            loop {
+                let s = n.node.local_status();
+                if s.last_applied >= index {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {id} stuck at {s:?}, want {index}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    fn last_log(&self, id: u64) -> u64 {
+        self.nodes[&id].node.local_status().last_log_index
+    }
+
+    /// Shuts every node down and returns each one's replicated state, read from its database.
+    async fn stop_all_and_dump(mut self) -> StateDumps {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in &ids {
+            self.stop(*id).await;
+        }
+        let mut out = BTreeMap::new();
+        for id in ids {
+            let db = cairn_meta_server::store::open_db(&self.dirs[&id].path().join("db")).unwrap();
+            let mut rows = Vec::new();
+            for name in STATE_CFS {
+                let cf = db.cf_handle(name).unwrap();
+                for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+                    let (k, v) = item.unwrap();
+                    rows.push((name.to_string(), k.to_vec(), v.to_vec()));
+                }
+            }
+            out.insert(id, rows);
+        }
+        out
+    }
+}
+
+fn assert_same_state(dumps: &StateDumps) {
+    let (first_id, first) = dumps.iter().next().unwrap();
+    assert!(!first.is_empty(), "node {first_id} holds no state at all");
+    for (id, d) in dumps {
+        assert_eq!(d, first, "node {id} differs from node {first_id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t10_elect_write_failover_restart() {
+    init_tracing();
+    tracing::info!("--- start 3 nodes; they bootstrap from the same peer list and elect a leader");
+    let mut c = Cluster::start(3, 10_000).await;
+    let leader = c.leader().await;
+    assert_eq!(c.nodes[&leader].node.members().len(), 3);
+
+    tracing::info!(
+        "--- writes through the leader are applied; a follower refuses with the leader's address"
+    );
+    let mut ids = BTreeMap::new();
+    for i in 0..20 {
+        let uuid = format!("server-{i}");
+        ids.insert(uuid.clone(), c.register(&uuid).await);
+    }
+    let distinct: std::collections::BTreeSet<_> = ids.values().collect();
+    assert_eq!(distinct.len(), 20, "every server got its own id");
+    let follower = *c.nodes.keys().find(|id| **id != leader).unwrap();
+    match c.nodes[&follower]
+        .node
+        .write(Command::RegisterChunkServer {
+            uuid: "x".into(),
+            addr: "a:1".into(),
+        })
+        .await
+    {
+        Err(MetaError::NotLeader { leader: Some(addr) }) => {
+            assert_eq!(addr, c.addrs[&leader].to_string())
+        }
+        other => panic!("follower accepted a write: {other:?}"),
+    }
+    assert!(matches!(
+        c.nodes[&follower].node.linearizable_read().await,
+        Err(MetaError::NotLeader { .. })
+    ));
+    c.nodes[&leader].node.linearizable_read().await.unwrap();
+
+    tracing::info!(
+        "--- stop the leader: a new one is elected and every acknowledged write is there"
+    );
+    let t0 = Instant::now();
+    c.stop(leader).await;
+    let new_leader = c.leader().await;
+    assert_ne!(new_leader, leader);
+    tracing::info!(elapsed = ?t0.elapsed(), new_leader, "new leader elected");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "failover took {:?}",
+        t0.elapsed()
+    );
+    c.nodes[&new_leader].node.linearizable_read().await.unwrap();
+    for (uuid, id) in &ids {
+        assert_eq!(
+            c.register(uuid).await,
+            *id,
+            "{uuid} kept its id across failover"
+        );
+    }
+
+    tracing::info!("--- new writes succeed with one node down");
+    for i in 20..40 {
+        let uuid = format!("server-{i}");
+        ids.insert(uuid.clone(), c.register(&uuid).await);
+    }
+
+    tracing::info!("--- restart the old leader from its data dir: it catches up");
+    c.restart(leader).await;
+    let target = c.last_log(new_leader);
+    c.wait_applied(target).await;
+    assert_eq!(
+        c.leader().await,
+        new_leader,
+        "the restarted node did not disrupt the leader"
+    );
+
+    tracing::info!("--- every node holds the same replicated state");
+    let dumps = c.stop_all_and_dump().await;
+    assert_same_state(&dumps);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t20_lagging_node_catches_up_by_snapshot() {
+    init_tracing();
+    tracing::info!("--- start 3 nodes with a snapshot every 20 entries");
+    let mut c = Cluster::start(3, 20).await;
+    let leader = c.leader().await;
+    let lagging = *c.nodes.keys().find(|id| **id != leader).unwrap();
+    c.register("before").await;
+    let before = c.last_log(leader);
+    c.wait_applied(before).await;
+
+    tracing::info!("--- stop a follower, then write far past the snapshot threshold");
+    c.stop(lagging).await;
+    let mut ids = BTreeMap::new();
+    for i in 0..150 {
+        let uuid = format!("s-{i}");
+        ids.insert(uuid.clone(), c.register(&uuid).await);
+    }
+    let leader = c.leader().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = c.nodes[&leader].node.raft().metrics().borrow().clone();
+        if m.purged.is_some_and(|p| p.index > before + 1) {
+            tracing::info!(purged = ?m.purged, snapshot = ?m.snapshot, "leader purged its log");
+            break;
+        }
+        assert!(Instant::now() < deadline, "leader never purged: {m:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    tracing::info!(
+        "--- restart the follower: its missing entries are gone, so it installs a snapshot"
+    );
+    c.restart(lagging).await;
+    let target = c.last_log(leader);
+    c.wait_applied(target).await;
+    let m = c.nodes[&lagging].node.raft().metrics().borrow().clone();
+    assert!(
+        m.snapshot.is_some_and(|s| s.index > before),
+        "follower holds no snapshot past index {before}: {m:?}"
+    );
+
+    tracing::info!("--- the follower serves the full state: stop the other follower and check through a leader");
+    let other = *c
+        .nodes
+        .keys()
+        .find(|id| **id != leader && **id != lagging)
+        .unwrap();
+    c.stop(other).await;
+    for (uuid, id) in ids.iter().take(10) {
+        assert_eq!(c.register(uuid).await, *id);
+    }
+
+    tracing::info!("--- every node holds the same replicated state");
+    c.restart(other).await;
+    let target = c.last_log(c.leader().await);
+    c.wait_applied(target).await;
+    let dumps = c.stop_all_and_dump().await;
+    assert_same_state(&dumps);
+}

@@ -1,0 +1,916 @@
+//! The namespace state machine on a temp RocksDB, applied the way Raft applies it: one batch per
+//! command, written before the next command is applied.
+use cairn_common::error::ErrorKind;
+use cairn_common::{ChunkId, CHUNK_SIZE, ROOT_INO};
+use cairn_meta_server::command::{
+    Command, CommandResult, Kind, Reply, SlotChunk, SlotUpdate, Time, RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+};
+use cairn_meta_server::fsm::{Fsm, Inode, STATE_CFS};
+use rocksdb::{Options, WriteBatch, DB};
+use std::sync::Arc;
+
+const MB4: u64 = CHUNK_SIZE as u64;
+
+struct H {
+    _dir: tempfile::TempDir,
+    db: Arc<DB>,
+    fsm: Fsm,
+    clock: i64,
+}
+
+fn open_db(path: &std::path::Path) -> Arc<DB> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    Arc::new(DB::open_cf(&opts, path, STATE_CFS).unwrap())
+}
+
+impl H {
+    fn new() -> H {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path());
+        let fsm = Fsm::open(db.clone()).unwrap();
+        H {
+            _dir: dir,
+            db,
+            fsm,
+            clock: 1_000,
+        }
+    }
+
+    fn now(&mut self) -> Time {
+        self.clock += 1;
+        Time {
+            secs: self.clock,
+            nanos: 0,
+        }
+    }
+
+    /// Applies like the Raft state machine: batch written after each command. A refused command
+    /// must leave the batch empty.
+    fn apply(&mut self, cmd: Command) -> CommandResult {
+        let mut b = WriteBatch::default();
+        let r = self.fsm.apply(&cmd, &mut b);
+        if r.is_err() {
+            assert!(
+                b.is_empty(),
+                "refused command {cmd:?} put changes into the batch"
+            );
+        }
+        self.db.write(b).unwrap();
+        r
+    }
+
+    fn err(&mut self, cmd: Command) -> ErrorKind {
+        match self.apply(cmd) {
+            Ok(r) => panic!("expected an error, got {r:?}"),
+            Err(e) => e.kind,
+        }
+    }
+
+    fn create(&mut self, parent: u64, name: &str, kind: Kind) -> Result<Inode, ErrorKind> {
+        let now = self.now();
+        let target = if kind == Kind::Symlink {
+            b"/some/target".to_vec()
+        } else {
+            Vec::new()
+        };
+        match self.apply(Command::Create {
+            parent,
+            name: name.as_bytes().to_vec(),
+            kind,
+            mode: 0o100644,
+            uid: 10,
+            gid: 20,
+            rdev: 0,
+            symlink_target: target,
+            exclusive: true,
+            now,
+        }) {
+            Ok(Reply::Attr(i)) => Ok(i),
+            Ok(r) => panic!("unexpected reply {r:?}"),
+            Err(e) => Err(e.kind),
+        }
+    }
+
+    fn file(&mut self, parent: u64, name: &str) -> Inode {
+        self.create(parent, name, Kind::Regular).unwrap()
+    }
+
+    fn mkdir(&mut self, parent: u64, name: &str) -> Inode {
+        self.create(parent, name, Kind::Directory).unwrap()
+    }
+
+    fn get(&self, ino: u64) -> Inode {
+        self.fsm.get(ino).unwrap()
+    }
+
+    fn exists(&self, ino: u64) -> bool {
+        self.fsm.get_opt(ino).unwrap().is_some()
+    }
+
+    fn lookup(&self, parent: u64, name: &str) -> Option<Inode> {
+        self.fsm.lookup(parent, name.as_bytes()).ok()
+    }
+
+    fn unlink(&mut self, parent: u64, name: &str) -> Result<(), ErrorKind> {
+        let now = self.now();
+        self.apply(Command::Unlink {
+            parent,
+            name: name.as_bytes().to_vec(),
+            now,
+        })
+        .map(|_| ())
+        .map_err(|e| e.kind)
+    }
+
+    fn rmdir(&mut self, parent: u64, name: &str) -> Result<(), ErrorKind> {
+        let now = self.now();
+        self.apply(Command::Rmdir {
+            parent,
+            name: name.as_bytes().to_vec(),
+            now,
+        })
+        .map(|_| ())
+        .map_err(|e| e.kind)
+    }
+
+    fn rename(&mut self, p: u64, n: &str, np: u64, nn: &str, flags: u32) -> Result<(), ErrorKind> {
+        let now = self.now();
+        self.apply(Command::Rename {
+            parent: p,
+            name: n.as_bytes().to_vec(),
+            new_parent: np,
+            new_name: nn.as_bytes().to_vec(),
+            flags,
+            now,
+        })
+        .map(|_| ())
+        .map_err(|e| e.kind)
+    }
+
+    fn commit(
+        &mut self,
+        ino: u64,
+        size: u64,
+        updates: Vec<SlotUpdate>,
+    ) -> Result<Inode, ErrorKind> {
+        let base = self.get(ino).version;
+        self.commit_at(ino, base, size, updates)
+    }
+
+    fn commit_at(
+        &mut self,
+        ino: u64,
+        base_version: u64,
+        size: u64,
+        updates: Vec<SlotUpdate>,
+    ) -> Result<Inode, ErrorKind> {
+        let now = self.now();
+        match self.apply(Command::CommitWrite {
+            ino,
+            base_version,
+            size,
+            updates,
+            mtime: None,
+            now,
+        }) {
+            Ok(Reply::Attr(i)) => Ok(i),
+            Ok(r) => panic!("unexpected reply {r:?}"),
+            Err(e) => Err(e.kind),
+        }
+    }
+
+    fn truncate(&mut self, ino: u64, size: u64) -> Inode {
+        let now = self.now();
+        match self.apply(Command::SetAttr {
+            ino,
+            mode: None,
+            uid: None,
+            gid: None,
+            size: Some(size),
+            atime: None,
+            mtime: None,
+            now,
+        }) {
+            Ok(Reply::Attr(i)) => i,
+            r => panic!("unexpected {r:?}"),
+        }
+    }
+
+    fn refs(&self, id: &ChunkId) -> Option<u64> {
+        self.fsm.chunk(id).unwrap().map(|r| r.refs)
+    }
+
+    fn in_gc(&self, id: &ChunkId) -> bool {
+        self.fsm.gc_queue().unwrap().iter().any(|(g, _)| g == id)
+    }
+
+    fn names(&self, dir: u64) -> Vec<String> {
+        self.fsm
+            .readdir(dir, b"", 10_000)
+            .unwrap()
+            .entries
+            .into_iter()
+            .map(|(n, _)| String::from_utf8(n).unwrap())
+            .collect()
+    }
+}
+
+fn chunk(tag: &str, len: u32) -> SlotChunk {
+    SlotChunk {
+        id: ChunkId::of(tag.as_bytes()),
+        len,
+        stored_len: len,
+    }
+}
+
+fn upd(index: u64, c: SlotChunk, replicas: &[u64]) -> SlotUpdate {
+    SlotUpdate {
+        index,
+        chunk: Some(c),
+        replicas: replicas.to_vec(),
+    }
+}
+
+#[test]
+fn root_exists_and_reopen_keeps_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(dir.path());
+    let fsm = Fsm::open(db.clone()).unwrap();
+    let root = fsm.get(ROOT_INO).unwrap();
+    assert_eq!(root.kind, Kind::Directory);
+    assert_eq!(root.mode, 0o755);
+    assert_eq!(root.nlink, 2);
+    assert_eq!(root.parent, ROOT_INO);
+    assert_eq!(root.mtime, Time::default());
+    assert_eq!(fsm.inode_count().unwrap(), 1);
+    let mut b = WriteBatch::default();
+    fsm.apply(
+        &Command::Create {
+            parent: ROOT_INO,
+            name: b"f".to_vec(),
+            kind: Kind::Regular,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            symlink_target: vec![],
+            exclusive: true,
+            now: Time { secs: 5, nanos: 0 },
+        },
+        &mut b,
+    )
+    .unwrap();
+    db.write(b).unwrap();
+    drop(fsm);
+    drop(db);
+
+    let db = open_db(dir.path());
+    let fsm = Fsm::open(db).unwrap();
+    assert_eq!(fsm.inode_count().unwrap(), 2);
+    assert_eq!(fsm.get(ROOT_INO).unwrap().mtime, Time { secs: 5, nanos: 0 });
+    assert!(fsm.lookup(ROOT_INO, b"f").is_ok());
+}
+
+#[test]
+fn create_kinds_and_lookup() {
+    let mut h = H::new();
+    let f = h.file(ROOT_INO, "file");
+    assert_eq!(f.kind, Kind::Regular);
+    assert_eq!(f.mode, 0o644, "type bits are masked off");
+    assert_eq!(
+        (f.uid, f.gid, f.nlink, f.size, f.version),
+        (10, 20, 1, 0, 1)
+    );
+    assert!(f.ino > ROOT_INO);
+    let d = h.mkdir(ROOT_INO, "dir");
+    assert_eq!(d.nlink, 2);
+    assert_eq!(d.parent, ROOT_INO);
+    let l = h.create(d.ino, "link", Kind::Symlink).unwrap();
+    assert_eq!(l.size, "/some/target".len() as u64);
+    assert_eq!(h.fsm.readlink(l.ino).unwrap(), b"/some/target");
+    assert_eq!(
+        h.fsm.readlink(f.ino).unwrap_err().to_string(),
+        format!("invalid-argument: inode {} is not a symlink", f.ino)
+    );
+    let fifo = h.create(ROOT_INO, "fifo", Kind::Fifo).unwrap();
+    assert_eq!(fifo.kind, Kind::Fifo);
+
+    let root = h.get(ROOT_INO);
+    assert_eq!(root.nlink, 3, "mkdir bumps the parent's link count");
+    assert_eq!(
+        root.mtime, fifo.ctime,
+        "parent mtime follows the last create"
+    );
+    assert_eq!(h.lookup(ROOT_INO, "file").unwrap(), f);
+    assert_eq!(h.lookup(d.ino, "link").unwrap().ino, l.ino);
+    assert!(h.lookup(ROOT_INO, "nope").is_none());
+    assert_eq!(h.fsm.inode_count().unwrap(), 5);
+    let attr = f.to_attr();
+    assert_eq!(attr.ino, f.ino);
+    assert_eq!(attr.kind, cairn_proto::FileKind::Regular as i32);
+}
+
+#[test]
+fn create_refusals_change_nothing() {
+    let mut h = H::new();
+    let f = h.file(ROOT_INO, "f");
+    assert_eq!(
+        h.create(ROOT_INO, "f", Kind::Regular),
+        Err(ErrorKind::AlreadyExists)
+    );
+    assert_eq!(
+        h.create(ROOT_INO, "f", Kind::Directory),
+        Err(ErrorKind::AlreadyExists)
+    );
+    assert_eq!(
+        h.create(ROOT_INO, "a/b", Kind::Regular),
+        Err(ErrorKind::InvalidArgument)
+    );
+    assert_eq!(
+        h.create(ROOT_INO, "..", Kind::Regular),
+        Err(ErrorKind::InvalidArgument)
+    );
+    assert_eq!(
+        h.create(ROOT_INO, "", Kind::Regular),
+        Err(ErrorKind::InvalidArgument)
+    );
+    assert_eq!(
+        h.create(ROOT_INO, &"x".repeat(256), Kind::Regular),
+        Err(ErrorKind::NameTooLong)
+    );
+    assert_eq!(h.create(999, "x", Kind::Regular), Err(ErrorKind::NotFound));
+    assert_eq!(h.create(f.ino, "x", Kind::Regular), Err(ErrorKind::NotDir));
+    let now = h.now();
+    let empty_target = h.err(Command::Create {
+        parent: ROOT_INO,
+        name: b"s".to_vec(),
+        kind: Kind::Symlink,
+        mode: 0o777,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        symlink_target: vec![],
+        exclusive: true,
+        now,
+    });
+    assert_eq!(empty_target, ErrorKind::InvalidArgument);
+    assert_eq!(h.fsm.inode_count().unwrap(), 2);
+    assert_eq!(h.names(ROOT_INO), vec!["f"]);
+
+    // open(O_CREAT) without O_EXCL returns the existing file.
+    let now = h.now();
+    let r = h
+        .apply(Command::Create {
+            parent: ROOT_INO,
+            name: b"f".to_vec(),
+            kind: Kind::Regular,
+            mode: 0o600,
+            uid: 1,
+            gid: 1,
+            rdev: 0,
+            symlink_target: vec![],
+            exclusive: false,
+            now,
+        })
+        .unwrap();
+    assert_eq!(r, Reply::Attr(f.clone()));
+    // ... but not when the existing entry is a directory.
+    h.mkdir(ROOT_INO, "d");
+    let now = h.now();
+    let e = h.err(Command::Create {
+        parent: ROOT_INO,
+        name: b"d".to_vec(),
+        kind: Kind::Regular,
+        mode: 0o600,
+        uid: 1,
+        gid: 1,
+        rdev: 0,
+        symlink_target: vec![],
+        exclusive: false,
+        now,
+    });
+    assert_eq!(e, ErrorKind::AlreadyExists);
+}
+
+#[test]
+fn readdir_pages_in_name_order() {
+    let mut h = H::new();
+    let d = h.mkdir(ROOT_INO, "d");
+    let other = h.mkdir(ROOT_INO, "e");
+    h.file(other.ino, "zzz-not-in-d");
+    for n in ["c", "a", "b", "e", "d"] {
+        h.file(d.ino, n);
+    }
+    let p = h.fsm.readdir(d.ino, b"", 2).unwrap();
+    let names: Vec<_> = p.entries.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(names, vec![b"a".to_vec(), b"b".to_vec()]);
+    assert!(!p.eof);
+    assert_eq!(p.dir.ino, d.ino);
+    let p = h.fsm.readdir(d.ino, b"b", 2).unwrap();
+    let names: Vec<_> = p.entries.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(names, vec![b"c".to_vec(), b"d".to_vec()]);
+    let p = h.fsm.readdir(d.ino, b"d", 2).unwrap();
+    assert_eq!(p.entries.len(), 1);
+    assert_eq!(p.entries[0].0, b"e");
+    assert!(p.eof);
+    // `after` need not exist.
+    let p = h.fsm.readdir(d.ino, b"bb", 100).unwrap();
+    assert_eq!(p.entries.len(), 3);
+    assert!(p.eof);
+    // A page that ends exactly at the last entry is eof.
+    let p = h.fsm.readdir(d.ino, b"", 5).unwrap();
+    assert_eq!(p.entries.len(), 5);
+    assert!(p.eof);
+    let empty = h.mkdir(ROOT_INO, "empty");
+    let p = h.fsm.readdir(empty.ino, b"", 10).unwrap();
+    assert!(p.entries.is_empty() && p.eof);
+    let f = h.lookup(d.ino, "a").unwrap();
+    assert!(h.fsm.readdir(f.ino, b"", 10).is_err());
+    assert!(h.fsm.readdir(12345, b"", 10).is_err());
+}
+
+#[test]
+fn hard_links_and_unlink() {
+    let mut h = H::new();
+    let d = h.mkdir(ROOT_INO, "d");
+    let f = h.file(ROOT_INO, "f");
+    let c = chunk("data", 100);
+    h.commit(f.ino, 100, vec![upd(0, c, &[1, 2])]).unwrap();
+    let now = h.now();
+    let r = h
+        .apply(Command::Link {
+            ino: f.ino,
+            new_parent: d.ino,
+            new_name: b"g".to_vec(),
+            now,
+        })
+        .unwrap();
+    let Reply::Attr(linked) = r else { panic!() };
+    assert_eq!(linked.nlink, 2);
+    assert_eq!(linked.ctime, now);
+    assert_eq!(h.lookup(d.ino, "g").unwrap().ino, f.ino);
+    // Linking a directory, onto an existing name, or a missing inode is refused.
+    let now = h.now();
+    let e = h.err(Command::Link {
+        ino: d.ino,
+        new_parent: ROOT_INO,
+        new_name: b"d2".to_vec(),
+        now,
+    });
+    assert_eq!(e, ErrorKind::NotPermitted);
+    let e = h.err(Command::Link {
+        ino: f.ino,
+        new_parent: ROOT_INO,
+        new_name: b"d".to_vec(),
+        now,
+    });
+    assert_eq!(e, ErrorKind::AlreadyExists);
+    let e = h.err(Command::Link {
+        ino: 4242,
+        new_parent: ROOT_INO,
+        new_name: b"x".to_vec(),
+        now,
+    });
+    assert_eq!(e, ErrorKind::NotFound);
+
+    assert_eq!(h.unlink(ROOT_INO, "d"), Err(ErrorKind::IsDir));
+    assert_eq!(h.unlink(ROOT_INO, "nope"), Err(ErrorKind::NotFound));
+    h.unlink(ROOT_INO, "f").unwrap();
+    assert_eq!(h.get(f.ino).nlink, 1);
+    assert_eq!(h.refs(&c.id), Some(1));
+    h.unlink(d.ino, "g").unwrap();
+    assert!(!h.exists(f.ino), "last link gone: inode deleted");
+    assert_eq!(h.refs(&c.id), Some(0));
+    assert!(h.in_gc(&c.id));
+    assert_eq!(h.fsm.inode_count().unwrap(), 2);
+}
+
+#[test]
+fn rmdir_rules() {
+    let mut h = H::new();
+    let d = h.mkdir(ROOT_INO, "d");
+    h.file(d.ino, "x");
+    h.file(ROOT_INO, "f");
+    assert_eq!(h.rmdir(ROOT_INO, "f"), Err(ErrorKind::NotDir));
+    assert_eq!(h.rmdir(ROOT_INO, "d"), Err(ErrorKind::NotEmpty));
+    assert_eq!(h.rmdir(ROOT_INO, "nope"), Err(ErrorKind::NotFound));
+    h.unlink(d.ino, "x").unwrap();
+    assert_eq!(h.get(ROOT_INO).nlink, 3);
+    h.rmdir(ROOT_INO, "d").unwrap();
+    assert!(!h.exists(d.ino));
+    assert_eq!(h.get(ROOT_INO).nlink, 2);
+    assert_eq!(h.names(ROOT_INO), vec!["f"]);
+}
+
+#[test]
+fn rename_moves_and_replaces() {
+    let mut h = H::new();
+    let a = h.mkdir(ROOT_INO, "a");
+    let b = h.mkdir(ROOT_INO, "b");
+    let f = h.file(a.ino, "f");
+    let g = h.file(b.ino, "g");
+    let cg = chunk("g-data", 10);
+    h.commit(g.ino, 10, vec![upd(0, cg, &[1])]).unwrap();
+
+    // Plain move across directories.
+    h.rename(a.ino, "f", b.ino, "f2", 0).unwrap();
+    assert!(h.lookup(a.ino, "f").is_none());
+    assert_eq!(h.lookup(b.ino, "f2").unwrap().ino, f.ino);
+
+    // File over file: the victim is deleted and its chunks released.
+    h.rename(b.ino, "f2", b.ino, "g", 0).unwrap();
+    assert_eq!(h.lookup(b.ino, "g").unwrap().ino, f.ino);
+    assert!(!h.exists(g.ino));
+    assert_eq!(h.refs(&cg.id), Some(0));
+    assert!(h.in_gc(&cg.id));
+    assert_eq!(h.names(b.ino), vec!["g"]);
+
+    // NOREPLACE.
+    h.file(b.ino, "h");
+    assert_eq!(
+        h.rename(b.ino, "g", b.ino, "h", RENAME_NOREPLACE),
+        Err(ErrorKind::AlreadyExists)
+    );
+    h.rename(b.ino, "g", b.ino, "i", RENAME_NOREPLACE).unwrap();
+
+    // Onto itself; between two links of one file: nothing changes.
+    h.rename(b.ino, "i", b.ino, "i", 0).unwrap();
+    let now = h.now();
+    h.apply(Command::Link {
+        ino: f.ino,
+        new_parent: ROOT_INO,
+        new_name: b"f-link".to_vec(),
+        now,
+    })
+    .unwrap();
+    h.rename(b.ino, "i", ROOT_INO, "f-link", 0).unwrap();
+    assert_eq!(h.lookup(b.ino, "i").unwrap().ino, f.ino);
+    assert_eq!(h.get(f.ino).nlink, 2);
+
+    assert_eq!(
+        h.rename(b.ino, "nope", b.ino, "x", 0),
+        Err(ErrorKind::NotFound)
+    );
+    assert_eq!(
+        h.rename(b.ino, "i", b.ino, "x", 4),
+        Err(ErrorKind::InvalidArgument)
+    );
+    assert_eq!(
+        h.rename(b.ino, "i", b.ino, "x", 3),
+        Err(ErrorKind::InvalidArgument)
+    );
+    assert_eq!(
+        h.rename(b.ino, "i", b.ino, "a/b", 0),
+        Err(ErrorKind::InvalidArgument)
+    );
+}
+
+#[test]
+fn rename_directories() {
+    let mut h = H::new();
+    let a = h.mkdir(ROOT_INO, "a");
+    let b = h.mkdir(ROOT_INO, "b");
+    let sub = h.mkdir(a.ino, "sub");
+    let deep = h.mkdir(sub.ino, "deep");
+    h.file(ROOT_INO, "f");
+    assert_eq!(h.get(ROOT_INO).nlink, 4);
+
+    // Into its own subtree.
+    assert_eq!(
+        h.rename(ROOT_INO, "a", sub.ino, "x", 0),
+        Err(ErrorKind::InvalidArgument)
+    );
+    assert_eq!(
+        h.rename(ROOT_INO, "a", deep.ino, "x", 0),
+        Err(ErrorKind::InvalidArgument)
+    );
+    assert_eq!(
+        h.rename(ROOT_INO, "a", a.ino, "x", 0),
+        Err(ErrorKind::InvalidArgument)
+    );
+    // Type mismatches.
+    assert_eq!(
+        h.rename(ROOT_INO, "a", ROOT_INO, "f", 0),
+        Err(ErrorKind::NotDir)
+    );
+    assert_eq!(
+        h.rename(ROOT_INO, "f", ROOT_INO, "a", 0),
+        Err(ErrorKind::IsDir)
+    );
+    // Over a non-empty directory.
+    assert_eq!(
+        h.rename(ROOT_INO, "b", ROOT_INO, "a", 0),
+        Err(ErrorKind::NotEmpty)
+    );
+
+    // Move sub from a to b: link counts and the parent pointer follow.
+    h.rename(a.ino, "sub", b.ino, "sub", 0).unwrap();
+    assert_eq!(h.get(a.ino).nlink, 2);
+    assert_eq!(h.get(b.ino).nlink, 3);
+    assert_eq!(h.get(sub.ino).parent, b.ino);
+    // Now a can be replaced by b's sub? No: sub is not empty. Replace empty a with b.
+    h.rename(ROOT_INO, "b", ROOT_INO, "a", 0).unwrap();
+    assert!(!h.exists(a.ino));
+    assert_eq!(h.lookup(ROOT_INO, "a").unwrap().ino, b.ino);
+    assert_eq!(h.get(ROOT_INO).nlink, 3, "root: '.', '..' and a");
+    assert_eq!(h.names(ROOT_INO), vec!["a", "f"]);
+    assert_eq!(h.fsm.inode_count().unwrap(), 5);
+
+    // A directory over an empty directory in another parent.
+    let e = h.mkdir(ROOT_INO, "e");
+    h.rename(sub.ino, "deep", ROOT_INO, "e", 0).unwrap();
+    assert!(!h.exists(e.ino));
+    assert_eq!(h.get(deep.ino).parent, ROOT_INO);
+    assert_eq!(h.get(sub.ino).nlink, 2);
+    assert_eq!(h.get(ROOT_INO).nlink, 4);
+}
+
+#[test]
+fn rename_exchange() {
+    let mut h = H::new();
+    let a = h.mkdir(ROOT_INO, "a");
+    let b = h.mkdir(ROOT_INO, "b");
+    let sub = h.mkdir(a.ino, "sub");
+    let f = h.file(b.ino, "f");
+    assert_eq!(
+        h.rename(a.ino, "sub", b.ino, "nope", RENAME_EXCHANGE),
+        Err(ErrorKind::NotFound)
+    );
+    h.rename(a.ino, "sub", b.ino, "f", RENAME_EXCHANGE).unwrap();
+    assert_eq!(h.lookup(a.ino, "sub").unwrap().ino, f.ino);
+    assert_eq!(h.lookup(b.ino, "f").unwrap().ino, sub.ino);
+    assert_eq!(h.get(sub.ino).parent, b.ino);
+    assert_eq!(h.get(a.ino).nlink, 2);
+    assert_eq!(h.get(b.ino).nlink, 3);
+    // Exchanging a directory with an entry inside its own subtree is refused.
+    assert_eq!(
+        h.rename(ROOT_INO, "b", b.ino, "f", RENAME_EXCHANGE),
+        Err(ErrorKind::InvalidArgument)
+    );
+    // Same directory swap.
+    h.file(ROOT_INO, "x");
+    h.rename(ROOT_INO, "a", ROOT_INO, "x", RENAME_EXCHANGE)
+        .unwrap();
+    assert_eq!(h.lookup(ROOT_INO, "x").unwrap().ino, a.ino);
+    assert_eq!(h.get(ROOT_INO).nlink, 4);
+}
+
+#[test]
+fn setattr_and_truncate() {
+    let mut h = H::new();
+    let f = h.file(ROOT_INO, "f");
+    let now = h.now();
+    let r = h
+        .apply(Command::SetAttr {
+            ino: f.ino,
+            mode: Some(0o4755),
+            uid: Some(7),
+            gid: Some(8),
+            size: None,
+            atime: Some(Time { secs: 1, nanos: 2 }),
+            mtime: Some(Time { secs: 3, nanos: 4 }),
+            now,
+        })
+        .unwrap();
+    let Reply::Attr(i) = r else { panic!() };
+    assert_eq!((i.mode, i.uid, i.gid), (0o4755, 7, 8));
+    assert_eq!(i.atime, Time { secs: 1, nanos: 2 });
+    assert_eq!(i.mtime, Time { secs: 3, nanos: 4 });
+    assert_eq!(i.ctime, now);
+    assert_eq!(i.version, 1, "attribute changes do not bump the version");
+
+    let (c0, c1, c2) = (
+        chunk("0", MB4 as u32),
+        chunk("1", MB4 as u32),
+        chunk("2", 100),
+    );
+    let i = h
+        .commit(
+            f.ino,
+            2 * MB4 + 100,
+            vec![upd(0, c0, &[1]), upd(1, c1, &[1]), upd(2, c2, &[1])],
+        )
+        .unwrap();
+    assert_eq!(i.version, 2);
+    assert_eq!(i.stored_bytes(), 2 * MB4 + 100);
+
+    // Truncate into slot 1: slot 2 dropped, slot 1 clipped.
+    let i = h.truncate(f.ino, MB4 + 10);
+    assert_eq!(i.version, 3);
+    assert_eq!(i.size, MB4 + 10);
+    assert_eq!(i.slots.len(), 2);
+    assert_eq!(i.slots[&1].len, 10);
+    assert_eq!(i.slots[&0].len, MB4 as u32);
+    assert_eq!(h.refs(&c2.id), Some(0));
+    assert!(h.in_gc(&c2.id));
+    // Truncating at a slot boundary drops the slot starting there.
+    let i = h.truncate(f.ino, MB4);
+    assert_eq!(i.slots.keys().copied().collect::<Vec<_>>(), vec![0]);
+    assert_eq!(h.refs(&c1.id), Some(0));
+    // Extending keeps the data and adds a hole.
+    let i = h.truncate(f.ino, 10 * MB4);
+    assert_eq!(i.size, 10 * MB4);
+    assert_eq!(i.slots.len(), 1);
+    assert_eq!(i.version, 5);
+    // Same size: no new version.
+    assert_eq!(h.truncate(f.ino, 10 * MB4).version, 5);
+    let i = h.truncate(f.ino, 0);
+    assert!(i.slots.is_empty());
+    assert_eq!(h.refs(&c0.id), Some(0));
+
+    let d = h.mkdir(ROOT_INO, "d");
+    let now = h.now();
+    let e = h.err(Command::SetAttr {
+        ino: d.ino,
+        mode: None,
+        uid: None,
+        gid: None,
+        size: Some(0),
+        atime: None,
+        mtime: None,
+        now,
+    });
+    assert_eq!(e, ErrorKind::IsDir);
+    let e = h.err(Command::SetAttr {
+        ino: 999,
+        mode: Some(0),
+        uid: None,
+        gid: None,
+        size: None,
+        atime: None,
+        mtime: None,
+        now,
+    });
+    assert_eq!(e, ErrorKind::NotFound);
+}
+
+#[test]
+fn commit_write_versions_and_chunk_refs() {
+    let mut h = H::new();
+    let f = h.file(ROOT_INO, "f");
+    let g = h.file(ROOT_INO, "g");
+    let (a, b) = (chunk("a", 1000), chunk("b", 1000));
+
+    let i = h.commit(f.ino, 1000, vec![upd(0, a, &[1, 2, 2])]).unwrap();
+    assert_eq!((i.size, i.version), (1000, 2));
+    let rec = h.fsm.chunk(&a.id).unwrap().unwrap();
+    assert_eq!(rec.replicas, vec![1, 2]);
+    assert_eq!((rec.refs, rec.stored_len), (1, 1000));
+
+    // Stale base version.
+    assert_eq!(h.commit_at(f.ino, 1, 10, vec![]), Err(ErrorKind::Conflict));
+    // The same chunk in another file: deduplicated, replicas merged.
+    h.commit(g.ino, 1000, vec![upd(0, a, &[3])]).unwrap();
+    let rec = h.fsm.chunk(&a.id).unwrap().unwrap();
+    assert_eq!((rec.refs, rec.replicas.clone()), (2, vec![1, 2, 3]));
+
+    // Replacing f's slot: a loses a reference, b gains one.
+    h.commit(f.ino, 1000, vec![upd(0, b, &[1])]).unwrap();
+    assert_eq!(h.refs(&a.id), Some(1));
+    assert_eq!(h.refs(&b.id), Some(1));
+    // Same chunk in two slots of one file counts twice; rewriting a slot with itself is neutral.
+    let i = h
+        .commit(f.ino, MB4 + 1000, vec![upd(1, b, &[1]), upd(0, b, &[1])])
+        .unwrap();
+    assert_eq!(i.slots.len(), 2);
+    assert_eq!(h.refs(&b.id), Some(2));
+    // A hole update releases the slot.
+    let i = h
+        .commit(
+            f.ino,
+            MB4 + 1000,
+            vec![SlotUpdate {
+                index: 0,
+                chunk: None,
+                replicas: vec![],
+            }],
+        )
+        .unwrap();
+    assert_eq!(i.slots.keys().copied().collect::<Vec<_>>(), vec![1]);
+    assert_eq!(h.refs(&b.id), Some(1));
+    // Shrinking through CommitWrite drops slots past the size.
+    h.commit(f.ino, 10, vec![]).unwrap();
+    assert_eq!(h.refs(&b.id), Some(0));
+    assert!(h.in_gc(&b.id));
+    // Referencing a queued chunk again takes it out of the gc queue.
+    h.commit(f.ino, 1000, vec![upd(0, b, &[])]).unwrap();
+    assert_eq!(h.refs(&b.id), Some(1));
+    assert!(!h.in_gc(&b.id));
+
+    // Refusals.
+    let v = h.get(f.ino).version;
+    let bad = SlotChunk {
+        id: ChunkId::of(b"x"),
+        len: 10,
+        stored_len: 5,
+    };
+    assert_eq!(
+        h.commit(f.ino, 100, vec![upd(0, bad, &[1])]),
+        Err(ErrorKind::InvalidArgument)
+    );
+    let huge = SlotChunk {
+        id: ChunkId::of(b"x"),
+        len: 1,
+        stored_len: CHUNK_SIZE as u32 + 1,
+    };
+    assert_eq!(
+        h.commit(f.ino, 100, vec![upd(0, huge, &[1])]),
+        Err(ErrorKind::InvalidArgument)
+    );
+    let c = chunk("c", 10);
+    assert_eq!(
+        h.commit(f.ino, 100, vec![upd(5, c, &[1])]),
+        Err(ErrorKind::InvalidArgument),
+        "slot past the size"
+    );
+    assert_eq!(
+        h.commit(f.ino, 100, vec![upd(0, c, &[])]),
+        Err(ErrorKind::InvalidArgument),
+        "new chunk without replicas"
+    );
+    let wrong_len = SlotChunk {
+        id: a.id,
+        len: 10,
+        stored_len: 999,
+    };
+    assert_eq!(
+        h.commit(f.ino, 100, vec![upd(0, wrong_len, &[1])]),
+        Err(ErrorKind::InvalidArgument)
+    );
+    assert_eq!(h.get(f.ino).version, v, "refused commits change nothing");
+    assert_eq!(h.fsm.chunk(&c.id).unwrap(), None);
+    let d = h.mkdir(ROOT_INO, "d");
+    assert_eq!(h.commit(d.ino, 0, vec![]), Err(ErrorKind::IsDir));
+    assert_eq!(h.commit_at(999, 1, 0, vec![]), Err(ErrorKind::NotFound));
+
+    // Chunk locations per slot.
+    h.commit(g.ino, MB4 + 5, vec![upd(1, chunk("z", 5), &[7])])
+        .unwrap();
+    let (inode, slots) = h.fsm.chunk_locations(g.ino).unwrap();
+    assert_eq!(inode.ino, g.ino);
+    assert_eq!(slots.len(), 2);
+    assert_eq!(
+        (slots[0].index, slots[0].replicas.clone()),
+        (0, vec![1, 2, 3])
+    );
+    assert_eq!((slots[1].index, slots[1].replicas.clone()), (1, vec![7]));
+}
+
+#[test]
+fn chunk_server_registration_is_idempotent() {
+    let mut h = H::new();
+    let reg = |uuid: &str, addr: &str| Command::RegisterChunkServer {
+        uuid: uuid.into(),
+        addr: addr.into(),
+    };
+    assert_eq!(
+        h.apply(reg("u1", "127.0.0.1:1")).unwrap(),
+        Reply::ServerId(1)
+    );
+    assert_eq!(
+        h.apply(reg("u2", "127.0.0.1:2")).unwrap(),
+        Reply::ServerId(2)
+    );
+    assert_eq!(
+        h.apply(reg("u1", "127.0.0.1:9")).unwrap(),
+        Reply::ServerId(1)
+    );
+    let s = h.fsm.servers().unwrap();
+    assert_eq!(s.len(), 2);
+    assert_eq!(
+        (s[0].id, s[0].uuid.as_str(), s[0].addr.as_str()),
+        (1, "u1", "127.0.0.1:9")
+    );
+    assert_eq!(h.fsm.server(2).unwrap().unwrap().addr, "127.0.0.1:2");
+    assert_eq!(h.fsm.server(3).unwrap(), None);
+    assert_eq!(h.err(reg("", "x")), ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn replicas_apply_identically() {
+    // Two state machines fed the same commands end in byte-identical state.
+    let mut x = H::new();
+    let mut y = H::new();
+    let script = |h: &mut H| {
+        let d = h.mkdir(ROOT_INO, "d");
+        let f = h.file(d.ino, "f");
+        h.commit(f.ino, 10, vec![upd(0, chunk("q", 10), &[1])])
+            .unwrap();
+        h.rename(d.ino, "f", ROOT_INO, "g", 0).unwrap();
+        let _ = h.rmdir(ROOT_INO, "d");
+    };
+    script(&mut x);
+    script(&mut y);
+    for cf in STATE_CFS {
+        let dump = |h: &H| {
+            let cfh = h.db.cf_handle(cf).unwrap();
+            h.db.iterator_cf(cfh, rocksdb::IteratorMode::Start)
+                .map(|r| r.unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(dump(&x), dump(&y), "column family {cf} differs");
+    }
+}
