@@ -130,8 +130,16 @@ impl MetaClient {
     /// Runs `f` against the leader, following redirects and retrying while the cluster has no
     /// reachable leader. Errors other than "not leader" and "unreachable" are returned as is.
     ///
-    /// ```ignore
-    /// let attr = meta.call(|mut c| async move { c.get_attr(GetAttrRequest { ino }).await }).await?;
+    /// ```no_run
+    /// # async fn example(meta: cairn_common::MetaClient) -> Result<(), tonic::Status> {
+    /// use cairn_proto::GetAttrRequest;
+    /// let ino = cairn_common::ROOT_INO;
+    /// let reply = meta
+    ///     .call(|mut c| async move { c.get_attr(GetAttrRequest { ino }).await })
+    ///     .await?;
+    /// println!("{:?}", reply.attr);
+    /// # Ok(())
+    /// # }
     /// ```
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
     where
