@@ -117,6 +117,8 @@ pub struct Cluster {
     pub meta_addrs: Vec<String>,
     pub chunks: Vec<Proc>,
     pub mounts: Vec<Mount>,
+    /// tmpfs file systems mounted for chunk servers (unmounted after the processes are gone).
+    tmpfs: Vec<PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -145,6 +147,16 @@ impl Cluster {
     /// Starts `n_meta` meta nodes and `n_chunk` chunk servers and waits until a leader is
     /// elected and every chunk server is up.
     pub fn start(n_meta: usize, n_chunk: usize) -> Cluster {
+        let mut c = Cluster::start_meta(n_meta);
+        for i in 0..n_chunk {
+            c.add_chunk_server(i + 1);
+        }
+        c.wait_for_chunk_servers(n_chunk, Duration::from_secs(30));
+        c
+    }
+
+    /// Starts `n_meta` meta nodes only and waits for a leader; add chunk servers yourself.
+    pub fn start_meta(n_meta: usize) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("cairn-e2e-")
             .tempdir()
@@ -164,6 +176,7 @@ impl Cluster {
             meta_addrs,
             chunks: Vec::new(),
             mounts: Vec::new(),
+            tmpfs: Vec::new(),
             dir,
         };
         for i in 0..n_meta {
@@ -187,10 +200,6 @@ impl Cluster {
             c.meta.push(p);
         }
         c.wait_for_leader(Duration::from_secs(30));
-        for i in 0..n_chunk {
-            c.add_chunk_server(i + 1);
-        }
-        c.wait_for_chunk_servers(n_chunk, Duration::from_secs(30));
         c
     }
 
@@ -204,6 +213,20 @@ impl Cluster {
 
     pub fn chunk_data_dir(&self, n: usize) -> PathBuf {
         self.path(&format!("chunk{n}"))
+    }
+
+    /// Adds chunk server `n` whose data directory is a tmpfs of `bytes` (a small disk that fills).
+    pub fn add_chunk_server_on_tmpfs(&mut self, n: usize, bytes: u64) {
+        let dir = self.chunk_data_dir(n);
+        std::fs::create_dir_all(&dir).expect("mkdir chunk dir");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount tmpfs at {} failed", dir.display());
+        self.tmpfs.push(dir);
+        self.add_chunk_server(n);
     }
 
     pub fn add_chunk_server(&mut self, n: usize) {
@@ -383,6 +406,9 @@ impl Drop for Cluster {
         }
         for p in self.chunks.iter_mut().chain(self.meta.iter_mut()) {
             p.kill9();
+        }
+        for t in &self.tmpfs {
+            let _ = Command::new("umount").arg(t).status();
         }
         if std::thread::panicking() {
             // Keep the logs of a failed test for a post-mortem.

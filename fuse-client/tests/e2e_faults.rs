@@ -1,0 +1,77 @@
+//! End to end, faults a user meets: a full disk. Real processes, a real FUSE mount, and chunk
+//! servers whose data directories are small tmpfs file systems that fill up.
+mod e2e_harness;
+
+use e2e_harness::{write_random_file, Cluster};
+use std::io::Write;
+use std::time::Duration;
+use tracing::info;
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Writes `data` to `path` through the mount and fsyncs it; returns the first error.
+fn write_and_sync(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    for piece in data.chunks(1 << 20) {
+        f.write_all(piece)?;
+    }
+    f.sync_all()
+}
+
+#[test]
+fn t10_a_full_cluster_is_enospc_and_leaves_no_partial_file() {
+    init_tracing();
+    info!("--- a cluster whose three chunk servers have 80 MiB disks (64 MiB of it reserved)");
+    let mut c = Cluster::start_meta(3);
+    for n in 1..=3 {
+        c.add_chunk_server_on_tmpfs(n, 80 << 20);
+    }
+    c.wait_for_chunk_servers(3, Duration::from_secs(30));
+    let mnt = c.mount();
+
+    info!("--- a small file fits");
+    let small = c.path("small.src");
+    write_random_file(&small, 1 << 20, 1);
+    let small_data = std::fs::read(&small).unwrap();
+    write_and_sync(&mnt.join("small"), &small_data).unwrap();
+
+    info!("--- a 100 MiB file does not: the writer gets ENOSPC, not success and not EIO");
+    let big = c.path("big.src");
+    write_random_file(&big, 100 << 20, 2);
+    let big_data = std::fs::read(&big).unwrap();
+    let err = write_and_sync(&mnt.join("big"), &big_data)
+        .expect_err("writing 100 MiB into a cluster with ~16 MiB free must fail");
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENOSPC),
+        "expected ENOSPC, got {err}"
+    );
+
+    info!("--- nothing half-written is visible, and what was there reads back intact");
+    let fresh = c.mount();
+    let big_len = std::fs::metadata(fresh.join("big"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert_eq!(
+        big_len, 0,
+        "a partial version of the failed file is visible"
+    );
+    assert!(std::fs::read(fresh.join("small")).unwrap() == small_data);
+    for n in 1..=3 {
+        let tmp = c.chunk_data_dir(n).join("tmp");
+        let left = std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(
+            left,
+            0,
+            "chunk server {n} left temp files in {}",
+            tmp.display()
+        );
+    }
+}
