@@ -75,3 +75,38 @@ fn t10_a_full_cluster_is_enospc_and_leaves_no_partial_file() {
         );
     }
 }
+
+#[test]
+fn t20_a_copy_survives_kill_9_of_a_chunk_server_and_the_meta_leader_midway() {
+    init_tracing();
+    let mut c = Cluster::start(3, 3);
+    let mnt = c.mount();
+    let src = c.path("src");
+    write_random_file(&src, 400 << 20, 9);
+
+    info!("--- cp a 400 MiB file; kill -9 a chunk server and then the meta leader while it runs");
+    let (s, d) = (src.clone(), mnt.join("copy"));
+    let cp = std::thread::spawn(move || {
+        std::process::Command::new("cp")
+            .arg(&s)
+            .arg(&d)
+            .output()
+            .expect("spawn cp")
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    c.chunks[1].kill9();
+    std::thread::sleep(Duration::from_millis(700));
+    let leader = c.wait_for_leader(Duration::from_secs(5));
+    c.meta[(leader - 1) as usize].kill9();
+    let out = cp.join().expect("cp thread");
+    assert!(
+        out.status.success(),
+        "cp failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    info!("--- the copy is byte-identical, also through a fresh mount");
+    e2e_harness::sh(&format!("cmp {} {}/copy", src.display(), mnt.display()));
+    let fresh = c.mount();
+    e2e_harness::sh(&format!("cmp {} {}/copy", src.display(), fresh.display()));
+}
