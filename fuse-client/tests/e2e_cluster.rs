@@ -296,3 +296,59 @@ fn t30_fsynced_data_survives_kill_of_the_client() {
     std::fs::write(mnt.join("shared"), b"from mount 1").unwrap();
     assert_eq!(std::fs::read(mnt2.join("shared")).unwrap(), b"from mount 1");
 }
+
+#[test]
+fn t40_readers_on_another_mount_see_whole_versions_never_a_mix() {
+    init_tracing();
+    let mut c = Cluster::start(3, 3);
+    let writer_mnt = c.mount();
+    let reader_mnt = c.mount();
+    const LEN: usize = 10 << 20; // three slots: the last one partly filled
+    std::fs::write(writer_mnt.join("f"), vec![b'A'; LEN]).unwrap();
+
+    info!("--- one mount overwrites the file in place with all-A / all-B versions");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let w = {
+        let (stop, path) = (stop.clone(), writer_mnt.join("f"));
+        std::thread::spawn(move || {
+            let mut versions = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let byte = if versions % 2 == 0 { b'B' } else { b'A' };
+                let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                f.write_all(&vec![byte; LEN]).unwrap();
+                f.sync_all().unwrap();
+                versions += 1;
+            }
+            versions
+        })
+    };
+
+    info!("--- the other mount reads it over and over: every read is one whole version");
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut reads = 0;
+    let mut seen = std::collections::BTreeSet::new();
+    while Instant::now() < deadline {
+        let data = std::fs::read(reader_mnt.join("f")).unwrap();
+        assert_eq!(data.len(), LEN);
+        let first = data[0];
+        assert!(
+            data.iter().all(|&b| b == first),
+            "read {reads} mixes versions: first byte {first}, a different byte at {}",
+            data.iter().position(|&b| b != first).unwrap_or(0)
+        );
+        seen.insert(first);
+        reads += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let versions = w.join().unwrap();
+    info!(reads, versions, "done");
+    assert!(
+        versions >= 2,
+        "the writer committed only {versions} versions"
+    );
+    assert_eq!(
+        seen.len(),
+        2,
+        "the reader never saw the file change: {seen:?}"
+    );
+}
