@@ -1,5 +1,6 @@
 //! Configuration of a chunk server: command-line flags, each also settable from a
 //! `CAIRN_CHUNK_*` environment variable.
+use crate::scrub::ScrubConfig;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -37,6 +38,19 @@ pub struct Config {
     /// Seconds to wait for in-flight requests to finish after SIGTERM before exiting anyway.
     #[arg(long, env = "CAIRN_CHUNK_DRAIN_SECS", default_value_t = 30)]
     pub drain_secs: u64,
+
+    /// Disk bandwidth the background scrub may use, in MiB/s (0: unlimited). Low enough that
+    /// client reads and writes keep most of the disk.
+    #[arg(long, env = "CAIRN_CHUNK_SCRUB_RATE_MB", default_value_t = 64)]
+    pub scrub_rate_mb: u64,
+
+    /// Seconds between the end of one scrub pass and the start of the next.
+    #[arg(long, env = "CAIRN_CHUNK_SCRUB_INTERVAL_SECS", default_value_t = 3600)]
+    pub scrub_interval_secs: u64,
+
+    /// Seconds after start-up before the first scrub pass (lets the server settle first).
+    #[arg(long, env = "CAIRN_CHUNK_SCRUB_START_DELAY_SECS", default_value_t = 10)]
+    pub scrub_start_delay_secs: u64,
 }
 
 impl Config {
@@ -50,6 +64,10 @@ impl Config {
             heartbeat_ms: 1000,
             reserve_bytes: 0,
             drain_secs: 5,
+            scrub_rate_mb: 64,
+            scrub_interval_secs: 3600,
+            // No pass on its own while a test runs: tests start passes with ScrubNow.
+            scrub_start_delay_secs: 3600,
         }
     }
 
@@ -65,7 +83,25 @@ impl Config {
             self.meta.iter().all(|a| !a.trim().is_empty()),
             "--meta contains an empty address"
         );
+        anyhow::ensure!(
+            self.scrub_rate_mb.checked_mul(1024 * 1024).is_some(),
+            "--scrub-rate-mb is too large (got {})",
+            self.scrub_rate_mb
+        );
+        anyhow::ensure!(
+            self.scrub_interval_secs > 0,
+            "--scrub-interval-secs must be at least 1 (got 0)"
+        );
         Ok(())
+    }
+
+    /// The scrub's settings.
+    pub fn scrub(&self) -> ScrubConfig {
+        ScrubConfig {
+            rate_bytes: self.scrub_rate_mb.saturating_mul(1024 * 1024),
+            interval: Duration::from_secs(self.scrub_interval_secs),
+            start_delay: Duration::from_secs(self.scrub_start_delay_secs),
+        }
     }
 
     pub fn heartbeat_interval(&self) -> Duration {

@@ -2,23 +2,38 @@
 //!
 //! On start the server sends `RegisterChunkServer{uuid, addr}` until it succeeds (with
 //! backoff), keeps the returned id (and writes it to `server.id` for operators), then sends a
-//! `Heartbeat` with its capacity and chunk count every interval. Failures are logged and
+//! `Heartbeat` with its capacity, chunk count and scrub figures every interval. Failures are logged and
 //! retried; a heartbeat answered `not-found` (the cluster no longer knows this id) triggers a
 //! new registration. [`MetaClient`] follows the Raft leader. The loop ends when `shutdown` is
 //! cancelled; it may be interrupted at any await point, as every step is idempotent.
-use crate::store::{write_file_durably, ChunkStore};
+//!
+//! [`BadReplicaReporter`] is the second worker of this module: it takes the copies the store
+//! found corrupt (a bounded queue fed by [`crate::store::FileStore::report_corruption_to`]) and
+//! sends `ReportBadReplica` for each, retrying with backoff, so the cluster stops placing reads
+//! on them. It too stops when `shutdown` is cancelled; reports still queued then are lost,
+//! which is harmless (clients that meet the missing copy report it too).
+use crate::scrub::Scrub;
+use crate::store::{write_file_durably, ChunkStore, CorruptChunk};
 use cairn_common::{ErrorKind, MetaClient};
-use cairn_proto::{HeartbeatRequest, RegisterChunkServerRequest};
+use cairn_proto::{HeartbeatRequest, RegisterChunkServerRequest, ReportBadReplicaRequest};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// Reports of corrupt copies waiting to be sent; further ones are dropped (and logged).
+pub const BAD_REPLICA_QUEUE: usize = 1024;
+/// Longest pause between two attempts to send one report.
+const MAX_REPORT_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Everything the heartbeat loop needs.
 pub struct Heartbeat {
     pub meta: MetaClient,
     pub store: Arc<dyn ChunkStore>,
+    /// Its figures go in every heartbeat.
+    pub scrub: Arc<Scrub>,
     pub uuid: String,
     /// The advertised address.
     pub addr: String,
@@ -119,6 +134,7 @@ impl Heartbeat {
             used_bytes: stats.used_bytes,
             free_bytes: stats.free_bytes,
             chunk_count: stats.chunk_count,
+            scrub: Some(self.scrub.stats()),
         };
         self.meta
             .call(|mut c| {
@@ -127,5 +143,98 @@ impl Heartbeat {
             })
             .await
             .map(|_| ())
+    }
+}
+
+/// Tells the metadata cluster about local copies that failed verification.
+pub struct BadReplicaReporter {
+    pub meta: MetaClient,
+    /// The id the heartbeat loop registered (0 until then; reports wait for it).
+    pub server_id: Arc<AtomicU64>,
+    pub reports: mpsc::Receiver<CorruptChunk>,
+}
+
+impl BadReplicaReporter {
+    /// A reporter and the sender to give the store (queue of [`BAD_REPLICA_QUEUE`]).
+    pub fn new(
+        meta: MetaClient,
+        server_id: Arc<AtomicU64>,
+    ) -> (BadReplicaReporter, mpsc::Sender<CorruptChunk>) {
+        let (tx, rx) = mpsc::channel(BAD_REPLICA_QUEUE);
+        let r = BadReplicaReporter {
+            meta,
+            server_id,
+            reports: rx,
+        };
+        (r, tx)
+    }
+
+    /// Sends queued reports one at a time until `shutdown` is cancelled (or every sender is
+    /// gone). May be interrupted at any await point: a report is idempotent.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let report = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.reports.recv() => match r {
+                    Some(r) => r,
+                    None => return,
+                },
+            };
+            if !self.send(&report, &shutdown).await {
+                return;
+            }
+        }
+    }
+
+    /// Sends one report, retrying transient failures with backoff. False on shutdown.
+    async fn send(&self, report: &CorruptChunk, shutdown: &CancellationToken) -> bool {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let id = self.server_id.load(Ordering::Relaxed);
+            let sent = if id == 0 {
+                Err(cairn_common::error::status(
+                    ErrorKind::Unavailable,
+                    "not registered with the metadata cluster yet",
+                ))
+            } else {
+                let req = ReportBadReplicaRequest {
+                    server_id: id,
+                    chunk_id: report.id.as_bytes().to_vec(),
+                    reason: report.reason.clone(),
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    r = self.meta.call(|mut c| {
+                        let req = req.clone();
+                        async move { c.report_bad_replica(req).await }
+                    }) => r.map(|_| ()),
+                }
+            };
+            match sent {
+                Ok(()) => {
+                    tracing::info!(server_id = id, chunk = %report.id, reason = %report.reason, "bad replica reported to the metadata cluster");
+                    return true;
+                }
+                Err(e) => match ErrorKind::from_status(&e) {
+                    ErrorKind::Unavailable
+                    | ErrorKind::Io
+                    | ErrorKind::Internal
+                    | ErrorKind::NotLeader => {
+                        tracing::warn!(server_id = id, chunk = %report.id, error = %e.message(), retry_in = ?backoff, "bad-replica report failed; retrying");
+                    }
+                    // NotFound: the cluster does not know the chunk (e.g. it was never committed),
+                    // so there is no replica to drop. Anything else will not change by retrying.
+                    _ => {
+                        tracing::warn!(server_id = id, chunk = %report.id, error = %e.message(), "bad-replica report refused; dropped");
+                        return true;
+                    }
+                },
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_REPORT_BACKOFF);
+        }
     }
 }

@@ -5,15 +5,23 @@
 //!
 //! - [`store`]: the on-disk chunk store behind the [`store::ChunkStore`] trait — chunk file
 //!   format (header with per-64 KiB-block blake3 hashes), the durable write path (temp, fsync,
-//!   rename, fsync dir), verified partial reads, quarantine of corrupt chunks, ENOSPC handling,
-//!   crash recovery of `tmp/` at startup.
-//! - [`service`]: the `ChunkService` gRPC service (PutChunk / GetChunk / HasChunk / Info).
-//! - [`heartbeat`]: registration with the metadata cluster and periodic heartbeats.
+//!   rename, fsync dir), verified partial and whole-chunk reads, durable deletes, quarantine of
+//!   corrupt chunks, ENOSPC handling, crash recovery of `tmp/` at startup.
+//! - [`service`]: the `ChunkService` gRPC service: PutChunk / GetChunk / HasChunk / Info for
+//!   clients; ReplicateChunk / DeleteChunks / ScrubNow for the metadata cluster.
+//! - [`replicate`]: ReplicateChunk's fetch of a chunk from another replica, checked against the
+//!   chunk id before it is stored.
+//! - [`scrub`]: the background worker that re-verifies every stored chunk at a limited
+//!   bandwidth, quarantines and reports corrupt copies, and keeps the scrub figures.
+//! - [`heartbeat`]: registration with the metadata cluster and periodic heartbeats (with the
+//!   scrub figures), and the worker that reports corrupt copies (`ReportBadReplica`).
 //! - [`config`]: command-line flags / `CAIRN_CHUNK_*` environment.
 //! - [`start`] / [`RunningServer`]: runs a server in-process (used by `main.rs` and tests),
-//!   with a graceful shutdown that drains in-flight requests.
+//!   with a graceful shutdown that stops the workers and drains in-flight requests.
 pub mod config;
 pub mod heartbeat;
+pub mod replicate;
+pub mod scrub;
 pub mod service;
 pub mod store;
 
@@ -22,6 +30,7 @@ pub use config::Config;
 use anyhow::Context;
 use cairn_common::MetaClient;
 use cairn_proto::chunk_service_server::ChunkServiceServer;
+use scrub::Scrub;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,12 +57,15 @@ pub struct RunningServer {
     shutdown: CancellationToken,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     heartbeat: Option<JoinHandle<()>>,
+    reporter: Option<JoinHandle<()>>,
+    scrub: Arc<Scrub>,
+    scrubber: Option<JoinHandle<()>>,
     drain: Duration,
 }
 
-/// Opens the store, binds the listener, starts serving and (when `config.meta` is not empty)
-/// registers with the metadata cluster and starts heartbeats. Returns once the server accepts
-/// connections.
+/// Opens the store, binds the listener, starts serving and the scrub and (when `config.meta`
+/// is not empty) registers with the metadata cluster and starts heartbeats. Returns once the
+/// server accepts connections.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     config.validate()?;
     let opts = StoreOptions {
@@ -84,9 +96,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
 
     let server_id = Arc::new(AtomicU64::new(0));
     let shutdown = CancellationToken::new();
-    let svc = ChunkServiceServer::new(service::ChunkServer::new(store.clone(), server_id.clone()))
-        .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);
+    let scrub = Scrub::new(config.scrub());
+    let svc = ChunkServiceServer::new(service::ChunkServer::new(
+        store.clone(),
+        server_id.clone(),
+        scrub.clone(),
+    ))
+    .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -97,21 +114,30 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     let server = tokio::spawn(serve);
 
-    let heartbeat = if config.meta.is_empty() {
+    let (heartbeat, reporter) = if config.meta.is_empty() {
         tracing::warn!("no --meta given: running standalone, without registration or heartbeats");
-        None
+        (None, None)
     } else {
+        let meta = MetaClient::new(config.meta.clone());
+        let (reporter, sink) = heartbeat::BadReplicaReporter::new(meta.clone(), server_id.clone());
+        store.report_corruption_to(sink);
         let hb = heartbeat::Heartbeat {
-            meta: MetaClient::new(config.meta.clone()),
+            meta,
             store: store.clone(),
+            scrub: scrub.clone(),
             uuid: store.uuid().to_owned(),
             addr: advertise.clone(),
             interval: config.heartbeat_interval(),
             server_id: server_id.clone(),
             id_file: config.data_dir.join("server.id"),
         };
-        Some(tokio::spawn(hb.run(shutdown.clone())))
+        (
+            Some(tokio::spawn(hb.run(shutdown.clone()))),
+            Some(tokio::spawn(reporter.run(shutdown.clone()))),
+        )
     };
+    // After the bad-replica sink is set, so corruption the scrub finds is reported.
+    let scrubber = tokio::spawn(scrub.worker(store.clone()).run(shutdown.clone()));
     tracing::info!(%addr, %advertise, uuid = %store.uuid(), "chunk server listening");
     Ok(RunningServer {
         addr,
@@ -121,6 +147,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         shutdown,
         server,
         heartbeat,
+        reporter,
+        scrub,
+        scrubber: Some(scrubber),
         drain: config.drain_timeout(),
     })
 }
@@ -141,6 +170,11 @@ impl RunningServer {
         &self.store
     }
 
+    /// The scrub's figures and its pass trigger.
+    pub fn scrub(&self) -> &Arc<Scrub> {
+        &self.scrub
+    }
+
     /// The id assigned by the metadata cluster; 0 until registered.
     pub fn server_id(&self) -> u64 {
         self.server_id.load(Ordering::Relaxed)
@@ -153,9 +187,7 @@ impl RunningServer {
             _ = stop => self.shutdown().await,
             r = &mut self.server => {
                 self.shutdown.cancel();
-                if let Some(hb) = self.heartbeat.take() {
-                    let _ = hb.await;
-                }
+                self.stop_workers().await;
                 match r {
                     Ok(Ok(())) => anyhow::bail!("gRPC server stopped unexpectedly"),
                     Ok(Err(e)) => Err(e).context("gRPC server failed"),
@@ -165,15 +197,30 @@ impl RunningServer {
         }
     }
 
-    /// Stops accepting connections and heartbeats, waits (up to the drain timeout) for
-    /// in-flight requests — puts included — to finish, and returns.
+    /// Waits for the heartbeat, bad-replica and scrub workers (`shutdown` must be cancelled).
+    /// Each returns promptly: the scrub at its next chunk (a verification in progress, one
+    /// chunk file read, is finished first).
+    async fn stop_workers(&mut self) {
+        for task in [
+            self.scrubber.take(),
+            self.heartbeat.take(),
+            self.reporter.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let _ = task.await;
+        }
+    }
+
+    /// Stops accepting connections, the scrub and heartbeats, waits (up to the drain timeout)
+    /// for in-flight requests — puts included — to finish, and returns.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         tracing::info!(addr = %self.addr, "chunk server shutting down");
-        // Sticky: once cancelled, no new connection is accepted and no heartbeat is sent.
+        // Sticky: once cancelled, no new connection is accepted, no heartbeat is sent and no
+        // scrub pass starts.
         self.shutdown.cancel();
-        if let Some(hb) = self.heartbeat.take() {
-            let _ = hb.await;
-        }
+        self.stop_workers().await;
         match tokio::time::timeout(self.drain, &mut self.server).await {
             Ok(Ok(r)) => r.context("gRPC server failed")?,
             Ok(Err(e)) => return Err(e).context("gRPC server task failed"),

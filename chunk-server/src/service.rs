@@ -1,15 +1,26 @@
-//! The `ChunkService` gRPC service: PutChunk / GetChunk / HasChunk / Info over a [`ChunkStore`].
+//! The `ChunkService` gRPC service over a [`ChunkStore`]: PutChunk / GetChunk / HasChunk /
+//! Info for clients, and ReplicateChunk / DeleteChunks / ScrubNow for the metadata cluster's
+//! repair and garbage collection.
 //!
 //! Ids from the network are parsed with [`ChunkId::from_bytes`] (exactly 32 bytes), so a path
 //! can never be built from client input. Store calls block on disk I/O; they run on tokio's
 //! blocking pool, at most [`MAX_BLOCKING_OPS`] at a time.
-use crate::store::{ChunkStore, PutOutcome, StoreError};
+//!
+//! `ReplicateChunk` stores through the same durable put as `PutChunk` (see
+//! [`crate::store::FileStore`]); `DeleteChunks` through [`ChunkStore::delete`], which makes each
+//! removal durable before it returns. Every put (and every copy found intact) is noted to the
+//! [`Scrub`] as a verification, every delete makes it forget the chunk.
+use crate::replicate::{self, ReplicateError};
+use crate::scrub::Scrub;
+use crate::store::{ChunkStore, PutOutcome, StoreError, Verification};
+use cairn_common::chunk_client::ChunkClients;
 use cairn_common::error::{status, ErrorKind};
 use cairn_common::ChunkId;
 use cairn_proto::chunk_service_server::ChunkService;
 use cairn_proto::{
-    ChunkServerInfoReply, ChunkServerInfoRequest, GetChunkReply, GetChunkRequest, HasChunkReply,
-    HasChunkRequest, PutChunkReply, PutChunkRequest,
+    ChunkServerInfoReply, ChunkServerInfoRequest, DeleteChunksReply, DeleteChunksRequest,
+    GetChunkReply, GetChunkRequest, HasChunkReply, HasChunkRequest, PutChunkReply, PutChunkRequest,
+    ReplicateChunkReply, ReplicateChunkRequest, ScrubNowReply, ScrubNowRequest,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,6 +31,8 @@ use tracing::Instrument;
 /// Store operations running on blocking threads at once. Bounds threads and disk queue depth;
 /// request data waiting for a permit is already in memory (bounded by the gRPC limits).
 pub const MAX_BLOCKING_OPS: usize = 32;
+/// Most ids one `DeleteChunks` may name (each removal costs a directory fsync).
+pub const MAX_DELETE_IDS: usize = 1024;
 
 /// The chunk service of one server.
 pub struct ChunkServer {
@@ -28,16 +41,28 @@ pub struct ChunkServer {
     server_id: Arc<AtomicU64>,
     /// Bytes of chunk data received by PutChunk since start.
     received_bytes: AtomicU64,
+    /// Bytes of chunk data received from other servers by ReplicateChunk since start.
+    replicated_bytes: AtomicU64,
     permits: Semaphore,
+    scrub: Arc<Scrub>,
+    /// Connections to other chunk servers (replication sources).
+    peers: ChunkClients,
 }
 
 impl ChunkServer {
-    pub fn new(store: Arc<dyn ChunkStore>, server_id: Arc<AtomicU64>) -> ChunkServer {
+    pub fn new(
+        store: Arc<dyn ChunkStore>,
+        server_id: Arc<AtomicU64>,
+        scrub: Arc<Scrub>,
+    ) -> ChunkServer {
         ChunkServer {
             store,
             server_id,
             received_bytes: AtomicU64::new(0),
+            replicated_bytes: AtomicU64::new(0),
             permits: Semaphore::new(MAX_BLOCKING_OPS),
+            scrub,
+            peers: ChunkClients::new(),
         }
     }
 
@@ -92,6 +117,7 @@ impl ChunkService for ChunkServer {
             .blocking(move |s| s.put(id, data))
             .instrument(span)
             .await?;
+        self.scrub.note_verified(id);
         Ok(Response::new(PutChunkReply {
             already_present: outcome == PutOutcome::AlreadyPresent,
         }))
@@ -137,6 +163,107 @@ impl ChunkService for ChunkServer {
             free_bytes: stats.free_bytes,
             chunk_count: stats.chunk_count,
             received_bytes: self.received_bytes.load(Ordering::Relaxed),
+            scrub: Some(self.scrub.stats()),
+            replicated_bytes: self.replicated_bytes.load(Ordering::Relaxed),
         }))
+    }
+
+    async fn replicate_chunk(
+        &self,
+        request: Request<ReplicateChunkRequest>,
+    ) -> Result<Response<ReplicateChunkReply>, Status> {
+        let req = request.into_inner();
+        let id = parse_id(&req.id)?;
+        replicate::validate_sources(&req.sources).map_err(Status::from)?;
+        let span = tracing::info_span!("replicate_chunk", chunk = %id);
+        async move {
+            // A copy already here is read back in full first: cheaper than a network copy,
+            // and a rotten local copy is quarantined (and reported) and then fetched again.
+            let found = self.blocking(move |s| s.verify(id)).await?;
+            if let Verification::Intact { .. } = found.outcome {
+                self.scrub.note_verified(id);
+                return Ok(ReplicateChunkReply {
+                    already_present: true,
+                    source: String::new(),
+                });
+            }
+            let fetched =
+                replicate::fetch_verified(&self.peers, id, &req.sources, &self.replicated_bytes)
+                    .await
+                    .map_err(|e: ReplicateError| {
+                        tracing::warn!(error = %e, "replication failed");
+                        Status::from(e)
+                    })?;
+            let len = fetched.data.len();
+            let data = fetched.data;
+            let outcome = self.blocking(move |s| s.put(id, data)).await?;
+            self.scrub.note_verified(id);
+            let stored = outcome == PutOutcome::Stored;
+            tracing::info!(source = %fetched.source, len, stored, "chunk replicated");
+            Ok(ReplicateChunkReply {
+                // A concurrent PutChunk may have stored it first.
+                already_present: !stored,
+                source: if stored {
+                    fetched.source
+                } else {
+                    String::new()
+                },
+            })
+        }
+        .instrument(span)
+        .await
+        .map(Response::new)
+    }
+
+    async fn delete_chunks(
+        &self,
+        request: Request<DeleteChunksRequest>,
+    ) -> Result<Response<DeleteChunksReply>, Status> {
+        let req = request.into_inner();
+        if req.ids.len() > MAX_DELETE_IDS {
+            return Err(status(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "{} ids given; at most {MAX_DELETE_IDS} per request",
+                    req.ids.len()
+                ),
+            ));
+        }
+        // Every id is checked before anything is removed.
+        let ids = req
+            .ids
+            .iter()
+            .map(|b| parse_id(b))
+            .collect::<Result<Vec<ChunkId>, Status>>()?;
+        let span = tracing::info_span!("delete_chunks", ids = ids.len());
+        let (deleted, removed) = self
+            .blocking(move |s| {
+                let mut removed = Vec::new();
+                for id in ids {
+                    // Each delete is durable (its directory fsync'd) before it returns, so
+                    // every removal counted in the reply survives a crash.
+                    match s.delete(id) {
+                        Ok(()) => removed.push(id),
+                        Err(StoreError::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok((removed.len() as u64, removed))
+            })
+            .instrument(span)
+            .await?;
+        for id in removed {
+            self.scrub.forget(id);
+        }
+        Ok(Response::new(DeleteChunksReply { deleted }))
+    }
+
+    async fn scrub_now(
+        &self,
+        _request: Request<ScrubNowRequest>,
+    ) -> Result<Response<ScrubNowReply>, Status> {
+        let started = self.scrub.request_pass();
+        tracing::info!(started, "scrub requested");
+        Ok(Response::new(ScrubNowReply { started }))
     }
 }

@@ -28,13 +28,21 @@
 //! A reader validates the magic, version, lengths and header checksum, then reads only the
 //! blocks that cover the requested range and checks each against its hash. Any mismatch is
 //! [`StoreError::Corrupt`]: the caller never receives wrong bytes, and the whole chunk is moved
-//! to `quarantine/` so the cluster can re-replicate it from a good copy.
+//! to `quarantine/` so the cluster can re-replicate it from a good copy. [`ChunkStore::verify`]
+//! (the scrub, and `ReplicateChunk`'s check of a local copy) reads a whole chunk the same way
+//! without taking the id's lock. A move to quarantine only moves the inode that was found
+//! corrupt, so a good copy a concurrent put wrote in its place stays. Every copy found corrupt
+//! (on a read, a verify, or by a put that finds a rotten existing copy) is also queued once as
+//! a [`CorruptChunk`] to the sink set with [`FileStore::report_corruption_to`], from which
+//! [`crate::heartbeat::BadReplicaReporter`] tells the metadata cluster to stop listing it.
 //!
 //! # Durability contract
 //!
 //! [`ChunkStore::put`] returns `Ok` only once the chunk file's data and its directory entry
 //! are on stable storage (see [`FileStore::write_chunk_durably`]). A crash at any earlier point
 //! leaves at most a file in `tmp/`, which the next [`FileStore::open`] deletes.
+//! [`ChunkStore::delete`] returns `Ok` only once the removal is durable (see
+//! [`FileStore::remove_chunk_durably`]).
 use bytes::{Bytes, BytesMut};
 use cairn_common::chunk::block_hashes;
 use cairn_common::error::{status, ErrorKind};
@@ -44,8 +52,9 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
 
 /// Magic bytes opening every chunk file.
 pub const MAGIC: &[u8; 8] = b"CAIRNCK1";
@@ -146,10 +155,46 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn has(&self, id: ChunkId) -> Result<Option<u64>>;
     /// Every stored chunk id.
     fn list(&self) -> Result<Box<dyn Iterator<Item = Result<ChunkId>> + Send + '_>>;
-    /// Removes a chunk durably (for garbage collection).
+    /// The stored chunk ids whose first byte is `shard` (one fan-out directory), so a walker
+    /// of the whole store (the scrub) holds one shard's ids at a time, never all of them.
+    fn list_shard(&self, shard: u8) -> Result<Vec<ChunkId>>;
+    /// Reads a stored chunk back in full and checks its header, every block hash and its id.
+    /// A copy that fails is quarantined and reported, like a failed read. Takes no lock that a
+    /// put or get of the chunk waits on while it reads.
+    fn verify(&self, id: ChunkId) -> Result<VerifyReport>;
+    /// Removes a chunk durably (for garbage collection and surplus replicas). `NotFound` if
+    /// it is not stored.
     fn delete(&self, id: ChunkId) -> Result<()>;
     /// Space and content counters.
     fn stats(&self) -> Result<StoreStats>;
+}
+
+/// What [`ChunkStore::verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    /// Header, every block and the chunk id check out; `len` bytes of data.
+    Intact { len: u64 },
+    /// No copy to verify: never stored, or deleted or replaced while it was being read (the
+    /// replacement was verified by the put that wrote it).
+    Absent,
+    /// The copy failed verification; it was moved to quarantine (or the move was attempted,
+    /// see the log) and reported to the corruption sink.
+    Corrupt { reason: String },
+}
+
+/// The outcome of [`ChunkStore::verify`] and the bytes of file it read (for rate limiting).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub outcome: Verification,
+    pub bytes_read: u64,
+}
+
+/// A local copy of a chunk that failed verification (it has been moved to quarantine, or the
+/// move was attempted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptChunk {
+    pub id: ChunkId,
+    pub reason: String,
 }
 
 /// Options of a [`FileStore`].
@@ -186,6 +231,27 @@ pub struct FileStore {
     /// id write it once and counters stay exact. A std mutex: it is only held on blocking
     /// threads, never across an `.await`.
     stripes: Vec<Mutex<()>>,
+    /// Where corrupt copies are reported (set once the metadata cluster is configured).
+    corruption_sink: OnceLock<mpsc::Sender<CorruptChunk>>,
+}
+
+/// An open chunk file, with the inode it was opened as (so a corrupt copy is quarantined
+/// only if it is still the one under the chunk's name) and its length at open.
+struct OpenChunk {
+    file: File,
+    ino: u64,
+    file_len: u64,
+}
+
+/// What a move to quarantine did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quarantined {
+    /// The file is in `quarantine/`.
+    Moved,
+    /// The move failed (logged); the copy is still reported.
+    Failed,
+    /// Nothing to move: the file is gone, or was replaced by another copy since it was seen.
+    Gone,
 }
 
 /// The parsed, verified header of a chunk file.
@@ -354,6 +420,7 @@ impl FileStore {
             chunk_count: AtomicU64::new(0),
             stored_bytes: AtomicU64::new(0),
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            corruption_sink: OnceLock::new(),
         };
         let (mut count, mut bytes) = (0u64, 0u64);
         for b in 0..=255u8 {
@@ -399,6 +466,32 @@ impl FileStore {
     /// The temp-file directory (for tests).
     pub fn tmp_dir(&self) -> &Path {
         &self.tmp
+    }
+
+    /// Queues every copy found corrupt from now on to `sink` (without blocking: when the
+    /// bounded queue is full the report is dropped with a warning — the copy is quarantined
+    /// either way). Only the first sink set is kept; returns false if one was already set.
+    pub fn report_corruption_to(&self, sink: mpsc::Sender<CorruptChunk>) -> bool {
+        self.corruption_sink.set(sink).is_ok()
+    }
+
+    fn notify_corrupt(&self, id: ChunkId, reason: &str) {
+        let Some(sink) = self.corruption_sink.get() else {
+            return;
+        };
+        let report = CorruptChunk {
+            id,
+            reason: reason.to_owned(),
+        };
+        match sink.try_send(report) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(chunk = %id, "bad-replica report queue is full; report dropped")
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!(chunk = %id, "bad-replica reporter stopped; report dropped")
+            }
+        }
     }
 
     /// The quarantine directory (for tests and operators).
@@ -484,20 +577,39 @@ impl FileStore {
         Ok(total)
     }
 
-    /// Opens a chunk file and reads and verifies its header.
-    fn open_verified(&self, id: ChunkId) -> Result<(File, Header)> {
+    /// Opens a chunk file (`NotFound` if it is not stored).
+    fn open_chunk(&self, id: ChunkId) -> Result<OpenChunk> {
         let path = self.chunk_path(id);
-        let mut file = match File::open(&path) {
+        let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(StoreError::NotFound { id })
             }
             Err(e) => return Err(StoreError::io("open chunk file", e)),
         };
-        let file_len = file
+        let md = file
             .metadata()
-            .map_err(|e| StoreError::io("stat chunk file", e))?
-            .len();
+            .map_err(|e| StoreError::io("stat chunk file", e))?;
+        Ok(OpenChunk {
+            file,
+            ino: md.ino(),
+            file_len: md.len(),
+        })
+    }
+
+    /// Opens a chunk file and reads and verifies its header. A corrupt header quarantines
+    /// the file that was opened (not a good copy that may have replaced it since).
+    fn open_verified(&self, id: ChunkId) -> Result<(OpenChunk, Header)> {
+        let c = self.open_chunk(id)?;
+        let h = self.read_header(id, &c);
+        let h = self.quarantine_on_corrupt(id, Some(c.ino), h)?;
+        Ok((c, h))
+    }
+
+    /// Reads and verifies the header of an open chunk file.
+    fn read_header(&self, id: ChunkId, c: &OpenChunk) -> Result<Header> {
+        let file_len = c.file_len;
+        let mut file = &c.file;
         let corrupt = |reason: String| StoreError::Corrupt { id, reason };
         let mut fixed = [0u8; FIXED_HEADER];
         match file.read_exact(&mut fixed) {
@@ -555,14 +667,11 @@ impl FileStore {
                 a
             })
             .collect();
-        Ok((
-            file,
-            Header {
-                len: len as u64,
-                block_hashes,
-                data_offset,
-            },
-        ))
+        Ok(Header {
+            len: len as u64,
+            block_hashes,
+            data_offset,
+        })
     }
 
     /// Reads and verifies the blocks covering `[offset, end)`; returns exactly those bytes.
@@ -612,23 +721,23 @@ impl FileStore {
         Ok(buf.slice((offset - span_start) as usize..(end - span_start) as usize))
     }
 
-    /// Moves a chunk that failed verification to `quarantine/` (never deletes it) and logs it.
-    /// `seen` is the inode that was found corrupt: a file replaced since (by a put of a good
-    /// copy) is left alone.
-    fn quarantine(&self, id: ChunkId, seen: Option<u64>, reason: &str) {
+    /// Moves a chunk that failed verification to `quarantine/` (never deletes it), logs it and
+    /// reports it. `seen` is the inode that was found corrupt: a file replaced since (by a put
+    /// of a good copy) is left alone.
+    fn quarantine(&self, id: ChunkId, seen: Option<u64>, reason: &str) -> Quarantined {
         let _lock = self.stripe(id);
-        self.move_to_quarantine(id, seen, reason);
+        self.move_to_quarantine(id, seen, reason)
     }
 
     /// [`FileStore::quarantine`] for a caller that holds the id's stripe lock.
-    fn move_to_quarantine(&self, id: ChunkId, seen: Option<u64>, reason: &str) {
+    fn move_to_quarantine(&self, id: ChunkId, seen: Option<u64>, reason: &str) -> Quarantined {
         let path = self.chunk_path(id);
         let md = match fs::metadata(&path) {
             Ok(md) => md,
-            Err(_) => return, // already gone
+            Err(_) => return Quarantined::Gone, // already gone
         };
         if seen.is_some_and(|ino| ino != md.ino()) {
-            return;
+            return Quarantined::Gone;
         }
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -639,16 +748,21 @@ impl FileStore {
             .map_err(|e| StoreError::io("move chunk to quarantine", e))
             .and_then(|()| fsync_dir(&self.quarantine))
             .and_then(|()| fsync_dir(path.parent().unwrap_or(&self.chunks)));
-        match moved {
+        let result = match moved {
             Ok(()) => {
                 self.chunk_count.fetch_sub(1, Ordering::Relaxed);
                 self.stored_bytes.fetch_sub(md.len(), Ordering::Relaxed);
                 tracing::error!(chunk = %id, reason, dest = %dest.display(), "corrupt chunk quarantined");
+                Quarantined::Moved
             }
             Err(e) => {
                 tracing::error!(chunk = %id, reason, error = %e, "corrupt chunk could not be quarantined");
+                Quarantined::Failed
             }
-        }
+        };
+        // Reported once per copy: a copy already moved (or replaced) returned early above.
+        self.notify_corrupt(id, reason);
+        result
     }
 
     /// Quarantines on `Corrupt` and passes every result through.
@@ -659,27 +773,81 @@ impl FileStore {
         r
     }
 
+    /// Checks an open chunk file in full: header, every block hash, and the whole data
+    /// against the id. Returns the data length. Quarantines nothing (the caller decides).
+    fn check_whole(&self, id: ChunkId, c: &OpenChunk) -> Result<u64> {
+        let h = self.read_header(id, c)?;
+        if h.len == 0 {
+            // read_verified reads no block of an empty chunk; check its id here.
+            if ChunkId::of(&[]) != id {
+                return Err(StoreError::Corrupt {
+                    id,
+                    reason: "empty data does not hash to the chunk id".into(),
+                });
+            }
+            return Ok(0);
+        }
+        // A read of the whole chunk also checks it against the id (see read_verified).
+        self.read_verified(id, &c.file, &h, 0, h.len)?;
+        Ok(h.len)
+    }
+
     /// Fully verifies a stored chunk (header, every block, id); a corrupt copy is quarantined.
     /// `Ok(false)`: no intact copy is stored. The caller holds the id's stripe lock.
     fn verify_existing_locked(&self, id: ChunkId) -> Result<bool> {
-        let (file, h) = match self.open_verified(id) {
-            Ok(x) => x,
+        let c = match self.open_chunk(id) {
+            Ok(c) => c,
             Err(StoreError::NotFound { .. }) => return Ok(false),
-            Err(StoreError::Corrupt { reason, .. }) => {
-                self.move_to_quarantine(id, None, &reason);
-                return Ok(false);
-            }
             Err(e) => return Err(e),
         };
-        let ino = file.metadata().ok().map(|m| m.ino());
-        match self.read_verified(id, &file, &h, 0, h.len) {
+        match self.check_whole(id, &c) {
             Ok(_) => Ok(true),
             Err(StoreError::Corrupt { reason, .. }) => {
-                self.move_to_quarantine(id, ino, &reason);
+                self.move_to_quarantine(id, Some(c.ino), &reason);
                 Ok(false)
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The chunk ids in fan-out directory `shard`; stray names are skipped (and logged).
+    fn read_shard(&self, shard: u8) -> Result<Vec<ChunkId>> {
+        let sub = self.chunks.join(format!("{shard:02x}"));
+        let rd = match fs::read_dir(&sub) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::io(format!("list {}", sub.display()), e)),
+        };
+        let mut ids = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| StoreError::io("list chunk directory", e))?;
+            match ChunkId::from_hex(&entry.file_name().to_string_lossy()) {
+                Ok(id) => ids.push(id),
+                Err(_) => {
+                    tracing::debug!(path = %entry.path().display(), "ignoring stray file in chunk directory")
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Removes a chunk file so that the removal is durable before this returns: `unlink`, then
+    /// fsync the fan-out directory — an unlink is only a change to the directory, and until
+    /// the directory is synced a crash can bring the file back (a surplus replica the
+    /// metadata cluster already forgot, or garbage it was told is gone). The caller holds the
+    /// id's stripe lock. Returns the bytes freed.
+    fn remove_chunk_durably(&self, id: ChunkId) -> Result<u64> {
+        let path = self.chunk_path(id);
+        let size = match fs::metadata(&path) {
+            Ok(md) => md.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound { id })
+            }
+            Err(e) => return Err(StoreError::io("stat chunk file", e)),
+        };
+        fs::remove_file(&path).map_err(|e| StoreError::io("remove chunk file", e))?;
+        fsync_dir(path.parent().unwrap_or(&self.chunks))?;
+        Ok(size)
     }
 }
 
@@ -712,14 +880,7 @@ impl ChunkStore for FileStore {
     }
 
     fn get(&self, id: ChunkId, offset: u64, len: u64) -> Result<(Bytes, u64)> {
-        let (file, h) = match self.open_verified(id) {
-            Ok(x) => x,
-            Err(StoreError::Corrupt { reason, .. }) => {
-                self.quarantine(id, None, &reason);
-                return Err(StoreError::Corrupt { id, reason });
-            }
-            Err(e) => return Err(e),
-        };
+        let (c, h) = self.open_verified(id)?;
         let end = if len == 0 {
             h.len
         } else {
@@ -731,62 +892,72 @@ impl ChunkStore for FileStore {
                 h.len
             )));
         }
-        let ino = file.metadata().ok().map(|m| m.ino());
-        let r = self.read_verified(id, &file, &h, offset, end);
-        let data = self.quarantine_on_corrupt(id, ino, r)?;
+        let r = self.read_verified(id, &c.file, &h, offset, end);
+        let data = self.quarantine_on_corrupt(id, Some(c.ino), r)?;
         Ok((data, h.len))
     }
 
     fn has(&self, id: ChunkId) -> Result<Option<u64>> {
         match self.open_verified(id) {
             Ok((_, h)) => Ok(Some(h.len)),
-            Err(StoreError::NotFound { .. }) => Ok(None),
-            Err(StoreError::Corrupt { reason, .. }) => {
-                self.quarantine(id, None, &reason);
-                Ok(None)
-            }
+            // A corrupt copy was quarantined by open_verified: it is not here any more.
+            Err(StoreError::NotFound { .. }) | Err(StoreError::Corrupt { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
     fn list(&self) -> Result<Box<dyn Iterator<Item = Result<ChunkId>> + Send + '_>> {
-        let subdirs = 0..=255u8;
-        let iter = subdirs.flat_map(move |b| {
-            let sub = self.chunks.join(format!("{b:02x}"));
-            let entries: Box<dyn Iterator<Item = Result<ChunkId>> + Send> = match fs::read_dir(&sub)
+        let iter = (0..=255u8).flat_map(move |shard| {
+            let ids: Box<dyn Iterator<Item = Result<ChunkId>> + Send> = match self.read_shard(shard)
             {
-                Ok(rd) => Box::new(rd.filter_map(|entry| {
-                    match entry {
-                        Ok(entry) => ChunkId::from_hex(&entry.file_name().to_string_lossy())
-                            .ok()
-                            .map(Ok),
-                        Err(e) => Some(Err(StoreError::io("list chunk directory", e))),
-                    }
-                })),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Box::new(std::iter::empty()),
-                Err(e) => Box::new(std::iter::once(Err(StoreError::io(
-                    format!("list {}", sub.display()),
-                    e,
-                )))),
+                Ok(ids) => Box::new(ids.into_iter().map(Ok)),
+                Err(e) => Box::new(std::iter::once(Err(e))),
             };
-            entries
+            ids
         });
         Ok(Box::new(iter))
     }
 
+    fn list_shard(&self, shard: u8) -> Result<Vec<ChunkId>> {
+        self.read_shard(shard)
+    }
+
+    fn verify(&self, id: ChunkId) -> Result<VerifyReport> {
+        // No stripe lock while reading: puts and gets of this chunk go on meanwhile. The file
+        // stays readable through its open handle even if it is deleted or replaced; the
+        // quarantine below checks the inode, so only the copy that was read is moved.
+        let c = match self.open_chunk(id) {
+            Ok(c) => c,
+            Err(StoreError::NotFound { .. }) => {
+                return Ok(VerifyReport {
+                    outcome: Verification::Absent,
+                    bytes_read: 0,
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let outcome = match self.check_whole(id, &c) {
+            Ok(len) => Verification::Intact { len },
+            Err(StoreError::Corrupt { reason, .. }) => {
+                match self.quarantine(id, Some(c.ino), &reason) {
+                    Quarantined::Moved | Quarantined::Failed => Verification::Corrupt { reason },
+                    // Deleted, or replaced by a put (which verifies what it writes), since it
+                    // was opened: the copy that was read is no longer this server's copy.
+                    Quarantined::Gone => Verification::Absent,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(VerifyReport {
+            outcome,
+            // At most the whole file (less when the header already failed).
+            bytes_read: c.file_len,
+        })
+    }
+
     fn delete(&self, id: ChunkId) -> Result<()> {
         let _lock = self.stripe(id);
-        let path = self.chunk_path(id);
-        let size = match fs::metadata(&path) {
-            Ok(md) => md.len(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound { id })
-            }
-            Err(e) => return Err(StoreError::io("stat chunk file", e)),
-        };
-        fs::remove_file(&path).map_err(|e| StoreError::io("remove chunk file", e))?;
-        // The unlink is durable only once the directory is synced.
-        fsync_dir(path.parent().unwrap_or(&self.chunks))?;
+        let size = self.remove_chunk_durably(id)?;
         self.chunk_count.fetch_sub(1, Ordering::Relaxed);
         self.stored_bytes.fetch_sub(size, Ordering::Relaxed);
         tracing::debug!(chunk = %id, "chunk deleted");

@@ -1,11 +1,13 @@
 //! The ChunkService over real gRPC on 127.0.0.1:0: round trips, refusals of bad input,
-//! corruption reported as `corrupt`, and graceful shutdown.
+//! corruption reported as `corrupt`, graceful shutdown, and DeleteChunks.
 use bytes::Bytes;
 use cairn_chunk_server::{start, Config};
 use cairn_common::error::ErrorKind;
 use cairn_common::{ChunkId, CHUNK_SIZE};
 use cairn_proto::chunk_service_client::ChunkServiceClient;
-use cairn_proto::{ChunkServerInfoRequest, GetChunkRequest, HasChunkRequest, PutChunkRequest};
+use cairn_proto::{
+    ChunkServerInfoRequest, DeleteChunksRequest, GetChunkRequest, HasChunkRequest, PutChunkRequest,
+};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -235,4 +237,82 @@ async fn shutdown_drains_in_flight_puts() {
             .await
             .is_err()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_chunks_removes_files_durably_and_ignores_absent_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(Config::for_tests(dir.path())).await.unwrap();
+    let mut c = client(server.addr()).await;
+    let chunks: Vec<(ChunkId, Bytes)> = (0..3)
+        .map(|i| {
+            let d = data(&format!("delete-{i}"), 100_000 + i);
+            (ChunkId::of(&d), d)
+        })
+        .collect();
+    for (id, d) in &chunks {
+        c.put_chunk(put(id, d)).await.unwrap();
+    }
+    let (a, b, keep) = (chunks[0].0, chunks[1].0, chunks[2].0);
+    let absent = ChunkId::of(b"never stored");
+    let ids = |ids: &[ChunkId]| DeleteChunksRequest {
+        ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect(),
+    };
+
+    // --- two present, one absent: two deleted, no error
+    let r = c
+        .delete_chunks(ids(&[a, b, absent]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.deleted, 2);
+    assert!(!server.store().chunk_path(a).exists());
+    assert!(!server.store().chunk_path(b).exists());
+    assert!(server.store().chunk_path(keep).exists());
+    let info = c
+        .info(ChunkServerInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.chunk_count, 1);
+    let e = c
+        .get_chunk(GetChunkRequest {
+            id: a.as_bytes().to_vec(),
+            offset: 0,
+            len: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ErrorKind::from_status(&e), ErrorKind::NotFound);
+
+    // --- deleting again is not an error; an empty request deletes nothing
+    let r = c.delete_chunks(ids(&[a])).await.unwrap().into_inner();
+    assert_eq!(r.deleted, 0);
+    let r = c.delete_chunks(ids(&[])).await.unwrap().into_inner();
+    assert_eq!(r.deleted, 0);
+
+    // --- a malformed id refuses the whole request before anything is removed
+    let mut bad = ids(&[keep]);
+    bad.ids.push(vec![0u8; 31]);
+    let e = c.delete_chunks(bad).await.unwrap_err();
+    assert_eq!(ErrorKind::from_status(&e), ErrorKind::InvalidArgument);
+    assert!(server.store().chunk_path(keep).exists());
+
+    // --- more than 1024 ids is refused
+    let many = DeleteChunksRequest {
+        ids: (0..1025u32)
+            .map(|i| ChunkId::of(&i.to_le_bytes()).as_bytes().to_vec())
+            .collect(),
+    };
+    let e = c.delete_chunks(many).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("1024"), "{}", e.message());
+
+    // --- the removals persist across a restart (they were fsync'd before the reply)
+    server.shutdown().await.unwrap();
+    let store = cairn_chunk_server::store::FileStore::open(dir.path(), Default::default()).unwrap();
+    use cairn_chunk_server::store::ChunkStore;
+    assert_eq!(store.stats().unwrap().chunk_count, 1);
+    assert_eq!(store.get(keep, 0, 0).unwrap().0, chunks[2].1);
+    assert_eq!(store.has(a).unwrap(), None);
 }

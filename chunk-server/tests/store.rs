@@ -2,7 +2,8 @@
 //! scenarios against the file store (crash before rename, flipped bytes, full disk).
 use bytes::Bytes;
 use cairn_chunk_server::store::{
-    data_offset, ChunkStore, FileStore, PutOutcome, StoreError, StoreOptions,
+    data_offset, ChunkStore, FileStore, PutOutcome, StoreError, StoreOptions, Verification,
+    VerifyReport,
 };
 use cairn_common::{ChunkId, BLOCK_SIZE, CHUNK_SIZE};
 use std::fs;
@@ -119,6 +120,36 @@ fn store_suite(store: &dyn ChunkStore) {
     let (empty_id, empty) = chunk("", 0);
     assert_eq!(store.put(empty_id, empty).unwrap(), PutOutcome::Stored);
     assert_eq!(store.get(empty_id, 0, 0).unwrap(), (Bytes::new(), 0));
+
+    // --- verify reads a whole chunk back; an absent one is Absent, not an error
+    let full = store.verify(big_id).unwrap();
+    assert_eq!(
+        full.outcome,
+        Verification::Intact {
+            len: CHUNK_SIZE as u64
+        }
+    );
+    assert_eq!(full.bytes_read, data_offset(CHUNK_SIZE) + CHUNK_SIZE as u64);
+    assert_eq!(
+        store.verify(empty_id).unwrap().outcome,
+        Verification::Intact { len: 0 }
+    );
+    assert_eq!(
+        store.verify(other_id).unwrap(),
+        VerifyReport {
+            outcome: Verification::Absent,
+            bytes_read: 0
+        }
+    );
+
+    // --- list_shard lists one fan-out directory
+    for id in [big_id, small_id, empty_id] {
+        assert!(store.list_shard(id.0[0]).unwrap().contains(&id));
+    }
+    let elsewhere = (0..=255u8)
+        .find(|b| ![big_id.0[0], small_id.0[0], empty_id.0[0]].contains(b))
+        .unwrap();
+    assert!(store.list_shard(elsewhere).unwrap().is_empty());
 
     // --- list and delete
     let mut listed: Vec<ChunkId> = store.list().unwrap().map(|r| r.unwrap()).collect();
@@ -322,6 +353,28 @@ fn put_over_a_corrupt_copy_replaces_it() {
     assert_eq!(store.get(id, 0, 0).unwrap().0, d);
     assert_eq!(count_files(store.quarantine_dir()), 1);
     assert_eq!(store.stats().unwrap().chunk_count, 1);
+}
+
+#[test]
+fn verify_finds_rot_anywhere_and_quarantines_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let len = 5 * BLOCK_SIZE + 7;
+    // A flip in the last (short) block, which a read of the first blocks would never see.
+    let (id, d) = chunk("verify-tail", len);
+    store.put(id, d.clone()).unwrap();
+    flip_byte(&store.chunk_path(id), data_offset(len) + len as u64 - 1);
+    assert_eq!(store.get(id, 0, 100).unwrap().0, d.slice(0..100));
+    let r = store.verify(id).unwrap();
+    assert!(
+        matches!(&r.outcome, Verification::Corrupt { reason } if reason.contains("block 5")),
+        "{r:?}"
+    );
+    assert!(!store.chunk_path(id).exists());
+    assert_eq!(count_files(store.quarantine_dir()), 1);
+    // Verifying again finds nothing to verify (and reports nothing twice).
+    assert_eq!(store.verify(id).unwrap().outcome, Verification::Absent);
+    assert_eq!(store.stats().unwrap().chunk_count, 0);
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! [`ErrorKind`]. Servers build statuses with [`status`] (or [`not_leader`]); clients read the
 //! kind back with [`ErrorKind::from_status`] and, in the FUSE client, turn it into an errno with
 //! [`ErrorKind::errno`] — the one place that mapping lives.
+use std::error::Error as _;
 use tonic::{Code, Status};
 
 /// Metadata key carrying the error kind.
@@ -152,6 +153,10 @@ impl ErrorKind {
             Code::PermissionDenied => ErrorKind::PermissionDenied,
             Code::Unimplemented => ErrorKind::NotSupported,
             Code::Aborted => ErrorKind::Conflict,
+            // A status built on this side from a broken connection (the peer died mid-call:
+            // reset, closed before the reply, h2 stream error) carries the transport error as
+            // its source; a status that came over the wire never does.
+            Code::Unknown | Code::Internal if s.source().is_some() => ErrorKind::Unavailable,
             _ => ErrorKind::Internal,
         }
     }
@@ -217,5 +222,40 @@ mod tests {
         assert_eq!(ErrorKind::from_status(&s), ErrorKind::NotLeader);
         assert_eq!(leader_hint(&s).as_deref(), Some("127.0.0.1:7001"));
         assert_eq!(leader_hint(&not_leader(None)), None);
+    }
+
+    /// A server that accepts the call and then dies (kill -9 mid-request) must look like an
+    /// unreachable node, so callers retry elsewhere instead of failing the user's operation.
+    #[tokio::test]
+    async fn a_peer_dying_mid_call_is_unavailable() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                // Read the client's preface and request, then drop the connection unanswered.
+                let mut buf = [0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut sock, &mut buf).await;
+                drop(sock);
+            }
+        });
+        let mut client =
+            cairn_proto::meta_service_client::MetaServiceClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+        let err = client
+            .get_attr(cairn_proto::GetAttrRequest { ino: 1 })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            ErrorKind::from_status(&err),
+            ErrorKind::Unavailable,
+            "{err:?}"
+        );
+
+        // A status that came over the wire without our key stays what its code says.
+        assert_eq!(
+            ErrorKind::from_status(&Status::unknown("from the server")),
+            ErrorKind::Internal
+        );
     }
 }

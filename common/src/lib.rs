@@ -17,6 +17,7 @@ pub mod name;
 pub mod time;
 
 pub use chunk::{ChunkId, BLOCK_SIZE, CHUNK_SIZE};
+pub use chunk_client::ChunkClients;
 pub use error::ErrorKind;
 pub use meta_client::MetaClient;
 

@@ -7,8 +7,10 @@
 //! a pause, not an error.
 //!
 //! Retrying is safe for reads. For mutations, a retry happens only when the request was refused
-//! (`NotLeader`) or the node could not be reached; a mutation whose reply was lost after the
-//! leader applied it may be seen twice and then fail with e.g. `AlreadyExists`.
+//! (`NotLeader`), the node could not be reached, or its connection broke mid-call (the leader
+//! was killed). In the last case the mutation may have been applied before the reply was lost,
+//! so the retry may see its own effect: `CommitWrite` resolves that by comparing contents (see
+//! the FUSE client's writer); a namespace mutation may then fail with e.g. `AlreadyExists`.
 use crate::error::{leader_hint, ErrorKind};
 use cairn_proto::meta_service_client::MetaServiceClient;
 use std::collections::HashMap;

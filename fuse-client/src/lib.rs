@@ -9,6 +9,8 @@
 //! - [`errno`]: the one mapping from wire errors to errno.
 //! - [`mount`]: `cairn mount` (mount, signal handling, drain, unmount).
 //! - [`status`]: `cairn status [--json]`.
+//! - [`admin`]: `cairn fsck`, `cairn scrub [--now]`, `cairn chunk drain`.
+pub mod admin;
 pub mod data;
 pub mod errno;
 pub mod fs;

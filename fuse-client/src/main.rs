@@ -1,5 +1,5 @@
-//! The `cairn` binary: `cairn mount` and `cairn status`.
-use cairn_fuse_client::{mount, status};
+//! The `cairn` binary: `cairn mount`, `cairn status` and the admin commands.
+use cairn_fuse_client::{admin, mount, status};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +41,52 @@ enum Cmd {
         #[arg(long, env = "CAIRN_STATUS_TIMEOUT", default_value_t = 5.0)]
         timeout: f64,
     },
+    /// Check every file's chunks against the chunk servers: healthy, under-replicated and
+    /// missing chunks, and the files affected. Exits with 2 when data is lost.
+    Fsck {
+        #[arg(long, env = "CAIRN_META")]
+        meta: String,
+        #[arg(long)]
+        json: bool,
+        /// Most affected files to list.
+        #[arg(long, default_value_t = 100)]
+        max_files: u32,
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+    },
+    /// Show each chunk server's scrub progress, or start a pass now (--now).
+    Scrub {
+        #[arg(long, env = "CAIRN_META")]
+        meta: String,
+        /// Start a scrub pass on every chunk server that is up.
+        #[arg(long)]
+        now: bool,
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+    },
+    /// Chunk server administration.
+    Chunk {
+        #[command(subcommand)]
+        cmd: ChunkCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChunkCmd {
+    /// Move every replica off a chunk server (by id or address) before it is retired.
+    Drain {
+        server: String,
+        #[arg(long, env = "CAIRN_META")]
+        meta: String,
+        /// Stop draining.
+        #[arg(long)]
+        undo: bool,
+        /// Wait until the server holds no replica (at most this many seconds).
+        #[arg(long)]
+        wait: Option<f64>,
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+    },
 }
 
 fn split_addrs(list: &str) -> Vec<String> {
@@ -71,6 +117,66 @@ fn main() -> ExitCode {
             json,
             timeout,
         } => run_status(split_addrs(&meta), json, timeout),
+        Cmd::Fsck {
+            meta,
+            json,
+            max_files,
+            timeout,
+        } => {
+            return match block_on(admin::fsck(split_addrs(&meta), max_files, secs(timeout))) {
+                Ok(report) => {
+                    if json {
+                        match serde_json::to_string_pretty(&report) {
+                            Ok(j) => println!("{j}"),
+                            Err(e) => {
+                                eprintln!("cairn: {e}");
+                                return ExitCode::FAILURE;
+                            }
+                        }
+                    } else {
+                        print!("{}", report.text());
+                    }
+                    if report.data_lost() {
+                        ExitCode::from(2)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => {
+                    eprintln!("cairn: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Cmd::Scrub { meta, now, timeout } => {
+            let addrs = split_addrs(&meta);
+            if now {
+                block_on(admin::scrub_now(addrs, secs(timeout))).map(|lines| {
+                    for l in lines {
+                        println!("{l}");
+                    }
+                })
+            } else {
+                run_status(addrs, false, timeout)
+            }
+        }
+        Cmd::Chunk {
+            cmd:
+                ChunkCmd::Drain {
+                    server,
+                    meta,
+                    undo,
+                    wait,
+                    timeout,
+                },
+        } => block_on(admin::drain(
+            split_addrs(&meta),
+            server,
+            undo,
+            wait.map(secs),
+            secs(timeout),
+        ))
+        .map(|msg| println!("{msg}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -93,4 +199,16 @@ fn run_status(meta: Vec<String>, json: bool, timeout: f64) -> anyhow::Result<()>
         print!("{}", status::table(&st));
     }
     Ok(())
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.1, 1e6))
+}
+
+/// Runs one admin future on a small runtime.
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
 }

@@ -21,6 +21,38 @@ pub struct ChunkServer {
     pub used_bytes: u64,
     pub free_bytes: u64,
     pub chunk_count: u64,
+    /// Replicas the metadata cluster lists here (as of the last repair scan).
+    pub listed_replicas: u64,
+    pub draining: bool,
+    pub scrub: Option<Scrub>,
+}
+
+/// A chunk server's scrub figures (from its last heartbeat).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Scrub {
+    pub chunks_verified: u64,
+    pub bytes_verified: u64,
+    pub corruptions: u64,
+    pub passes: u64,
+    pub running: bool,
+    /// Unix ms; 0 when no full pass has finished yet.
+    pub last_full_pass_unix_ms: u64,
+    /// Unix ms of the least recently verified chunk; 0: some chunk not verified yet.
+    pub oldest_verified_unix_ms: u64,
+    pub rate_limit_bytes: u64,
+}
+
+/// The repair worker's figures.
+#[derive(Debug, Serialize, PartialEq, Default)]
+pub struct Repair {
+    pub under_replicated: u64,
+    pub missing: u64,
+    pub over_replicated: u64,
+    pub replicas_copied: u64,
+    pub bytes_copied: u64,
+    pub replicas_removed: u64,
+    pub failures: u64,
+    pub last_scan_unix_ms: u64,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -29,6 +61,7 @@ pub struct Status {
     pub chunk_servers: Vec<ChunkServer>,
     pub leader_id: u64,
     pub replication: u32,
+    pub repair: Repair,
 }
 
 impl From<ClusterStatusReply> for Status {
@@ -55,10 +88,35 @@ impl From<ClusterStatusReply> for Status {
                     used_bytes: c.used_bytes,
                     free_bytes: c.free_bytes,
                     chunk_count: c.chunk_count,
+                    listed_replicas: c.listed_replicas,
+                    draining: c.draining,
+                    scrub: c.scrub.map(|s| Scrub {
+                        chunks_verified: s.chunks_verified,
+                        bytes_verified: s.bytes_verified,
+                        corruptions: s.corruptions,
+                        passes: s.passes,
+                        running: s.running,
+                        last_full_pass_unix_ms: s.last_full_pass_unix_ms,
+                        oldest_verified_unix_ms: s.oldest_verified_unix_ms,
+                        rate_limit_bytes: s.rate_limit_bytes,
+                    }),
                 })
                 .collect(),
             leader_id: r.leader_id,
             replication: r.replication,
+            repair: r
+                .repair
+                .map(|p| Repair {
+                    under_replicated: p.under_replicated,
+                    missing: p.missing,
+                    over_replicated: p.over_replicated,
+                    replicas_copied: p.replicas_copied,
+                    bytes_copied: p.bytes_copied,
+                    replicas_removed: p.replicas_removed,
+                    failures: p.failures,
+                    last_scan_unix_ms: p.last_scan_unix_ms,
+                })
+                .unwrap_or_default(),
         }
     }
 }
@@ -77,7 +135,7 @@ pub async fn fetch(addrs: Vec<String>, timeout: Duration) -> anyhow::Result<Stat
     Ok(Status::from(reply))
 }
 
-fn human(bytes: u64) -> String {
+pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = bytes as f64;
     let mut u = 0;
@@ -111,18 +169,90 @@ pub fn table(s: &Status) -> String {
     }
     out.push_str("chunk servers\n");
     out.push_str(&format!(
-        "  {:>4}  {:<22} {:<5} {:>11} {:>11} {:>8}\n",
-        "ID", "ADDR", "STATE", "USED", "FREE", "CHUNKS"
+        "  {:>4}  {:<22} {:<8} {:>11} {:>11} {:>8} {:>8}  {}\n",
+        "ID", "ADDR", "STATE", "USED", "FREE", "CHUNKS", "LISTED", "SCRUB"
     ));
+    let now = now_ms();
     for c in &s.chunk_servers {
+        let state = if c.draining {
+            format!("{}/drain", c.state)
+        } else {
+            c.state.clone()
+        };
         out.push_str(&format!(
-            "  {:>4}  {:<22} {:<5} {:>11} {:>11} {:>8}\n",
+            "  {:>4}  {:<22} {:<8} {:>11} {:>11} {:>8} {:>8}  {}\n",
             c.id,
             c.addr,
-            c.state,
+            state,
             human(c.used_bytes),
             human(c.free_bytes),
-            c.chunk_count
+            c.chunk_count,
+            c.listed_replicas,
+            scrub_summary(c.scrub.as_ref(), now)
+        ));
+    }
+    let r = &s.repair;
+    out.push_str(&format!(
+        "repair: {} under-replicated ({} missing), {} over-replicated; copied {} replicas ({}), removed {}, {} failures",
+        r.under_replicated,
+        r.missing,
+        r.over_replicated,
+        r.replicas_copied,
+        human(r.bytes_copied),
+        r.replicas_removed,
+        r.failures
+    ));
+    if r.last_scan_unix_ms == 0 {
+        out.push_str("; no scan yet\n");
+    } else {
+        out.push_str(&format!(
+            "; last scan {} ago\n",
+            ago(now, r.last_scan_unix_ms)
+        ));
+    }
+    out
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn ago(now_ms: u64, then_ms: u64) -> String {
+    let s = now_ms.saturating_sub(then_ms) / 1000;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
+}
+
+/// "verified 120 chunks (480.0 MiB), 1 corrupt, last full pass 5m ago, oldest check 5m ago".
+fn scrub_summary(s: Option<&Scrub>, now: u64) -> String {
+    let Some(s) = s else {
+        return "-".into();
+    };
+    let mut out = format!(
+        "{}verified {} chunks ({}), {} corrupt",
+        if s.running { "running; " } else { "" },
+        s.chunks_verified,
+        human(s.bytes_verified),
+        s.corruptions
+    );
+    if s.last_full_pass_unix_ms == 0 {
+        out.push_str(", no full pass yet");
+    } else {
+        out.push_str(&format!(
+            ", last full pass {} ago",
+            ago(now, s.last_full_pass_unix_ms)
+        ));
+    }
+    if s.oldest_verified_unix_ms != 0 {
+        out.push_str(&format!(
+            ", oldest check {} ago",
+            ago(now, s.oldest_verified_unix_ms)
         ));
     }
     out
@@ -152,9 +282,27 @@ mod tests {
                 free_bytes: 5 << 30,
                 chunk_count: 7,
                 last_heartbeat_ms_ago: 300,
+                scrub: Some(cairn_proto::ScrubStats {
+                    chunks_verified: 7,
+                    bytes_verified: 3 << 20,
+                    corruptions: 1,
+                    passes: 1,
+                    last_full_pass_unix_ms: now_ms() - 300_000,
+                    oldest_verified_unix_ms: now_ms() - 300_000,
+                    running: false,
+                    rate_limit_bytes: 64 << 20,
+                }),
+                draining: true,
+                listed_replicas: 6,
             }],
             leader_id: 1,
             replication: 3,
+            repair: Some(cairn_proto::RepairStatus {
+                under_replicated: 2,
+                missing: 1,
+                replicas_copied: 5,
+                ..Default::default()
+            }),
         })
     }
 
@@ -168,6 +316,10 @@ mod tests {
         assert_eq!(v["chunk_servers"][0]["state"], "up");
         assert_eq!(v["chunk_servers"][0]["used_bytes"], 3 << 20);
         assert_eq!(v["chunk_servers"][0]["chunk_count"], 7);
+        assert_eq!(v["chunk_servers"][0]["scrub"]["corruptions"], 1);
+        assert_eq!(v["chunk_servers"][0]["draining"], true);
+        assert_eq!(v["repair"]["under_replicated"], 2);
+        assert_eq!(v["repair"]["missing"], 1);
     }
 
     #[test]
@@ -177,6 +329,9 @@ mod tests {
         assert!(t.contains("leader"));
         assert!(t.contains("3.0 MiB"));
         assert!(t.contains("5.0 GiB"));
+        assert!(t.contains("up/drain"), "{t}");
+        assert!(t.contains("1 corrupt, last full pass 5m ago"), "{t}");
+        assert!(t.contains("repair: 2 under-replicated (1 missing)"), "{t}");
         assert_eq!(human(512), "512 B");
     }
 

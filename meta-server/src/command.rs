@@ -166,6 +166,18 @@ pub enum Command {
     },
     /// Register a chunk server (idempotent per uuid) and record its current address.
     RegisterChunkServer { uuid: String, addr: String },
+    /// `server`'s copy of chunk `id` failed verification: stop listing it as a replica
+    /// (idempotent). The chunk record and its reference count are kept; the chunk is queued
+    /// in `repair` so it can be brought back to full replication.
+    DropReplica { id: ChunkId, server: u64, now: Time },
+    /// Repair copied chunk `id` to `server` (verified on receipt, durable there): list it as a
+    /// replica (idempotent) and clear the chunk's `repair` entry.
+    AddReplica { id: ChunkId, server: u64 },
+    /// `server`'s copy of `id` is surplus (the chunk has enough healthy replicas elsewhere): stop
+    /// listing it, before the copy is deleted. Refused when it would leave no replica listed.
+    RemoveReplica { id: ChunkId, server: u64 },
+    /// Mark a chunk server draining (no new chunks; repair moves its replicas away) or not.
+    SetDraining { server: u64, draining: bool },
 }
 
 /// What a successfully applied command returns.

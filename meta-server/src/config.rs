@@ -99,6 +99,18 @@ pub struct Config {
     /// On shutdown, how long (ms) in-flight RPCs may take to finish before they are cut off.
     #[arg(long, env = "CAIRN_META_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
+
+    /// Pause (ms) between two scans of the repair worker (leader only).
+    #[arg(long, env = "CAIRN_META_REPAIR_INTERVAL_MS", default_value_t = 10_000)]
+    pub repair_interval_ms: u64,
+
+    /// Bandwidth (MiB/s) repair may use to copy chunks server to server; 0 is unlimited.
+    #[arg(long, env = "CAIRN_META_REPAIR_RATE_MB", default_value_t = 100)]
+    pub repair_rate_mb: u64,
+
+    /// Chunk copies repair keeps in flight at once.
+    #[arg(long, env = "CAIRN_META_REPAIR_CONCURRENCY", default_value_t = 4)]
+    pub repair_concurrency: usize,
 }
 
 impl Config {
@@ -118,6 +130,9 @@ impl Config {
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,
             drain_timeout_ms: 10_000,
+            repair_interval_ms: 10_000,
+            repair_rate_mb: 100,
+            repair_concurrency: 4,
         }
     }
 
@@ -163,6 +178,12 @@ impl Config {
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
             return Err("--election-timeout-max-ms must exceed --election-timeout-min-ms".into());
         }
+        if self.repair_interval_ms == 0 {
+            return Err("--repair-interval-ms must be at least 1".into());
+        }
+        if self.repair_concurrency == 0 {
+            return Err("--repair-concurrency must be at least 1".into());
+        }
         Ok(())
     }
 
@@ -195,6 +216,16 @@ impl Config {
         }
         .validate()
         .map_err(|e| format!("raft config: {e}"))
+    }
+
+    pub fn repair_config(&self) -> crate::repair::RepairConfig {
+        crate::repair::RepairConfig {
+            replication: self.replication as usize,
+            interval: Duration::from_millis(self.repair_interval_ms),
+            rate_bytes: self.repair_rate_mb.saturating_mul(1 << 20),
+            concurrency: self.repair_concurrency,
+            heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms),
+        }
     }
 
     pub fn service_config(&self) -> ServiceConfig {

@@ -17,6 +17,7 @@
 //! | `servers`  | `i` ++ id (u64 BE) / `u` ++ uuid     | [`ServerRecord`] (JSON) / id (u64 BE)   |
 //! | `counters` | `next_ino`, `next_server_id`, `inodes` | u64 BE                                |
 //! | `gc`       | [`ChunkId`]                          | [`Time`] it became unreferenced (JSON)  |
+//! | `repair`   | [`ChunkId`]                          | [`Time`] it last lost a replica (JSON)  |
 //!
 //! Determinism: `apply` depends only on the DB state and the command (the leader stamps `now`
 //! into it), so every replica computes the same state.
@@ -33,7 +34,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Column families holding the replicated state. A snapshot is exactly their contents.
-pub const STATE_CFS: &[&str] = &["inodes", "dentries", "chunks", "servers", "counters", "gc"];
+pub const STATE_CFS: &[&str] = &[
+    "inodes", "dentries", "chunks", "servers", "counters", "gc", "repair",
+];
 
 const CF_INODES: &str = "inodes";
 const CF_DENTRIES: &str = "dentries";
@@ -41,6 +44,7 @@ const CF_CHUNKS: &str = "chunks";
 const CF_SERVERS: &str = "servers";
 const CF_COUNTERS: &str = "counters";
 const CF_GC: &str = "gc";
+const CF_REPAIR: &str = "repair";
 
 const NEXT_INO: &str = "next_ino";
 const NEXT_SERVER_ID: &str = "next_server_id";
@@ -129,6 +133,10 @@ pub struct ServerRecord {
     pub id: u64,
     pub uuid: String,
     pub addr: String,
+    /// Set by `cairn chunk drain`: the server gets no new chunks and repair moves its replicas
+    /// to other servers, then removes them here.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// One page of a directory listing.
@@ -465,6 +473,57 @@ impl Fsm {
         Ok((inode, out))
     }
 
+    /// Up to `limit` chunk records with ids strictly after `after` (from the start if `None`),
+    /// in id order: the repair worker and fsck page through the chunk table with it.
+    pub fn chunk_page(
+        &self,
+        after: Option<&ChunkId>,
+        limit: usize,
+    ) -> Result<Vec<(ChunkId, ChunkRecord)>, MetaError> {
+        let mode = match after {
+            Some(id) => IteratorMode::From(id.as_bytes(), Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_CHUNKS)?, mode) {
+            let (k, v) = item.map_err(storage)?;
+            let id = ChunkId::from_bytes(&k).map_err(corrupt)?;
+            if Some(&id) == after {
+                continue;
+            }
+            if out.len() >= limit {
+                break;
+            }
+            out.push((id, decode_json(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Calls `f` for every inode (fsck). Reads one consistent RocksDB snapshot.
+    pub fn for_each_inode(&self, mut f: impl FnMut(Inode)) -> Result<(), MetaError> {
+        let snap = self.db.snapshot();
+        for item in snap.iterator_cf(self.cf(CF_INODES)?, IteratorMode::Start) {
+            let (_, v) = item.map_err(storage)?;
+            f(decode_json(&v)?);
+        }
+        Ok(())
+    }
+
+    /// Calls `f(parent, name, child)` for every directory entry (fsck builds paths with it).
+    pub fn for_each_dentry(&self, mut f: impl FnMut(u64, &[u8], u64)) -> Result<(), MetaError> {
+        let snap = self.db.snapshot();
+        for item in snap.iterator_cf(self.cf(CF_DENTRIES)?, IteratorMode::Start) {
+            let (k, v) = item.map_err(storage)?;
+            if k.len() < 8 {
+                return Err(corrupt(format!("dentry key of {} bytes", k.len())).into());
+            }
+            let mut parent = [0u8; 8];
+            parent.copy_from_slice(&k[..8]);
+            f(u64::from_be_bytes(parent), &k[8..], Dentry::decode(&v)?.ino);
+        }
+        Ok(())
+    }
+
     /// Every registered chunk server, by id.
     pub fn servers(&self) -> Result<Vec<ServerRecord>, MetaError> {
         let mut out = Vec::new();
@@ -509,6 +568,22 @@ impl Fsm {
         Ok(out)
     }
 
+    /// Chunks that lost a replica (a copy failed verification), with the time of the latest
+    /// loss, until repair lists a new copy (`AddReplica`). Shown by fsck as corrupt copies still
+    /// waiting for repair; the repair worker itself works from the full chunk table.
+    pub fn repair_queue(&self) -> Result<Vec<(ChunkId, Time)>, MetaError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_REPAIR)?, IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(storage)?;
+            let id = ChunkId::from_bytes(&k).map_err(corrupt)?;
+            out.push((id, decode_json(&v)?));
+        }
+        Ok(out)
+    }
+
     /// Up to three dentry keys of directory `ino` from the DB (see `Tx::dir_is_empty`).
     fn first_dentry_keys(&self, ino: u64) -> Result<Vec<Vec<u8>>, FsError> {
         let prefix = ino.to_be_bytes();
@@ -539,6 +614,9 @@ struct Tx<'a> {
     dentries: BTreeMap<Vec<u8>, Option<Dentry>>,
     chunks: BTreeMap<ChunkId, Option<ChunkRecord>>,
     gc: BTreeMap<ChunkId, Option<Time>>,
+    repair: BTreeMap<ChunkId, Time>,
+    /// Chunks whose `repair` entry is cleared (a replica was added back).
+    repair_done: Vec<ChunkId>,
     servers: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     counters: BTreeMap<&'static str, u64>,
 }
@@ -551,6 +629,8 @@ impl<'a> Tx<'a> {
             dentries: BTreeMap::new(),
             chunks: BTreeMap::new(),
             gc: BTreeMap::new(),
+            repair: BTreeMap::new(),
+            repair_done: Vec::new(),
             servers: BTreeMap::new(),
             counters: BTreeMap::new(),
         }
@@ -585,6 +665,13 @@ impl<'a> Tx<'a> {
                 Some(t) => b.put_cf(cf, id.as_bytes(), encode_json(t)),
                 None => b.delete_cf(cf, id.as_bytes()),
             }
+        }
+        let cf = f.cf(CF_REPAIR)?;
+        for id in &self.repair_done {
+            b.delete_cf(cf, id.as_bytes());
+        }
+        for (id, t) in &self.repair {
+            b.put_cf(cf, id.as_bytes(), encode_json(t));
         }
         let cf = f.cf(CF_SERVERS)?;
         for (k, v) in &self.servers {
@@ -975,16 +1062,104 @@ impl<'a> Tx<'a> {
                         id
                     }
                 };
+                // A re-registration (restart, new address) keeps the drain flag.
+                let draining = match self.server_raw(server_id_key(id))? {
+                    Some(v) => decode_json::<ServerRecord>(&v)?.draining,
+                    None => false,
+                };
                 let rec = ServerRecord {
                     id,
                     uuid: uuid.clone(),
                     addr: addr.clone(),
+                    draining,
                 };
                 self.servers
                     .insert(server_id_key(id), Some(encode_json(&rec)));
                 Ok(Reply::ServerId(id))
             }
+            Command::DropReplica { id, server, now } => self.drop_replica(id, *server, *now),
+            Command::AddReplica { id, server } => self.add_replica(id, *server),
+            Command::RemoveReplica { id, server } => self.remove_replica(id, *server),
+            Command::SetDraining { server, draining } => {
+                let Some(v) = self.server_raw(server_id_key(*server))? else {
+                    return Err(fs_err(
+                        ErrorKind::NotFound,
+                        format!("chunk server {server} is not registered"),
+                    ));
+                };
+                let mut rec: ServerRecord = decode_json(&v)?;
+                rec.draining = *draining;
+                self.servers
+                    .insert(server_id_key(*server), Some(encode_json(&rec)));
+                Ok(Reply::Empty)
+            }
         }
+    }
+
+    /// Lists `server` as holding `id` (repair stored a verified copy there). A chunk that no
+    /// longer exists is `NotFound`: the copy is then garbage on that server.
+    fn add_replica(&mut self, id: &ChunkId, server: u64) -> CommandResult {
+        if self.server_raw(server_id_key(server))?.is_none() {
+            return Err(fs_err(
+                ErrorKind::InvalidArgument,
+                format!("chunk server {server} is not registered"),
+            ));
+        }
+        let Some(mut rec) = self.chunk(id)? else {
+            return Err(fs_err(ErrorKind::NotFound, format!("unknown chunk {id}")));
+        };
+        if let Err(pos) = rec.replicas.binary_search(&server) {
+            rec.replicas.insert(pos, server);
+            self.chunks.insert(*id, Some(rec));
+        }
+        self.repair_done.push(*id);
+        Ok(Reply::Empty)
+    }
+
+    /// Stops listing `server`'s surplus copy of `id`. Never removes the last listed replica.
+    fn remove_replica(&mut self, id: &ChunkId, server: u64) -> CommandResult {
+        let Some(mut rec) = self.chunk(id)? else {
+            return Err(fs_err(ErrorKind::NotFound, format!("unknown chunk {id}")));
+        };
+        let Ok(pos) = rec.replicas.binary_search(&server) else {
+            return Ok(Reply::Empty);
+        };
+        if rec.replicas.len() == 1 {
+            return Err(fs_err(
+                ErrorKind::Conflict,
+                format!("server {server} holds the only listed replica of chunk {id}"),
+            ));
+        }
+        rec.replicas.remove(pos);
+        self.chunks.insert(*id, Some(rec));
+        Ok(Reply::Empty)
+    }
+
+    /// Stops listing `server` as a replica of `id` (its copy is corrupt). Idempotent: a server
+    /// that is not (or no longer) listed changes nothing. Never removes the chunk record nor
+    /// touches its reference count: files still reference the chunk, and the other replicas
+    /// (or repair) still serve it.
+    fn drop_replica(&mut self, id: &ChunkId, server: u64, now: Time) -> CommandResult {
+        if self.server_raw(server_id_key(server))?.is_none() {
+            return Err(fs_err(
+                ErrorKind::InvalidArgument,
+                format!("chunk server {server} is not registered"),
+            ));
+        }
+        let Some(mut rec) = self.chunk(id)? else {
+            return Err(fs_err(ErrorKind::NotFound, format!("unknown chunk {id}")));
+        };
+        let Some(pos) = rec.replicas.iter().position(|&r| r == server) else {
+            return Ok(Reply::Empty);
+        };
+        rec.replicas.remove(pos);
+        if rec.replicas.is_empty() {
+            tracing::error!(chunk = %id, server, "chunk lost its last listed replica");
+        }
+        self.chunks.insert(*id, Some(rec));
+        // Hook for repair: the chunk is now below its replication factor.
+        self.repair.insert(*id, now);
+        Ok(Reply::Empty)
     }
 
     #[allow(clippy::too_many_arguments)]

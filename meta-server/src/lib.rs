@@ -11,6 +11,8 @@
 //!   reads.
 //! - [`service`]: the client-facing `MetaService`; [`placement`]: chunk-server liveness and
 //!   replica placement.
+//! - [`repair`]: the leader's worker that re-replicates under-replicated chunks (server to
+//!   server) and trims surplus copies; [`health`]: fsck, namespace against chunk inventory.
 //!
 //! [`start`] runs a node inside the current tokio runtime (tests use it with `127.0.0.1:0`);
 //! [`run`] is what the `cairn-meta` binary calls.
@@ -18,10 +20,12 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod fsm;
+pub mod health;
 pub mod network;
 pub mod node;
 pub mod placement;
 pub mod raft_service;
+pub mod repair;
 pub mod service;
 pub mod store;
 pub mod types;
@@ -50,6 +54,12 @@ pub struct RunningNode {
     pub node: Arc<MetaNode>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Background workers of a node, stopped before Raft shuts down.
+struct Workers {
+    shutdown: tokio_util::sync::CancellationToken,
+    repair: JoinHandle<()>,
 }
 
 impl RunningNode {
@@ -98,7 +108,7 @@ pub async fn start_with_listener(
     let raft = types::Raft::new(
         config.id,
         raft_config,
-        network::NetworkFactory { id: config.id },
+        network::NetworkFactory::new(config.id),
         log_store,
         sm_store,
     )
@@ -115,12 +125,23 @@ pub async fn start_with_listener(
     let raft_svc = RaftServiceServer::new(raft_service::RaftServiceImpl::new(raft.clone()))
         .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);
-    let meta_svc = MetaServiceServer::new(service::MetaServiceImpl::new(
-        node.clone(),
-        config.service_config(),
-    ))
-    .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);
+    let meta_impl = service::MetaServiceImpl::new(node.clone(), config.service_config());
+    let workers = {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let repairer = repair::Repairer {
+            node: node.clone(),
+            placement: meta_impl.placement(),
+            cfg: config.repair_config(),
+            stats: meta_impl.repair_stats(),
+            kick: meta_impl.repair_kick(),
+            chunks: cairn_common::ChunkClients::new(),
+        };
+        let repair = tokio::spawn(repairer.run(shutdown.clone()).instrument(span.clone()));
+        Workers { shutdown, repair }
+    };
+    let meta_svc = MetaServiceServer::new(meta_impl)
+        .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);
 
     // `stop` (held by RunningNode) asks the background task to stop; the task then tells the
     // server to stop accepting and drain (`drain_server`), with a hard deadline.
@@ -158,6 +179,10 @@ pub async fn start_with_listener(
                     }
                 }
             };
+            workers.shutdown.cancel();
+            if let Err(e) = workers.repair.await {
+                tracing::error!(error = %e, "repair worker panicked");
+            }
             tracing::info!("grpc server stopped; shutting raft down");
             if let Err(e) = task_raft.shutdown().await {
                 tracing::error!(error = %e, "raft shutdown");

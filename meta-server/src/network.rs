@@ -18,6 +18,8 @@ use openraft::raft::{
 use openraft::RPCTypes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
@@ -29,24 +31,52 @@ pub const SNAPSHOT_CHUNK_BYTES: u64 = 2 * 1024 * 1024;
 const BACKOFF: Duration = Duration::from_millis(200);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Creates one [`NetworkClient`] per replication target.
+/// Creates [`NetworkClient`]s: one per replication stream, and one per read-index or election
+/// round (openraft calls [`RaftNetworkFactory::new_client`] for every `ensure_linearizable`).
+///
+/// Clients of one peer share one cached [`Channel`] (one HTTP/2 connection, multiplexed), so a
+/// read-index round costs one round trip on a warm connection instead of a TCP connect and an
+/// HTTP/2 handshake per peer. Clones of the factory share the cache.
 #[derive(Clone)]
 pub struct NetworkFactory {
     /// This node's id, reported in timeouts.
     pub id: NodeId,
+    /// Peer id → (address, channel). Replaced when a peer's address changes.
+    channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+}
+
+impl NetworkFactory {
+    pub fn new(id: NodeId) -> NetworkFactory {
+        NetworkFactory {
+            id,
+            channels: Arc::default(),
+        }
+    }
+
+    /// The cached channel to `target` at `addr`, created (lazily connecting) on first use.
+    fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
+        // No `.await` under this lock; a poisoned lock only means a panic elsewhere mid-insert.
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cached_addr, ch)) = channels.get(&target) {
+            if cached_addr == addr {
+                return Ok(ch.clone());
+            }
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(target, (addr.to_owned(), ch.clone()));
+        Ok(ch)
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = NetworkClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> NetworkClient {
-        let channel = Endpoint::from_shared(format!("http://{}", node.addr))
-            .map(|ep| {
-                ep.connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .connect_lazy()
-            })
-            .map_err(|e| e.to_string());
+        let channel = self.channel(target, &node.addr);
         if let Err(e) = &channel {
             tracing::error!(target_node = target, addr = %node.addr, error = %e, "bad peer address");
         }
@@ -63,7 +93,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     }
 }
 
-/// The connection to one peer. The channel connects lazily and reconnects by itself.
+/// A client of one peer over the shared channel, which connects lazily and reconnects by
+/// itself.
 pub struct NetworkClient {
     id: NodeId,
     target: NodeId,
@@ -160,5 +191,27 @@ impl RaftNetwork<TypeConfig> for NetworkClient {
 
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(BACKOFF))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn clients_of_one_peer_share_one_channel() {
+        let mut f = NetworkFactory::new(1);
+        let node = Node::new("127.0.0.1:1");
+        for _ in 0..3 {
+            f.new_client(2, &node).await;
+            f.new_client(3, &Node::new("127.0.0.1:2")).await;
+        }
+        assert_eq!(f.channels.lock().unwrap().len(), 2, "one channel per peer");
+
+        // A peer that moved gets a channel to its new address.
+        f.new_client(2, &Node::new("127.0.0.1:3")).await;
+        let channels = f.channels.lock().unwrap();
+        assert_eq!(channels.len(), 2);
+        assert_eq!(channels[&2].0, "127.0.0.1:3");
     }
 }

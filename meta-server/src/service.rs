@@ -12,6 +12,7 @@ use crate::error::MetaError;
 use crate::fsm::{Inode, SYMLINK_MAX};
 use crate::node::MetaNode;
 use crate::placement::{Load, Placement};
+use crate::repair::RepairStats;
 use cairn_common::error::ErrorKind;
 use cairn_common::{ChunkId, CHUNK_SIZE};
 use cairn_proto as pb;
@@ -19,6 +20,7 @@ use cairn_proto::meta_service_server::MetaService;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
 /// Most entries one ReadDir returns.
@@ -27,6 +29,8 @@ pub const MAX_READDIR: usize = 1000;
 pub const MAX_PREPARE_CHUNKS: usize = 1024;
 /// Most slot updates one CommitWrite may carry.
 pub const MAX_SLOT_UPDATES: usize = 4096;
+/// Longest `reason` a ReportBadReplica may carry.
+pub const MAX_REASON_LEN: usize = 1024;
 /// Largest file size accepted (1 PiB).
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
 /// How long ClusterStatus waits for each peer's NodeStatus.
@@ -65,6 +69,12 @@ pub struct MetaServiceImpl {
     node: Arc<MetaNode>,
     cfg: ServiceConfig,
     placement: Arc<Placement>,
+    /// (Raft term, when this node first acted as leader in it): see [`MetaServiceImpl::warming_up`].
+    tenure: std::sync::Mutex<(u64, Instant)>,
+    repair_stats: Arc<RepairStats>,
+    repair_kick: Arc<Notify>,
+    /// The scrub figures of each server's last heartbeat (leader only, like `placement`).
+    scrub: std::sync::Mutex<HashMap<u64, pb::ScrubStats>>,
 }
 
 impl MetaServiceImpl {
@@ -74,12 +84,66 @@ impl MetaServiceImpl {
             node,
             cfg,
             placement,
+            tenure: std::sync::Mutex::new((0, Instant::now())),
+            repair_stats: Arc::default(),
+            repair_kick: Arc::default(),
+            scrub: Default::default(),
         }
+    }
+
+    /// The figures the repair worker publishes (shown by ClusterStatus and Fsck).
+    pub fn repair_stats(&self) -> Arc<RepairStats> {
+        self.repair_stats.clone()
+    }
+
+    /// Wakes the repair worker for an immediate scan.
+    pub fn repair_kick(&self) -> Arc<Notify> {
+        self.repair_kick.clone()
+    }
+
+    /// Resolves `server` (an id or an address) to a registered chunk server.
+    fn find_server(&self, server: &str) -> Result<crate::fsm::ServerRecord, MetaError> {
+        let servers = self.node.fsm().servers()?;
+        let found = match server.trim().parse::<u64>() {
+            Ok(id) => servers.into_iter().find(|s| s.id == id),
+            Err(_) => {
+                let addr = server.trim();
+                servers.into_iter().find(|s| {
+                    s.addr == addr || self.placement.get(s.id).is_some_and(|h| h.addr == addr)
+                })
+            }
+        };
+        found.ok_or_else(|| {
+            MetaError::fs(
+                ErrorKind::NotFound,
+                format!("no chunk server {server:?} (give its id or address)"),
+            )
+        })
     }
 
     /// The chunk-server table fed by heartbeats (leader only).
     pub fn placement(&self) -> Arc<Placement> {
         self.placement.clone()
+    }
+
+    /// True while this leader may not yet have heard from every chunk server: the liveness
+    /// table lives in the leader's memory, so after an election every server looks down until
+    /// its next heartbeat (1 s) reaches the new leader. During that window a short placement
+    /// would wrongly under-replicate (or refuse) a write, so callers are told to retry instead.
+    fn warming_up(&self, now: Instant) -> Result<bool, MetaError> {
+        let term = self.node.local_status().term;
+        let since = {
+            let mut t = self.tenure.lock().unwrap_or_else(|e| e.into_inner());
+            if t.0 != term {
+                *t = (term, now);
+            }
+            t.1
+        };
+        if now.saturating_duration_since(since) >= self.cfg.heartbeat_timeout {
+            return Ok(false);
+        }
+        let registered = self.node.fsm().servers()?.len();
+        Ok(self.placement.up_servers(now).len() < registered)
     }
 
     fn not_leader(&self) -> MetaError {
@@ -494,9 +558,25 @@ impl MetaService for MetaServiceImpl {
             .iter()
             .map(check_chunk_ref)
             .collect::<Result<Vec<_>, _>>()?;
-        self.node.linearizable_read().await?;
+        // No read index here (it would cost a quorum round trip per file written): the answer
+        // is a hint, and everything that matters is checked again when the `CommitWrite` entry is
+        // applied. A slightly stale "already stored" is safe because chunk records are never
+        // deleted here (a record with no references is only queued for GC and revived by a commit
+        // that references it), and a commit of a chunk the state machine does not know with no
+        // replicas is refused. A stale "not stored" only costs an upload. Placement needs the
+        // leader's heartbeat table, so followers still answer not-leader.
+        if !self.node.is_leader() {
+            return Err(self.not_leader().into());
+        }
         let fsm = self.node.fsm();
         let addrs = self.server_addrs()?;
+        // Draining servers take no new replicas (repair is moving theirs away).
+        let draining: Vec<u64> = fsm
+            .servers()?
+            .into_iter()
+            .filter(|s| s.draining)
+            .map(|s| s.id)
+            .collect();
         let now = Instant::now();
         let replication = self.cfg.replication.max(1) as usize;
         let mut placements = Vec::with_capacity(chunks.len());
@@ -507,13 +587,21 @@ impl MetaService for MetaServiceImpl {
                 .unwrap_or_default();
             let existing = self.locations(&held, &addrs, now, true);
             let need = replication.saturating_sub(existing.len());
-            let forbid: Vec<u64> = existing.iter().map(|l| l.server_id).collect();
+            let mut forbid: Vec<u64> = existing.iter().map(|l| l.server_id).collect();
+            forbid.extend_from_slice(&draining);
             let targets: Vec<pb::ChunkLocation> = self
                 .placement
                 .place_forbidding(need, &r.exclude_servers, &forbid)
                 .into_iter()
                 .map(|(server_id, addr)| pb::ChunkLocation { server_id, addr })
                 .collect();
+            if existing.len() + targets.len() < replication && self.warming_up(now)? {
+                return Err(MetaError::fs(
+                    ErrorKind::Unavailable,
+                    "new leader: still learning which chunk servers are up; retry",
+                )
+                .into());
+            }
             if existing.is_empty() && targets.is_empty() {
                 return Err(if self.placement.up_servers(now).is_empty() {
                     MetaError::fs(ErrorKind::Unavailable, "no chunk servers are up")
@@ -680,12 +768,60 @@ impl MetaService for MetaServiceImpl {
             free_bytes: r.free_bytes,
             chunk_count: r.chunk_count,
         };
+        // Starts this term's tenure clock at the first heartbeat after an election.
+        let _ = self.warming_up(Instant::now());
         if !self.placement.is_up(r.server_id, Instant::now()) {
             tracing::info!(server = r.server_id, %addr, "chunk server is up");
         }
         self.placement
             .heartbeat(r.server_id, &addr, load, Instant::now());
+        if let Some(scrub) = r.scrub {
+            self.scrub
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(r.server_id, scrub);
+        }
         Ok(Response::new(pb::HeartbeatReply {}))
+    }
+
+    async fn report_bad_replica(
+        &self,
+        req: Request<pb::ReportBadReplicaRequest>,
+    ) -> Result<Response<pb::ReportBadReplicaReply>, Status> {
+        let r = req.into_inner();
+        let id = chunk_id(&r.chunk_id)?;
+        if r.server_id == 0 {
+            return Err(invalid("server id 0 is not a chunk server"));
+        }
+        if r.reason.len() > MAX_REASON_LEN {
+            return Err(invalid(format!(
+                "reason is {} bytes, at most {MAX_REASON_LEN}",
+                r.reason.len()
+            )));
+        }
+        // The registration check reads local state, which only the leader knows is current.
+        if !self.node.is_leader() {
+            return Err(self.not_leader().into());
+        }
+        if self.node.fsm().server(r.server_id)?.is_none() {
+            return Err(invalid(format!(
+                "chunk server {} is not registered",
+                r.server_id
+            )));
+        }
+        tracing::warn!(server = r.server_id, chunk = %id, reason = %r.reason, "bad replica reported");
+        match self
+            .node
+            .write(Command::DropReplica {
+                id,
+                server: r.server_id,
+                now: Time::now(),
+            })
+            .await?
+        {
+            Reply::Empty => Ok(Response::new(pb::ReportBadReplicaReply {})),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn cluster_status(
@@ -712,6 +848,8 @@ impl MetaService for MetaServiceImpl {
         let meta = futures::future::join_all(asks).await;
 
         let now = Instant::now();
+        let scan = self.repair_stats.last_scan();
+        let scrub = self.scrub.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let chunk_servers = self
             .node
             .fsm()
@@ -719,6 +857,9 @@ impl MetaService for MetaServiceImpl {
             .into_iter()
             .map(|rec| match self.placement.get(rec.id) {
                 Some(s) => pb::ChunkServerStatus {
+                    scrub: scrub.get(&rec.id).cloned(),
+                    draining: rec.draining,
+                    listed_replicas: scan.listed.get(&rec.id).copied().unwrap_or(0),
                     id: rec.id,
                     addr: s.addr.clone(),
                     state: if self.placement.is_up(rec.id, now) {
@@ -740,6 +881,8 @@ impl MetaService for MetaServiceImpl {
                     id: rec.id,
                     addr: rec.addr,
                     state: "down".into(),
+                    draining: rec.draining,
+                    listed_replicas: scan.listed.get(&rec.id).copied().unwrap_or(0),
                     ..Default::default()
                 },
             })
@@ -749,6 +892,72 @@ impl MetaService for MetaServiceImpl {
             chunk_servers,
             leader_id: me,
             replication: self.cfg.replication,
+            repair: Some(self.repair_stats.to_proto()),
+        }))
+    }
+
+    async fn fsck(&self, req: Request<pb::FsckRequest>) -> Result<Response<pb::FsckReply>, Status> {
+        let r = req.into_inner();
+        let max_files = (r.max_files as usize).min(crate::health::MAX_FSCK_FILES);
+        // Liveness is the leader's; the read index makes the namespace current.
+        self.node.linearizable_read().await?;
+        let now = Instant::now();
+        if self.warming_up(now)? {
+            // Right after an election every server still looks down: do not report false loss.
+            return Err(MetaError::fs(
+                ErrorKind::Unavailable,
+                "new leader: still learning which chunk servers are up; retry",
+            )
+            .into());
+        }
+        let report = crate::health::fsck(
+            self.node.fsm(),
+            self.cfg.replication as usize,
+            |id| self.placement.is_up(id, now),
+            max_files,
+        )?;
+        Ok(Response::new(report))
+    }
+
+    async fn drain(
+        &self,
+        req: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainReply>, Status> {
+        let r = req.into_inner();
+        if r.server.is_empty() || r.server.len() > 256 {
+            return Err(invalid("give a chunk server id or address"));
+        }
+        if !self.node.is_leader() {
+            return Err(self.not_leader().into());
+        }
+        let rec = self.find_server(&r.server)?;
+        match self
+            .node
+            .write(Command::SetDraining {
+                server: rec.id,
+                draining: r.drain,
+            })
+            .await?
+        {
+            Reply::Empty => {}
+            other => return Err(unexpected(other)),
+        }
+        tracing::info!(
+            server = rec.id,
+            drain = r.drain,
+            "chunk server drain changed"
+        );
+        self.repair_kick.notify_one();
+        let listed = self
+            .repair_stats
+            .last_scan()
+            .listed
+            .get(&rec.id)
+            .copied()
+            .unwrap_or(0);
+        Ok(Response::new(pb::DrainReply {
+            server_id: rec.id,
+            listed_replicas: listed,
         }))
     }
 
@@ -979,6 +1188,7 @@ mod tests {
                 used_bytes: 20 << 30,
                 free_bytes: 10 << 30,
                 chunk_count: 0,
+                scrub: None,
             })
             .await
             .unwrap();
@@ -1088,6 +1298,71 @@ mod tests {
             .map(|t| t.server_id)
             .collect();
         assert_eq!(t, vec![3]);
+
+        tracing::info!("--- a bad replica is dropped from the chunk's locations");
+        let report =
+            |server_id: u64, chunk_id: Vec<u8>, reason: String| pb::ReportBadReplicaRequest {
+                server_id,
+                chunk_id,
+                reason,
+            };
+        for (bad, why) in [
+            (report(1, vec![0; 31], "x".into()), "short chunk id"),
+            (report(0, cref.id.clone(), "x".into()), "server 0"),
+            (
+                report(77, cref.id.clone(), "x".into()),
+                "unregistered server",
+            ),
+            (
+                report(1, cref.id.clone(), "x".repeat(MAX_REASON_LEN + 1)),
+                "oversized reason",
+            ),
+        ] {
+            let e = c.report_bad_replica(bad).await.unwrap_err();
+            assert_eq!(kind_of(e), ErrorKind::InvalidArgument, "{why}");
+        }
+        let e = c
+            .report_bad_replica(report(
+                1,
+                ChunkId::of(b"never stored").as_bytes().to_vec(),
+                "x".into(),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(kind_of(e), ErrorKind::NotFound);
+        assert_eq!(
+            node.node
+                .fsm()
+                .chunk(&ChunkId::of(&data))
+                .unwrap()
+                .unwrap()
+                .replicas,
+            vec![1, 2]
+        );
+        for _ in 0..2 {
+            c.report_bad_replica(report(1, cref.id.clone(), "block hash mismatch".into()))
+                .await
+                .unwrap();
+        }
+        let gc = c
+            .get_chunks(pb::GetChunksRequest { ino: f.ino })
+            .await
+            .unwrap()
+            .into_inner();
+        let locs: Vec<u64> = gc.slots[0].locations.iter().map(|l| l.server_id).collect();
+        assert_eq!(locs, vec![2]);
+        let rec = node.node.fsm().chunk(&ChunkId::of(&data)).unwrap().unwrap();
+        assert_eq!((rec.replicas, rec.refs), (vec![2], 1));
+        let p = c
+            .prepare_write(pb::PrepareWriteRequest {
+                chunks: vec![cref.clone()],
+                exclude_servers: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(p.placements[0].existing.len(), 1);
+        assert_eq!(p.placements[0].targets.len(), 2);
 
         tracing::info!("--- statfs and status");
         let st = c.stat_fs(pb::StatFsRequest {}).await.unwrap().into_inner();

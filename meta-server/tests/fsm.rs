@@ -890,6 +890,211 @@ fn chunk_server_registration_is_idempotent() {
 }
 
 #[test]
+fn drop_replica_removes_only_that_replica() {
+    let mut h = H::new();
+    for i in 1..=3 {
+        h.apply(Command::RegisterChunkServer {
+            uuid: format!("u{i}"),
+            addr: format!("127.0.0.1:{i}"),
+        })
+        .unwrap();
+    }
+    let f = h.file(ROOT_INO, "f");
+    let g = h.file(ROOT_INO, "g");
+    let a = chunk("a", 1000);
+    h.commit(f.ino, 1000, vec![upd(0, a, &[1, 2, 3])]).unwrap();
+    h.commit(g.ino, 1000, vec![upd(0, a, &[])]).unwrap();
+    let version = h.get(f.ino).version;
+    let drop = |h: &mut H, id: ChunkId, server: u64| {
+        let now = h.now();
+        h.apply(Command::DropReplica { id, server, now })
+    };
+
+    tracing::info!("--- dropping a replica keeps the record and its references");
+    assert_eq!(drop(&mut h, a.id, 2).unwrap(), Reply::Empty);
+    let rec = h.fsm.chunk(&a.id).unwrap().unwrap();
+    assert_eq!(
+        (rec.replicas, rec.refs, rec.stored_len),
+        (vec![1, 3], 2, 1000)
+    );
+    let (_, slots) = h.fsm.chunk_locations(f.ino).unwrap();
+    assert_eq!(slots[0].replicas, vec![1, 3]);
+    assert_eq!(h.get(f.ino).version, version, "the file is untouched");
+    let queued = h.fsm.repair_queue().unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].0, a.id);
+
+    tracing::info!("--- idempotent: a second report changes nothing");
+    let before = h.fsm.repair_queue().unwrap();
+    assert_eq!(drop(&mut h, a.id, 2).unwrap(), Reply::Empty);
+    assert_eq!(h.fsm.chunk(&a.id).unwrap().unwrap().replicas, vec![1, 3]);
+    assert_eq!(h.fsm.repair_queue().unwrap(), before);
+
+    tracing::info!("--- refusals change nothing");
+    assert_eq!(
+        drop(&mut h, ChunkId::of(b"unknown"), 1).unwrap_err().kind,
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        drop(&mut h, a.id, 9).unwrap_err().kind,
+        ErrorKind::InvalidArgument,
+        "unregistered server"
+    );
+    assert_eq!(h.fsm.chunk(&a.id).unwrap().unwrap().replicas, vec![1, 3]);
+
+    tracing::info!("--- the last replicas go too, the record stays");
+    drop(&mut h, a.id, 1).unwrap();
+    drop(&mut h, a.id, 3).unwrap();
+    let rec = h.fsm.chunk(&a.id).unwrap().unwrap();
+    assert_eq!((rec.replicas.len(), rec.refs), (0, 2));
+
+    tracing::info!("--- a rewritten copy is listed again by the next commit");
+    h.commit(f.ino, 1000, vec![upd(0, a, &[2])]).unwrap();
+    assert_eq!(h.fsm.chunk(&a.id).unwrap().unwrap().replicas, vec![2]);
+    assert_eq!(h.refs(&a.id), Some(2));
+}
+
+#[test]
+fn repair_adds_and_trims_replicas_and_drains_servers() {
+    let mut h = H::new();
+    for i in 1..=4 {
+        h.apply(Command::RegisterChunkServer {
+            uuid: format!("u{i}"),
+            addr: format!("127.0.0.1:{i}"),
+        })
+        .unwrap();
+    }
+    let f = h.file(ROOT_INO, "f");
+    let a = chunk("a", 1000);
+    h.commit(f.ino, 1000, vec![upd(0, a, &[1, 2, 3])]).unwrap();
+    let version = h.get(f.ino).version;
+    let now = h.now();
+    h.apply(Command::DropReplica {
+        id: a.id,
+        server: 2,
+        now,
+    })
+    .unwrap();
+    assert_eq!(h.fsm.repair_queue().unwrap().len(), 1);
+
+    tracing::info!("--- a repaired copy is listed, sorted, and clears the repair entry");
+    h.apply(Command::AddReplica {
+        id: a.id,
+        server: 4,
+    })
+    .unwrap();
+    h.apply(Command::AddReplica {
+        id: a.id,
+        server: 4,
+    })
+    .unwrap();
+    let rec = h.fsm.chunk(&a.id).unwrap().unwrap();
+    assert_eq!((rec.replicas, rec.refs), (vec![1, 3, 4], 1));
+    assert!(h.fsm.repair_queue().unwrap().is_empty());
+    assert_eq!(h.get(f.ino).version, version, "the file is untouched");
+
+    tracing::info!("--- a surplus copy is unlisted; the last one never is");
+    h.apply(Command::RemoveReplica {
+        id: a.id,
+        server: 1,
+    })
+    .unwrap();
+    h.apply(Command::RemoveReplica {
+        id: a.id,
+        server: 1,
+    })
+    .unwrap();
+    h.apply(Command::RemoveReplica {
+        id: a.id,
+        server: 3,
+    })
+    .unwrap();
+    assert_eq!(h.fsm.chunk(&a.id).unwrap().unwrap().replicas, vec![4]);
+    assert_eq!(
+        h.apply(Command::RemoveReplica {
+            id: a.id,
+            server: 4
+        })
+        .unwrap_err()
+        .kind,
+        ErrorKind::Conflict
+    );
+    assert_eq!(h.fsm.chunk(&a.id).unwrap().unwrap().replicas, vec![4]);
+
+    tracing::info!("--- refusals change nothing");
+    let unknown = ChunkId::of(b"never stored");
+    for cmd in [
+        Command::AddReplica {
+            id: unknown,
+            server: 1,
+        },
+        Command::RemoveReplica {
+            id: unknown,
+            server: 1,
+        },
+    ] {
+        assert_eq!(h.apply(cmd).unwrap_err().kind, ErrorKind::NotFound);
+    }
+    assert_eq!(
+        h.apply(Command::AddReplica {
+            id: a.id,
+            server: 9
+        })
+        .unwrap_err()
+        .kind,
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(h.fsm.chunk(&unknown).unwrap(), None);
+
+    tracing::info!("--- draining is a flag on the server that survives re-registration");
+    h.apply(Command::SetDraining {
+        server: 2,
+        draining: true,
+    })
+    .unwrap();
+    h.apply(Command::RegisterChunkServer {
+        uuid: "u2".into(),
+        addr: "127.0.0.1:22".into(),
+    })
+    .unwrap();
+    let s2 = h.fsm.server(2).unwrap().unwrap();
+    assert_eq!((s2.draining, s2.addr.as_str()), (true, "127.0.0.1:22"));
+    h.apply(Command::SetDraining {
+        server: 2,
+        draining: false,
+    })
+    .unwrap();
+    assert!(!h.fsm.server(2).unwrap().unwrap().draining);
+    assert_eq!(
+        h.apply(Command::SetDraining {
+            server: 9,
+            draining: true
+        })
+        .unwrap_err()
+        .kind,
+        ErrorKind::NotFound
+    );
+
+    tracing::info!("--- the chunk table pages in id order");
+    let b = chunk("b", 10);
+    let c = chunk("c", 10);
+    let g = h.file(ROOT_INO, "g");
+    h.commit(g.ino, 20 << 20, vec![upd(0, b, &[1]), upd(1, c, &[1])])
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = h.fsm.chunk_page(after.as_ref(), 2).unwrap();
+        let Some((last, _)) = page.last() else { break };
+        after = Some(*last);
+        seen.extend(page.into_iter().map(|(id, _)| id));
+    }
+    let mut want = vec![a.id, b.id, c.id];
+    want.sort();
+    assert_eq!(seen, want);
+}
+
+#[test]
 fn replicas_apply_identically() {
     // Two state machines fed the same commands end in byte-identical state.
     let mut x = H::new();

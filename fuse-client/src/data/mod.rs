@@ -32,6 +32,8 @@ pub struct DataPlane {
     pub chunks: ChunkClients,
     pub cache: reader::ChunkCache,
     pub upload_slots: Arc<Semaphore>,
+    /// Bad replicas being reported to the metadata cluster (see [`reader::report_bad_replica`]).
+    pub bad_replicas: reader::BadReplicaReports,
     failed: Mutex<HashMap<u64, Instant>>,
 }
 
@@ -42,6 +44,7 @@ impl DataPlane {
             chunks: ChunkClients::new(),
             cache: reader::ChunkCache::new(CHUNK_CACHE_BYTES),
             upload_slots: Arc::new(Semaphore::new(MAX_UPLOADS_TOTAL)),
+            bad_replicas: reader::BadReplicaReports::default(),
             failed: Mutex::new(HashMap::new()),
         })
     }

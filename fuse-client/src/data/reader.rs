@@ -8,15 +8,25 @@
 //! memory, and the next chunk is prefetched while the current one is read.
 //!
 //! Concurrent readers of the same chunk share one fetch (the pending fetch is in the cache).
+//!
+//! A replica that reports its copy corrupt, or returns bytes that fail the check, is reported to
+//! the metadata cluster (`ReportBadReplica`) in the background, so it stops being listed; the
+//! read goes on with the next replica without waiting for the report. Such a server is not
+//! marked as failed: it answered, only that one copy is bad.
 use super::slots;
 use super::DataPlane;
 use crate::errno::Errno;
 use bytes::Bytes;
-use cairn_common::ChunkId;
-use cairn_proto::{ChunkLocation, GetChunkRequest};
+use cairn_common::{ChunkId, ErrorKind};
+use cairn_proto::{ChunkLocation, GetChunkRequest, ReportBadReplicaRequest};
 use futures::future::{BoxFuture, FutureExt, Shared};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+
+/// Most bad-replica reports in flight at once; beyond it a report is skipped (logged). Nothing
+/// is lost for long: the chunk server reports its own corruption, and the next read of the copy
+/// reports it again.
+pub const MAX_REPORTS_IN_FLIGHT: usize = 64;
 
 /// A stored chunk and where its replicas are.
 #[derive(Debug, Clone)]
@@ -118,6 +128,61 @@ impl ChunkCache {
     }
 }
 
+/// The bad replicas being reported right now, so a copy met by many readers at once is reported
+/// once, and the number of report tasks is bounded.
+#[derive(Default)]
+pub struct BadReplicaReports {
+    in_flight: Mutex<HashSet<(u64, ChunkId)>>,
+}
+
+impl BadReplicaReports {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(u64, ChunkId)>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reports in flight (for tests).
+    pub fn in_flight(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Tells the metadata cluster, in the background, that `server_id`'s copy of `id` is bad.
+pub fn report_bad_replica(dp: &Arc<DataPlane>, server_id: u64, id: ChunkId, reason: String) {
+    {
+        let mut f = dp.bad_replicas.lock();
+        if f.contains(&(server_id, id)) {
+            return;
+        }
+        if f.len() >= MAX_REPORTS_IN_FLIGHT {
+            tracing::warn!(chunk = %id, server = server_id, "too many bad-replica reports in flight; skipped");
+            return;
+        }
+        f.insert((server_id, id));
+    }
+    let dp = dp.clone();
+    tokio::spawn(async move {
+        let req = ReportBadReplicaRequest {
+            server_id,
+            chunk_id: id.as_bytes().to_vec(),
+            reason,
+        };
+        let r = dp
+            .meta
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.report_bad_replica(req).await }
+            })
+            .await;
+        match r {
+            Ok(_) => tracing::info!(chunk = %id, server = server_id, "bad replica reported"),
+            Err(e) => {
+                tracing::warn!(chunk = %id, server = server_id, error = %e.message(), "could not report a bad replica")
+            }
+        }
+        dp.bad_replicas.lock().remove(&(server_id, id));
+    });
+}
+
 /// The verified bytes of `chunk` (all `stored_len` of them), from the cache or a replica.
 pub async fn fetch_chunk(dp: &Arc<DataPlane>, chunk: &StoredChunk) -> Result<Bytes, Errno> {
     let fetch = {
@@ -179,6 +244,14 @@ fn verify(chunk: &StoredChunk, data: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Why one replica gave no usable data.
+enum ReplicaFailure {
+    /// Unreachable, lacks the chunk, or another error: the server is avoided for a while.
+    Failed(String),
+    /// Its copy is corrupt (it said so, or the bytes failed our check): reported.
+    BadCopy(String),
+}
+
 async fn fetch_from_replicas(dp: Arc<DataPlane>, chunk: StoredChunk) -> Result<Bytes, Errno> {
     if chunk.locations.is_empty() {
         tracing::error!(chunk = %chunk.id, "chunk has no replica locations");
@@ -189,7 +262,7 @@ async fn fetch_from_replicas(dp: Arc<DataPlane>, chunk: StoredChunk) -> Result<B
             let mut client = dp
                 .chunks
                 .get(&loc.addr)
-                .map_err(|s| s.message().to_owned())?;
+                .map_err(|s| ReplicaFailure::Failed(s.message().to_owned()))?;
             let reply = client
                 .get_chunk(GetChunkRequest {
                     id: chunk.id.as_bytes().to_vec(),
@@ -198,15 +271,18 @@ async fn fetch_from_replicas(dp: Arc<DataPlane>, chunk: StoredChunk) -> Result<B
                 })
                 .await
                 .map_err(|s| {
-                    format!(
-                        "{:?}: {}",
-                        cairn_common::ErrorKind::from_status(&s),
-                        s.message()
-                    )
+                    let kind = ErrorKind::from_status(&s);
+                    let why = format!("{kind:?}: {}", s.message());
+                    if kind == ErrorKind::Corrupt {
+                        ReplicaFailure::BadCopy(why)
+                    } else {
+                        ReplicaFailure::Failed(why)
+                    }
                 })?
                 .into_inner();
-            verify(&chunk, &reply.data)?;
-            Ok::<Bytes, String>(reply.data)
+            verify(&chunk, &reply.data)
+                .map_err(|why| ReplicaFailure::BadCopy(format!("client check: {why}")))?;
+            Ok::<Bytes, ReplicaFailure>(reply.data)
         }
         .await;
         match result {
@@ -214,10 +290,15 @@ async fn fetch_from_replicas(dp: Arc<DataPlane>, chunk: StoredChunk) -> Result<B
                 dp.mark_ok(loc.server_id);
                 return Ok(data);
             }
-            Err(why) => {
+            Err(ReplicaFailure::Failed(why)) => {
                 dp.mark_failed(loc.server_id);
                 tracing::warn!(chunk = %chunk.id, server = loc.server_id, addr = %loc.addr, error = %why,
                     "replica failed; trying the next");
+            }
+            Err(ReplicaFailure::BadCopy(why)) => {
+                tracing::error!(chunk = %chunk.id, server = loc.server_id, addr = %loc.addr, error = %why,
+                    "replica holds a bad copy; reporting it and trying the next");
+                report_bad_replica(&dp, loc.server_id, chunk.id, why);
             }
         }
     }
@@ -317,6 +398,102 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(out, b"ab\0\0\089\0\0");
+    }
+
+    /// A chunk server that answers every GetChunk with `data`, or with a `corrupt` error.
+    struct FakeReplica {
+        data: Option<Bytes>,
+    }
+
+    #[tonic::async_trait]
+    impl cairn_proto::chunk_service_server::ChunkService for FakeReplica {
+        async fn put_chunk(
+            &self,
+            _r: tonic::Request<cairn_proto::PutChunkRequest>,
+        ) -> Result<tonic::Response<cairn_proto::PutChunkReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("put"))
+        }
+        async fn get_chunk(
+            &self,
+            _r: tonic::Request<GetChunkRequest>,
+        ) -> Result<tonic::Response<cairn_proto::GetChunkReply>, tonic::Status> {
+            match &self.data {
+                Some(d) => Ok(tonic::Response::new(cairn_proto::GetChunkReply {
+                    data: d.clone(),
+                    stored_len: d.len() as u64,
+                })),
+                None => Err(cairn_common::error::status(
+                    ErrorKind::Corrupt,
+                    "block hash mismatch",
+                )),
+            }
+        }
+        async fn has_chunk(
+            &self,
+            _r: tonic::Request<cairn_proto::HasChunkRequest>,
+        ) -> Result<tonic::Response<cairn_proto::HasChunkReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("has"))
+        }
+        async fn replicate_chunk(
+            &self,
+            _r: tonic::Request<cairn_proto::ReplicateChunkRequest>,
+        ) -> Result<tonic::Response<cairn_proto::ReplicateChunkReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("replicate"))
+        }
+        async fn delete_chunks(
+            &self,
+            _r: tonic::Request<cairn_proto::DeleteChunksRequest>,
+        ) -> Result<tonic::Response<cairn_proto::DeleteChunksReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("delete"))
+        }
+        async fn scrub_now(
+            &self,
+            _r: tonic::Request<cairn_proto::ScrubNowRequest>,
+        ) -> Result<tonic::Response<cairn_proto::ScrubNowReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("scrub"))
+        }
+        async fn info(
+            &self,
+            _r: tonic::Request<cairn_proto::ChunkServerInfoRequest>,
+        ) -> Result<tonic::Response<cairn_proto::ChunkServerInfoReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("info"))
+        }
+    }
+
+    async fn serve(data: Option<Bytes>) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let svc = cairn_proto::chunk_service_server::ChunkServiceServer::new(FakeReplica { data });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(l)),
+        );
+        addr
+    }
+
+    #[tokio::test]
+    async fn bad_copies_are_skipped_without_marking_the_server_down() {
+        let dp = DataPlane::new(cairn_common::MetaClient::new(vec![]));
+        let good = Bytes::from_static(b"the right bytes");
+        let mut chunk = stored(&good);
+        let loc = |server_id, addr: String| ChunkLocation { server_id, addr };
+        chunk.locations = Arc::from(vec![
+            loc(1, serve(None).await),
+            loc(2, serve(Some(Bytes::from_static(b"the wrong bytes"))).await),
+            loc(3, serve(Some(good.clone())).await),
+        ]);
+        assert_eq!(fetch_chunk(&dp, &chunk).await.unwrap(), good);
+        // Servers 1 and 2 answered (with bad copies): not avoided like a down server.
+        assert!(dp.recently_failed().is_empty());
+        // Their reports (which fail here: no meta cluster) finish and leave nothing behind.
+        for _ in 0..100 {
+            if dp.bad_replicas.in_flight() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(dp.bad_replicas.in_flight(), 0);
     }
 
     #[tokio::test]

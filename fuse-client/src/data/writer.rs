@@ -54,7 +54,11 @@ impl Base {
 /// A chunk durable on its replicas, not yet part of a committed version.
 #[derive(Debug, Clone)]
 pub struct Uploaded {
+    /// The chunk with every location known to hold it (for reads before the commit).
     pub chunk: StoredChunk,
+    /// The servers this upload stored it on. Replicas the cluster already listed are not
+    /// repeated: a stale "already stored" answer could name a copy repair has since removed or
+    /// one found corrupt, and re-listing it would advertise a copy that is not there.
     pub replicas: Vec<u64>,
 }
 
@@ -75,6 +79,12 @@ struct FileData {
     mtime: Option<Timestamp>,
     /// A background upload failed; reported by the next write or flush.
     error: Option<Errno>,
+    /// A write-back of this file failed and its uncommitted data was dropped. Sticky until the
+    /// last handle is released: every later write, flush and fsync fails with it, so the
+    /// writer learns of the loss and no later flush commits the rest of its data as a partial
+    /// version. (A FLUSH can come from any close of the file — e.g. a forked child closing its
+    /// copy of the descriptor — not only from the writer's own close.)
+    failed: Option<Errno>,
 }
 
 const NO_SIZE: u64 = u64::MAX;
@@ -98,6 +108,7 @@ impl FileState {
                 slots: BTreeMap::new(),
                 mtime: None,
                 error: None,
+                failed: None,
             }),
             dirty_size: AtomicU64::new(NO_SIZE),
             handles: AtomicUsize::new(0),
@@ -119,7 +130,7 @@ impl FileState {
     /// Close-to-open: a new open of a clean file re-reads the chunk list.
     pub async fn refresh_if_clean(&self) {
         let mut d = self.data.lock().await;
-        if d.slots.is_empty() && d.error.is_none() {
+        if d.slots.is_empty() && d.error.is_none() && d.failed.is_none() {
             d.base = None;
         }
     }
@@ -150,7 +161,7 @@ impl FileState {
             .checked_add(data.len() as u64)
             .ok_or(Errno(libc::EFBIG))?;
         let mut d = self.data.lock().await;
-        if let Some(e) = d.error {
+        if let Some(e) = d.failed.or(d.error) {
             return Err(e);
         }
         let base_size = ensure_base(dp, self.ino, &mut d).await?.size;
@@ -315,6 +326,9 @@ impl FileState {
     /// Uploads every dirty slot, waits for all uploads, and commits the new version.
     pub async fn flush(&self, dp: &Arc<DataPlane>) -> Result<(), Errno> {
         let mut d = self.data.lock().await;
+        if let Some(e) = d.failed {
+            return Err(e);
+        }
         if d.slots.is_empty() && d.error.is_none() {
             return Ok(());
         }
@@ -350,6 +364,7 @@ impl FileState {
                 "write-back failed; uncommitted data of this file is dropped"
             );
             d.base = None;
+            d.failed = Some(e);
         }
         d.slots.clear();
         d.mtime = None;
@@ -610,6 +625,9 @@ pub async fn upload_chunk(
         stored_len: data.len() as u32,
     };
     let mut have: Vec<ChunkLocation> = Vec::new();
+    // The servers this upload stored the chunk on; only these are reported in the commit (see
+    // `Uploaded::replicas`).
+    let mut stored: Vec<u64> = Vec::new();
     let mut exclude = dp.recently_failed();
     let mut replication = 1usize;
     let mut min_replication = 1usize;
@@ -667,6 +685,7 @@ pub async fn upload_chunk(
             match r {
                 Ok(_) => {
                     dp.mark_ok(t.server_id);
+                    stored.push(t.server_id);
                     have.push(t);
                 }
                 Err(s) => {
@@ -696,7 +715,7 @@ pub async fn upload_chunk(
             "chunk stored under-replicated");
     }
     Ok(Uploaded {
-        replicas: have.iter().map(|h| h.server_id).collect(),
+        replicas: stored,
         chunk: StoredChunk {
             id,
             len: cref.len,
@@ -768,6 +787,7 @@ mod tests {
             slots: BTreeMap::new(),
             mtime: None,
             error: None,
+            failed: None,
         }
     }
 
@@ -880,6 +900,36 @@ mod tests {
         assert_eq!(got, b"ab\0\0\0\0\0\0\0\0hello");
         let got = f.read(&dp, 11, 2).await.unwrap();
         assert_eq!(got, b"el");
+    }
+
+    /// A failed write-back poisons the file until its last handle is released: the writer's
+    /// next write and flush fail too, and nothing written afterwards is committed.
+    #[tokio::test]
+    async fn a_failed_write_back_stays_failed_until_the_last_release() {
+        // No meta servers: every commit fails at once.
+        let dp = DataPlane::new(cairn_common::MetaClient::new(vec![]));
+        let files = OpenFiles::default();
+        let f = files.open(9);
+        f.set_empty_base(1).await;
+        assert_eq!(f.write(&dp, 0, b"first").await, Ok(5));
+        let e = f.flush(&dp).await.unwrap_err();
+        assert_eq!(
+            f.dirty_size(),
+            None,
+            "the dropped data is not reported as dirty"
+        );
+        assert_eq!(f.write(&dp, 5, b"second").await, Err(e));
+        assert_eq!(f.flush(&dp).await, Err(e));
+        assert_eq!(f.dirty_size(), None);
+        files.release(9);
+        assert!(files.get(9).is_none(), "forgotten at the last release");
+        let g = files.open(9);
+        g.set_empty_base(1).await;
+        assert_eq!(
+            g.write(&dp, 0, b"again").await,
+            Ok(5),
+            "a new open starts clean"
+        );
     }
 
     #[test]

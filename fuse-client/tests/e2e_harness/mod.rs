@@ -119,6 +119,24 @@ pub struct Cluster {
     pub mounts: Vec<Mount>,
     /// tmpfs file systems mounted for chunk servers (unmounted after the processes are gone).
     tmpfs: Vec<PathBuf>,
+    /// Extra flags of every chunk server this cluster starts.
+    chunk_args: Vec<String>,
+}
+
+/// Extra command-line flags for the processes of a cluster.
+#[derive(Clone, Debug, Default)]
+pub struct Opts {
+    pub meta_args: Vec<String>,
+    pub chunk_args: Vec<String>,
+}
+
+impl Opts {
+    pub fn new(meta_args: &[&str], chunk_args: &[&str]) -> Opts {
+        Opts {
+            meta_args: meta_args.iter().map(|s| s.to_string()).collect(),
+            chunk_args: chunk_args.iter().map(|s| s.to_string()).collect(),
+        }
+    }
 }
 
 fn free_port() -> u16 {
@@ -147,7 +165,12 @@ impl Cluster {
     /// Starts `n_meta` meta nodes and `n_chunk` chunk servers and waits until a leader is
     /// elected and every chunk server is up.
     pub fn start(n_meta: usize, n_chunk: usize) -> Cluster {
-        let mut c = Cluster::start_meta(n_meta);
+        Cluster::start_with(n_meta, n_chunk, Opts::default())
+    }
+
+    /// [`Cluster::start`] with extra flags for the meta nodes and chunk servers.
+    pub fn start_with(n_meta: usize, n_chunk: usize, opts: Opts) -> Cluster {
+        let mut c = Cluster::start_meta_with(n_meta, opts);
         for i in 0..n_chunk {
             c.add_chunk_server(i + 1);
         }
@@ -157,6 +180,10 @@ impl Cluster {
 
     /// Starts `n_meta` meta nodes only and waits for a leader; add chunk servers yourself.
     pub fn start_meta(n_meta: usize) -> Cluster {
+        Cluster::start_meta_with(n_meta, Opts::default())
+    }
+
+    fn start_meta_with(n_meta: usize, opts: Opts) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("cairn-e2e-")
             .tempdir()
@@ -177,11 +204,12 @@ impl Cluster {
             chunks: Vec::new(),
             mounts: Vec::new(),
             tmpfs: Vec::new(),
+            chunk_args: opts.chunk_args,
             dir,
         };
         for i in 0..n_meta {
             let id = i + 1;
-            let args = vec![
+            let mut args = vec![
                 "--id".into(),
                 id.to_string(),
                 "--listen".into(),
@@ -191,6 +219,7 @@ impl Cluster {
                 "--data-dir".into(),
                 c.path(&format!("meta{id}")).display().to_string(),
             ];
+            args.extend(opts.meta_args.iter().cloned());
             let p = Proc::spawn(
                 &format!("meta{id}"),
                 &c.bin.join("cairn-meta"),
@@ -230,7 +259,7 @@ impl Cluster {
     }
 
     pub fn add_chunk_server(&mut self, n: usize) {
-        let args = vec![
+        let mut args = vec![
             "--listen".into(),
             "127.0.0.1:0".into(),
             "--data-dir".into(),
@@ -238,6 +267,7 @@ impl Cluster {
             "--meta".into(),
             self.meta_list(),
         ];
+        args.extend(self.chunk_args.iter().cloned());
         let p = Proc::spawn(
             &format!("chunk{n}"),
             &self.bin.join("cairn-chunk"),
@@ -245,6 +275,20 @@ impl Cluster {
             self.path(&format!("chunk{n}.log")),
         );
         self.chunks.push(p);
+    }
+
+    /// Runs `cairn <args> --meta <this cluster>`: (exit code, stdout, stderr).
+    pub fn cairn(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(self.bin.join("cairn"))
+            .args(args)
+            .args(["--meta", &self.meta_list()])
+            .output()
+            .expect("run cairn");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// `cairn status --json`, parsed; None while the cluster cannot answer.

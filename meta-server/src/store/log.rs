@@ -7,6 +7,7 @@
 //! Durability contract (openraft relies on it for safety):
 //! - `save_vote` returns only after the vote is synced to the WAL;
 //! - `append` reports completion through its callback only after the entries are synced;
+//! - `save_committed` is deliberately not synced (see there);
 //! - `purge` first syncs the WAL, because the state-machine writes produced by the purged
 //!   entries were written without sync (see [`super`]).
 
@@ -192,10 +193,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Lets a restarted node re-apply up to the known commit point at once. Synced like every
-        // raft_meta write (openraft calls this rarely relative to appends).
-        self.put_meta_synced(KEY_COMMITTED, &committed, ErrorSubject::Store)
-            .await
+        // Lets a restarted node re-apply up to the known commit point at once. openraft calls
+        // this on every commit advance, on the leader before it answers the client, so it is
+        // NOT synced: it is an optimisation, not a safety record (openraft's own docs: not
+        // saving it does not affect correctness). Losing it in a crash only means the node
+        // learns the commit point from the leader again. It can never point past this node's
+        // durable log: it is written after the synced append of the entries it names, into the
+        // same WAL, and RocksDB recovers a WAL prefix.
+        let subject = || ErrorSubject::Store;
+        let bytes =
+            serde_json::to_vec(&committed).map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
+        let cf = cf(&self.db, CF_RAFT_META).map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
+        // Unsynced: a memtable insert plus a buffered WAL append, cheap enough to do inline.
+        self.db
+            .put_cf(cf, KEY_COMMITTED, bytes)
+            .map_err(|e| io_err(subject(), ErrorVerb::Write, e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

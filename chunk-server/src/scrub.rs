@@ -1,0 +1,540 @@
+//! The scrub: a background worker that reads every stored chunk back and verifies it, so rot
+//! is found — and repaired from another replica — before a reader needs the chunk.
+//!
+//! # A pass
+//!
+//! A pass walks the store one fan-out directory (shard, [`ChunkStore::list_shard`]) at a time
+//! and calls [`ChunkStore::verify`] on each chunk: header checksum, every block hash, and the
+//! whole data against its id. A corrupt copy is quarantined and reported by the store itself
+//! (through the queue of [`crate::heartbeat::BadReplicaReporter`]), exactly as a failed read
+//! is; the scrub counts it. A chunk deleted or replaced while the pass walks is skipped, not an
+//! error. Verifying takes no lock a put or get waits on (only the quarantine of a corrupt copy
+//! takes the id's stripe lock, for a rename). One chunk is verified at a time.
+//!
+//! # Bandwidth
+//!
+//! Every chunk read is charged to a token bucket ([`RateLimiter`]) filled at `--scrub-rate-mb`;
+//! the worker sleeps off any debt before it reads the next chunk. Over a pass the scrub so
+//! reads at most the configured rate (plus a burst of [`BURST`] worth), in reads of one chunk
+//! file (at most 4 MiB) at a time, and foreground I/O keeps the rest of the disk.
+//!
+//! # Schedule
+//!
+//! The first pass starts `--scrub-start-delay-secs` after start-up, each next one
+//! `--scrub-interval-secs` after the previous one ended. `ScrubNow` ([`Scrub::request_pass`])
+//! starts one at once unless one is running.
+//!
+//! # Shutdown
+//!
+//! The worker checks `shutdown` between chunks and while it sleeps. A verification already
+//! running (one blocking read of at most one chunk file) is awaited, never abandoned, so
+//! nothing is quarantined after the worker returned. An interrupted pass is not counted.
+//!
+//! # Figures
+//!
+//! [`Scrub::stats`] (sent in every heartbeat and in `Info`) counts what the scrub did since
+//! start-up. For `oldest_verified_unix_ms` the time of the last verification of every chunk is
+//! kept in memory (a hash map entry of about 80 bytes per chunk). A chunk written or re-checked
+//! by a put counts as verified then, as its bytes were checked against its id on the way in.
+//! Entries of chunks a full pass did not find are dropped at its end. Until the first full pass
+//! ends, chunks not verified since start-up count as verified at 0, so the figure is 0: "not
+//! verified yet".
+use crate::store::{ChunkStore, Verification};
+use cairn_common::ChunkId;
+use cairn_proto::ScrubStats;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The credit the rate limiter can save up while idle, as time at the configured rate.
+pub const BURST: Duration = Duration::from_millis(100);
+
+/// Settings of the scrub (from `--scrub-*`, see [`crate::Config::scrub`]).
+#[derive(Debug, Clone)]
+pub struct ScrubConfig {
+    /// Disk bandwidth, bytes per second; 0: unlimited.
+    pub rate_bytes: u64,
+    /// Pause between the end of a pass and the start of the next.
+    pub interval: Duration,
+    /// Pause between start-up and the first pass.
+    pub start_delay: Duration,
+}
+
+/// The scrub's shared state: its figures, and the handle that requests a pass. The worker
+/// ([`ScrubWorker`]), the service (`ScrubNow`, `Info`, puts, deletes) and the heartbeat share it.
+pub struct Scrub {
+    config: ScrubConfig,
+    /// A std mutex: it is never held across an `.await`, only for map updates and the min.
+    state: Mutex<State>,
+    /// Wakes the worker when a pass is requested.
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    running: bool,
+    /// A pass was requested and has not started yet.
+    requested: bool,
+    /// Passes started: the number of the running (or last) pass.
+    started: u64,
+    chunks_verified: u64,
+    bytes_verified: u64,
+    corruptions: u64,
+    /// Completed full passes.
+    passes: u64,
+    last_full_pass_unix_ms: u64,
+    /// When each chunk was last verified, and in which pass it was last seen.
+    verified: HashMap<ChunkId, Seen>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// Unix ms of the last successful verification (0: never since start-up).
+    at_ms: u64,
+    /// The pass during which this entry was last touched.
+    pass: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `now + d`, or a time decades away when that does not fit.
+fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600))
+}
+
+impl Scrub {
+    pub fn new(config: ScrubConfig) -> Arc<Scrub> {
+        Arc::new(Scrub {
+            config,
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+        })
+    }
+
+    pub fn config(&self) -> &ScrubConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the scrub has done since start-up.
+    pub fn stats(&self) -> ScrubStats {
+        let st = self.lock();
+        let oldest_verified_unix_ms = if st.passes == 0 {
+            0
+        } else {
+            st.verified.values().map(|s| s.at_ms).min().unwrap_or(0)
+        };
+        ScrubStats {
+            chunks_verified: st.chunks_verified,
+            bytes_verified: st.bytes_verified,
+            corruptions: st.corruptions,
+            passes: st.passes,
+            last_full_pass_unix_ms: st.last_full_pass_unix_ms,
+            oldest_verified_unix_ms,
+            running: st.running,
+            rate_limit_bytes: self.config.rate_bytes,
+        }
+    }
+
+    /// Starts a pass at once (`ScrubNow`). False if one is running (it continues) or was
+    /// already requested and is about to start.
+    pub fn request_pass(&self) -> bool {
+        let mut st = self.lock();
+        if st.running || st.requested {
+            return false;
+        }
+        st.requested = true;
+        drop(st);
+        // Stores a permit if the worker is not waiting yet, so the request is never lost.
+        self.wake.notify_one();
+        true
+    }
+
+    /// Records that `id` was just checked against its id by a put (written, or found intact).
+    pub fn note_verified(&self, id: ChunkId) {
+        let at_ms = now_ms();
+        let mut st = self.lock();
+        let pass = st.started;
+        st.verified.insert(id, Seen { at_ms, pass });
+    }
+
+    /// Forgets a chunk that was deleted.
+    pub fn forget(&self, id: ChunkId) {
+        self.lock().verified.remove(&id);
+    }
+
+    /// The worker that runs the passes over `store`.
+    pub fn worker(self: &Arc<Self>, store: Arc<dyn ChunkStore>) -> ScrubWorker {
+        ScrubWorker {
+            scrub: self.clone(),
+            store,
+            limiter: RateLimiter::new(self.config.rate_bytes),
+        }
+    }
+
+    /// Marks a pass as running; returns its number.
+    fn begin_pass(&self) -> u64 {
+        let mut st = self.lock();
+        st.running = true;
+        st.requested = false;
+        st.started += 1;
+        st.started
+    }
+
+    fn take_request(&self) -> bool {
+        std::mem::take(&mut self.lock().requested)
+    }
+
+    /// Records what verifying `id` in `pass` found (`None`: it could not be read).
+    fn record(&self, pass: u64, id: ChunkId, found: Option<&Verification>) {
+        let at_ms = now_ms();
+        let mut st = self.lock();
+        match found {
+            Some(Verification::Intact { len }) => {
+                st.chunks_verified += 1;
+                st.bytes_verified += len;
+                st.verified.insert(id, Seen { at_ms, pass });
+            }
+            Some(Verification::Corrupt { .. }) => {
+                st.corruptions += 1;
+                st.verified.remove(&id);
+            }
+            // Deleted or replaced meanwhile: a replacement was noted by its put.
+            Some(Verification::Absent) => {}
+            // Present but unreadable: it stays in the figures with its old time (0 if never
+            // verified), so the oldest verification time does not pretend it was checked.
+            None => {
+                let e = st.verified.entry(id).or_insert(Seen { at_ms: 0, pass });
+                e.pass = pass;
+            }
+        }
+    }
+
+    /// Ends `pass`. A complete pass is counted, and drops the entries of chunks it did not
+    /// find (deleted or quarantined since they were last seen). `running` is cleared in the
+    /// same step, so no one sees the pass both counted and running.
+    fn end_pass(&self, pass: u64, complete: bool) {
+        let mut st = self.lock();
+        st.running = false;
+        if complete {
+            st.passes += 1;
+            st.last_full_pass_unix_ms = now_ms();
+            st.verified.retain(|_, s| s.pass == pass);
+        }
+    }
+
+    fn set_stopped(&self) {
+        self.lock().running = false;
+    }
+}
+
+/// Clears `running` when a pass ends without [`Scrub::end_pass`] (shutdown, panic).
+struct RunningGuard(Arc<Scrub>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.set_stopped();
+    }
+}
+
+/// How a pass ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PassEnd {
+    Finished,
+    Cancelled,
+}
+
+/// What one pass found, for its log line.
+#[derive(Debug, Default)]
+struct Tally {
+    chunks: u64,
+    bytes: u64,
+    corrupt: u64,
+    unreadable: u64,
+}
+
+/// The background worker; see the module docs.
+pub struct ScrubWorker {
+    scrub: Arc<Scrub>,
+    store: Arc<dyn ChunkStore>,
+    limiter: RateLimiter,
+}
+
+impl ScrubWorker {
+    /// Runs passes on schedule or on request until `shutdown` is cancelled.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut next = deadline_after(self.scrub.config.start_delay);
+        loop {
+            if !self.wait_for_work(next, &shutdown).await {
+                return;
+            }
+            if self.pass(&shutdown).await == PassEnd::Cancelled {
+                tracing::info!("scrub pass interrupted by shutdown");
+                return;
+            }
+            next = deadline_after(self.scrub.config.interval);
+        }
+    }
+
+    /// Waits until `at` or until a pass is requested. False on shutdown.
+    async fn wait_for_work(&self, at: Instant, shutdown: &CancellationToken) -> bool {
+        loop {
+            if self.scrub.take_request() {
+                return true;
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep_until(at) => return true,
+                // A stale permit (its request already served) just loops back to waiting.
+                _ = self.scrub.wake.notified() => {}
+            }
+        }
+    }
+
+    /// One pass over every stored chunk.
+    async fn pass(&mut self, shutdown: &CancellationToken) -> PassEnd {
+        let pass = self.scrub.begin_pass();
+        let _running = RunningGuard(self.scrub.clone());
+        let started = Instant::now();
+        tracing::info!(
+            pass,
+            rate_limit_bytes = self.scrub.config.rate_bytes,
+            "scrub pass started"
+        );
+        let mut tally = Tally::default();
+        let mut complete = true;
+        for shard in 0..=255u8 {
+            if shutdown.is_cancelled() {
+                return PassEnd::Cancelled;
+            }
+            let store = self.store.clone();
+            let ids = match tokio::task::spawn_blocking(move || store.list_shard(shard)).await {
+                Ok(Ok(ids)) => ids,
+                Ok(Err(e)) => {
+                    tracing::error!(pass, shard, error = %e, "scrub cannot list a chunk directory; this pass will not count as full");
+                    complete = false;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(pass, shard, error = %e, "scrub listing task failed; this pass will not count as full");
+                    complete = false;
+                    continue;
+                }
+            };
+            for id in ids {
+                if shutdown.is_cancelled() {
+                    return PassEnd::Cancelled;
+                }
+                let bytes_read = self.verify_one(pass, id, &mut tally).await;
+                let pause = self.limiter.charge(bytes_read);
+                if !pause.is_zero() {
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => return PassEnd::Cancelled,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+        }
+        self.scrub.end_pass(pass, complete);
+        tracing::info!(
+            pass,
+            complete,
+            chunks = tally.chunks,
+            bytes = tally.bytes,
+            corrupt = tally.corrupt,
+            unreadable = tally.unreadable,
+            elapsed = ?started.elapsed(),
+            "scrub pass finished"
+        );
+        PassEnd::Finished
+    }
+
+    /// Verifies one chunk on a blocking thread; returns the bytes read. Awaited to the end
+    /// even on shutdown (see the module docs).
+    async fn verify_one(&self, pass: u64, id: ChunkId, tally: &mut Tally) -> u64 {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.verify(id)).await {
+            Ok(Ok(report)) => {
+                match &report.outcome {
+                    Verification::Intact { len } => {
+                        tally.chunks += 1;
+                        tally.bytes += len;
+                    }
+                    // The store logged and reported it when it quarantined it.
+                    Verification::Corrupt { .. } => tally.corrupt += 1,
+                    Verification::Absent => {
+                        tracing::debug!(pass, chunk = %id, "chunk gone before the scrub reached it")
+                    }
+                }
+                self.scrub.record(pass, id, Some(&report.outcome));
+                report.bytes_read
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(pass, chunk = %id, error = %e, "scrub could not read a chunk; it stays unverified");
+                tally.unreadable += 1;
+                self.scrub.record(pass, id, None);
+                0
+            }
+            Err(e) => {
+                tracing::error!(pass, chunk = %id, error = %e, "scrub verification task failed");
+                tally.unreadable += 1;
+                self.scrub.record(pass, id, None);
+                0
+            }
+        }
+    }
+}
+
+/// A token bucket: credit accrues at `rate` bytes per second up to [`BURST`] worth; reads are
+/// charged after they happen and may overdraw it, and the debt is the pause before the next
+/// read. Over any long stretch the bytes read are at most `rate × time + burst`.
+#[derive(Debug)]
+pub struct RateLimiter {
+    /// Bytes per second; 0: unlimited.
+    rate: u64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    pub fn new(rate: u64) -> RateLimiter {
+        RateLimiter {
+            rate,
+            burst: rate as f64 * BURST.as_secs_f64(),
+            tokens: 0.0,
+            last: Instant::now(),
+        }
+    }
+
+    /// Charges `bytes` just read; returns how long to pause before reading more.
+    pub fn charge(&mut self, bytes: u64) -> Duration {
+        self.charge_at(bytes, Instant::now())
+    }
+
+    /// [`RateLimiter::charge`] at time `now` (not before the previous charge).
+    fn charge_at(&mut self, bytes: u64, now: Instant) -> Duration {
+        if self.rate == 0 {
+            return Duration::ZERO;
+        }
+        let rate = self.rate as f64;
+        let earned = now.duration_since(self.last).as_secs_f64() * rate;
+        self.last = now;
+        self.tokens = (self.tokens + earned).min(self.burst) - bytes as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / rate)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads at 4 MiB/s: 8 MiB in 1 MiB pieces, each read as soon as allowed, take 2 s.
+    #[test]
+    fn rate_limiter_holds_the_rate() {
+        const MIB: u64 = 1024 * 1024;
+        let close = |a: Duration, b: f64| (a.as_secs_f64() - b).abs() < 1e-6;
+        let start = Instant::now();
+        let mut l = RateLimiter::new(4 * MIB);
+        let mut now = start;
+        for _ in 0..8 {
+            now += l.charge_at(MIB, now);
+        }
+        assert!(close(now - start, 2.0), "{:?}", now - start);
+
+        // Small reads spaced wider than their cost never wait.
+        now += Duration::from_millis(250);
+        for _ in 0..4 {
+            now += Duration::from_millis(30);
+            assert_eq!(l.charge_at(MIB / 10, now), Duration::ZERO);
+        }
+
+        // Idle time earns at most the burst (100 ms worth): after a minute, 1 MiB costs its
+        // 250 ms less 100 ms.
+        now += Duration::from_secs(60);
+        assert!(close(l.charge_at(MIB, now), 0.15));
+
+        // 0 is unlimited.
+        assert_eq!(RateLimiter::new(0).charge(u64::MAX), Duration::ZERO);
+    }
+
+    #[test]
+    fn requests_wait_for_an_idle_scrub_and_figures_start_at_zero() {
+        let scrub = Scrub::new(ScrubConfig {
+            rate_bytes: 7,
+            interval: Duration::from_secs(1),
+            start_delay: Duration::from_secs(1),
+        });
+        assert_eq!(
+            scrub.stats(),
+            ScrubStats {
+                rate_limit_bytes: 7,
+                ..ScrubStats::default()
+            }
+        );
+        assert!(scrub.request_pass());
+        assert!(!scrub.request_pass(), "a pass is already requested");
+        let pass = scrub.begin_pass();
+        assert!(
+            !scrub.take_request(),
+            "starting the pass served the request"
+        );
+        assert!(!scrub.request_pass(), "a pass is running");
+        assert!(scrub.stats().running);
+
+        // Verified in the pass, written during it, unreadable: all kept at the end; an entry
+        // of a chunk the pass did not find is dropped.
+        let (a, b, c, gone) = (
+            ChunkId::of(b"a"),
+            ChunkId::of(b"b"),
+            ChunkId::of(b"c"),
+            ChunkId::of(b"gone"),
+        );
+        scrub
+            .lock()
+            .verified
+            .insert(gone, Seen { at_ms: 5, pass: 0 });
+        scrub.record(pass, a, Some(&Verification::Intact { len: 10 }));
+        scrub.note_verified(b);
+        scrub.record(pass, c, None);
+        assert_eq!(scrub.stats().oldest_verified_unix_ms, 0, "no full pass yet");
+        scrub.end_pass(pass, true);
+        let st = scrub.stats();
+        assert_eq!(
+            (st.passes, st.chunks_verified, st.bytes_verified),
+            (1, 1, 10)
+        );
+        assert!(!st.running && st.last_full_pass_unix_ms > 0);
+        assert_eq!(st.oldest_verified_unix_ms, 0, "c was never verified");
+        assert!(!scrub.lock().verified.contains_key(&gone));
+
+        // Once c is verified the oldest time is a real one.
+        let pass = scrub.begin_pass();
+        for id in [a, b, c] {
+            scrub.record(pass, id, Some(&Verification::Intact { len: 1 }));
+        }
+        scrub.end_pass(pass, true);
+        let st = scrub.stats();
+        assert!(st.oldest_verified_unix_ms > 0);
+        assert!(st.oldest_verified_unix_ms <= st.last_full_pass_unix_ms);
+    }
+}

@@ -1,0 +1,312 @@
+//! End to end, the self-healing loop with real processes and a real FUSE mount: scrub finds rot,
+//! repair restores lost replicas server to server, a returning server's surplus copies are
+//! trimmed, a drained server is emptied, and `cairn fsck` tells the state of the data.
+mod e2e_harness;
+
+use e2e_harness::{sh, write_random_file, Cluster, Opts};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tracing::info;
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Fast failure detection and repair, and no scrub until asked (so the test decides when).
+fn opts() -> Opts {
+    Opts::new(
+        &[
+            "--heartbeat-timeout-ms",
+            "2000",
+            "--repair-interval-ms",
+            "300",
+            "--repair-rate-mb",
+            "0",
+        ],
+        &[
+            "--scrub-interval-secs",
+            "100000",
+            "--scrub-start-delay-secs",
+            "100000",
+        ],
+    )
+}
+
+/// Writes `n` files of different sizes (1 byte to 9 MiB) into `dir` on the mount; returns the
+/// (source, name) pairs.
+fn write_files(c: &Cluster, mnt: &Path, n: usize) -> Vec<(PathBuf, String)> {
+    let sizes = [9 << 20, 1, 5 << 20, 4 << 20, 300_000, 8 << 20];
+    (0..n)
+        .map(|i| {
+            let name = format!("f{i}");
+            let src = c.path(&format!("{name}.src"));
+            write_random_file(&src, sizes[i % sizes.len()], 77 + i as u64);
+            sh(&format!("cp {} {}/{name}", src.display(), mnt.display()));
+            (src, name)
+        })
+        .collect()
+}
+
+fn cmp_all(files: &[(PathBuf, String)], mnt: &Path) {
+    for (src, name) in files {
+        sh(&format!("cmp {} {}/{name}", src.display(), mnt.display()));
+    }
+}
+
+fn fsck(c: &Cluster) -> (i32, serde_json::Value) {
+    let (code, out, err) = c.cairn(&["fsck", "--json"]);
+    let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("fsck output {out:?} {err}: {e}"));
+    (code, v)
+}
+
+/// Waits until fsck sees every chunk with its full replica count.
+fn wait_healthy(c: &Cluster, timeout: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (code, v) = fsck(c);
+        if code == 0 && v["chunks"].as_u64() > Some(0) && v["healthy"] == v["chunks"] {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not healthy within {timeout:?}: {v}\nstatus: {:?}",
+            c.status()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Flips the last byte (chunk data, past the header) of every chunk file of server `n`.
+fn rot_all(c: &Cluster, n: usize) -> BTreeSet<String> {
+    let ids = c.chunk_files(n);
+    for id in &ids {
+        let p = c.chunk_data_dir(n).join("chunks").join(&id[..2]).join(id);
+        let mut b = std::fs::read(&p).expect("read chunk file");
+        let last = b.len() - 1;
+        b[last] ^= 0x5a;
+        std::fs::write(&p, b).expect("write chunk file");
+    }
+    ids
+}
+
+fn quarantined(c: &Cluster, n: usize) -> usize {
+    std::fs::read_dir(c.chunk_data_dir(n).join("quarantine"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn total_scrub_corruptions(c: &Cluster) -> u64 {
+    c.status()
+        .map(|s| {
+            s["chunk_servers"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|c| c["scrub"]["corruptions"].as_u64().unwrap_or(0))
+                        .sum()
+                })
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn t10_rot_is_scrubbed_quarantined_and_repaired_and_reads_stay_correct() {
+    init_tracing();
+    let mut c = Cluster::start_with(3, 3, opts());
+    let mnt = c.mount();
+    let files = write_files(&c, &mnt, 6);
+    let before = wait_healthy(&c, Duration::from_secs(30));
+    let chunks = before["chunks"].as_u64().unwrap();
+    info!(chunks, "--- written; every chunk has 3 replicas");
+
+    info!("--- rot every copy on chunk server 1; scrub finds and quarantines each one");
+    let rotten1 = rot_all(&c, 1);
+    assert_eq!(rotten1.len() as u64, chunks);
+    let (code, out, err) = c.cairn(&["scrub", "--now"]);
+    assert_eq!(code, 0, "scrub --now: {out} {err}");
+    wait_until(
+        "scrub to find every rotten copy",
+        Duration::from_secs(60),
+        || total_scrub_corruptions(&c) == chunks,
+    );
+    assert_eq!(
+        quarantined(&c, 1),
+        rotten1.len(),
+        "corrupt copies are moved aside, not deleted"
+    );
+
+    info!("--- repair copies healthy replicas back; fsck is clean again");
+    wait_healthy(&c, Duration::from_secs(60));
+    let st = c.status().unwrap();
+    assert!(
+        st["repair"]["replicas_copied"].as_u64().unwrap() >= chunks,
+        "{st}"
+    );
+    assert_eq!(
+        c.chunk_files(1),
+        rotten1,
+        "server 1 holds fresh copies again"
+    );
+
+    info!(
+        "--- rot every copy on server 2; reads through a fresh mount still return the right bytes"
+    );
+    let rotten2 = rot_all(&c, 2);
+    let fresh = c.mount();
+    cmp_all(&files, &fresh);
+    let (code, out, err) = c.cairn(&["scrub", "--now"]);
+    assert_eq!(code, 0, "scrub --now: {out} {err}");
+    wait_until(
+        "every rotten copy on server 2 to be quarantined",
+        Duration::from_secs(60),
+        || quarantined(&c, 2) == rotten2.len(),
+    );
+    wait_healthy(&c, Duration::from_secs(60));
+
+    info!("--- only server 2 left: its repaired copies alone serve every byte");
+    c.chunks[0].kill9();
+    c.chunks[2].kill9();
+    let last = c.mount();
+    cmp_all(&files, &last);
+    let (code, v) = fsck(&c);
+    assert_eq!(code, 0, "under-replicated is not lost: {v}");
+    assert_eq!(v["missing"], 0);
+}
+
+#[test]
+fn t20_a_lost_server_is_replaced_and_a_returning_one_is_trimmed() {
+    init_tracing();
+    let mut c = Cluster::start_with(3, 4, opts());
+    let mnt = c.mount();
+    let files = write_files(&c, &mnt, 8);
+    let chunks = wait_healthy(&c, Duration::from_secs(30))["chunks"]
+        .as_u64()
+        .unwrap();
+    let all: BTreeSet<String> = (1..=4).flat_map(|n| c.chunk_files(n)).collect();
+    assert_eq!(all.len() as u64, chunks);
+    info!(chunks, "--- kill chunk server 4 for good");
+    let t0 = Instant::now();
+    c.chunks[3].kill9();
+
+    wait_healthy(&c, Duration::from_secs(90));
+    info!(elapsed = ?t0.elapsed(), "--- every chunk is back to 3 healthy replicas");
+    for n in 1..=3 {
+        assert_eq!(c.chunk_files(n), all, "server {n} holds every chunk");
+    }
+    let (code, out, _) = c.cairn(&["fsck"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("status: healthy"), "{out}");
+    let fresh = c.mount();
+    cmp_all(&files, &fresh);
+
+    info!("--- server 4 comes back: its copies count again and the surplus is removed");
+    let had = c.chunk_files(4).len();
+    assert!(had > 0);
+    c.chunks[3].start();
+    wait_until(
+        "every chunk to be on exactly 3 servers",
+        Duration::from_secs(60),
+        || {
+            let on_disk: usize = (1..=4).map(|n| c.chunk_files(n).len()).sum();
+            on_disk as u64 == 3 * chunks
+        },
+    );
+    for id in &all {
+        let holders = (1..=4).filter(|n| c.chunk_files(*n).contains(id)).count();
+        assert_eq!(holders, 3, "chunk {id}");
+    }
+    let st = c.status().unwrap();
+    assert!(
+        st["repair"]["replicas_removed"].as_u64().unwrap() >= had as u64,
+        "{st}"
+    );
+    wait_healthy(&c, Duration::from_secs(30));
+    cmp_all(&files, &fresh);
+}
+
+#[test]
+fn t30_drain_empties_a_server_and_fsck_reports_lost_data() {
+    init_tracing();
+    let mut c = Cluster::start_with(3, 4, opts());
+    let mnt = c.mount();
+    let files = write_files(&c, &mnt, 5);
+    let chunks = wait_healthy(&c, Duration::from_secs(30))["chunks"]
+        .as_u64()
+        .unwrap();
+
+    info!("--- drain the chunk server with the most replicas");
+    let st = c.status().unwrap();
+    let victim = st["chunk_servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|s| s["listed_replicas"].as_u64().unwrap_or(0))
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let (code, out, err) = c.cairn(&["chunk", "drain", &victim.to_string(), "--wait", "90"]);
+    assert_eq!(code, 0, "drain: {out} {err}");
+    assert!(out.contains("drained"), "{out}");
+    let empty: Vec<usize> = (1..=4).filter(|n| c.chunk_files(*n).is_empty()).collect();
+    assert_eq!(empty.len(), 1, "exactly the drained server is empty");
+    let all: BTreeSet<String> = (1..=4).flat_map(|n| c.chunk_files(n)).collect();
+    assert_eq!(all.len() as u64, chunks);
+    for n in (1..=4).filter(|n| *n != empty[0]) {
+        assert_eq!(c.chunk_files(n), all, "server {n} holds every chunk");
+    }
+    let st = c.status().unwrap();
+    let drained = st["chunk_servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == victim)
+        .unwrap()
+        .clone();
+    assert_eq!(drained["draining"], true, "{drained}");
+
+    info!("--- the drained server can go: nothing is lost");
+    c.chunks[empty[0] - 1].kill9();
+    let fresh = c.mount();
+    cmp_all(&files, &fresh);
+
+    info!("--- lose every other copy: fsck reports lost data and exits 2");
+    for n in (1..=4).filter(|n| *n != empty[0]) {
+        c.chunks[n - 1].kill9();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, v) = fsck(&c);
+        if code == 2 {
+            assert_eq!(v["missing"].as_u64(), Some(chunks), "{v}");
+            let affected = v["affected"].as_array().unwrap();
+            assert_eq!(affected.len(), files.len(), "{v}");
+            assert!(affected.iter().all(
+                |f| f["problem"] == "missing" && f["path"].as_str().unwrap().starts_with("/f")
+            ));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fsck never reported the loss: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (code, out, _) = c.cairn(&["fsck"]);
+    assert_eq!(code, 2);
+    assert!(out.contains("DATA LOST"), "{out}");
+}

@@ -1,0 +1,523 @@
+//! The repair worker: keeps every referenced chunk at its replication factor.
+//!
+//! It runs on every meta node and acts only on the leader, and only once the leader has held
+//! office for longer than the heartbeat timeout: the liveness table ([`Placement`]) lives in the
+//! leader's memory, and a new leader must hear every server's heartbeat before it may conclude
+//! that a replica is gone (otherwise every election would look like a mass failure).
+//!
+//! Each scan pages through the whole chunk table and classifies every referenced chunk by its
+//! listed replicas:
+//! - *healthy* replicas are on servers that are up and not draining;
+//! - fewer healthy replicas than the factor: **under-replicated** (none at all: **missing**). The
+//!   chunk is copied server to server: the target (placed like a new chunk, never on a server
+//!   that already lists it) fetches it from a surviving replica with `ReplicateChunk`, verifies
+//!   the bytes against the chunk id and stores them durably; only then does the worker commit
+//!   `AddReplica`. The most endangered chunks go first, and copies are rate-limited.
+//! - more replicas on up servers than needed, or a replica on a draining server once the healthy
+//!   ones suffice: **over-replicated**. The surplus copy is first unlisted (`RemoveReplica`, so
+//!   no reader is sent there any more) and then deleted from its server (`DeleteChunks`).
+//!   Replicas on servers that are down are left alone: if the server comes back, its copies count
+//!   again and the surplus is trimmed then.
+//!
+//! Chunks with no references are garbage and left to GC. Failures are counted and retried on
+//! the next scan; nothing here is durable state (the chunk table is the work list), so a leader
+//! change or a crash only costs a rescan.
+use crate::command::Command;
+use crate::error::MetaError;
+use crate::fsm::ChunkRecord;
+use crate::node::MetaNode;
+use crate::placement::Placement;
+use cairn_common::{ChunkClients, ChunkId};
+use cairn_proto as pb;
+use futures::StreamExt;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Chunk records read per page of a scan.
+const SCAN_PAGE: usize = 1024;
+/// Most copies and removals planned by one scan; the rest wait for the next.
+const MAX_PLANNED: usize = 50_000;
+
+/// Settings of the repair worker.
+#[derive(Clone, Debug)]
+pub struct RepairConfig {
+    /// Replicas per chunk.
+    pub replication: usize,
+    /// Pause between scans.
+    pub interval: Duration,
+    /// Bytes per second copied server to server (0: unlimited).
+    pub rate_bytes: u64,
+    /// Copies in flight at once.
+    pub concurrency: usize,
+    /// The liveness timeout: a new leader waits this long (plus a margin) before repairing.
+    pub heartbeat_timeout: Duration,
+}
+
+/// Figures for `cairn status` and fsck; updated by the worker, read by the service.
+#[derive(Default)]
+pub struct RepairStats {
+    copied: AtomicU64,
+    bytes_copied: AtomicU64,
+    removed: AtomicU64,
+    failures: AtomicU64,
+    last: Mutex<ScanSummary>,
+}
+
+/// What the last complete scan found.
+#[derive(Clone, Debug, Default)]
+pub struct ScanSummary {
+    pub under_replicated: u64,
+    pub missing: u64,
+    pub over_replicated: u64,
+    /// Replicas listed per server id.
+    pub listed: HashMap<u64, u64>,
+    pub finished_unix_ms: u64,
+}
+
+impl RepairStats {
+    pub fn last_scan(&self) -> ScanSummary {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn to_proto(&self) -> pb::RepairStatus {
+        let s = self.last_scan();
+        pb::RepairStatus {
+            under_replicated: s.under_replicated,
+            missing: s.missing,
+            over_replicated: s.over_replicated,
+            replicas_copied: self.copied.load(Ordering::Relaxed),
+            bytes_copied: self.bytes_copied.load(Ordering::Relaxed),
+            replicas_removed: self.removed.load(Ordering::Relaxed),
+            last_scan_unix_ms: s.finished_unix_ms,
+            failures: self.failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// How one chunk stands against the replication factor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Healthy,
+    /// `healthy` good replicas (0 = missing); copy from `sources` (up servers listing it).
+    Under {
+        healthy: usize,
+        sources: Vec<u64>,
+    },
+    /// Remove these replicas (all on up servers), keeping `replication` healthy ones.
+    Over {
+        remove: Vec<u64>,
+    },
+}
+
+/// Classifies a chunk listed on `replicas`. `up`, `draining` and `free` (bytes) describe the
+/// servers.
+pub fn judge(
+    replicas: &[u64],
+    replication: usize,
+    up: impl Fn(u64) -> bool,
+    draining: impl Fn(u64) -> bool,
+    free: impl Fn(u64) -> u64,
+) -> Verdict {
+    let available: Vec<u64> = replicas.iter().copied().filter(|s| up(*s)).collect();
+    let healthy: Vec<u64> = available
+        .iter()
+        .copied()
+        .filter(|s| !draining(*s))
+        .collect();
+    if healthy.len() < replication {
+        return Verdict::Under {
+            healthy: healthy.len(),
+            sources: available,
+        };
+    }
+    // Enough healthy copies: every draining copy is surplus, and so are healthy ones past the
+    // factor; those go from the fullest servers (ties: the highest id), which keeps disks even.
+    let mut remove: Vec<u64> = available.iter().copied().filter(|s| draining(*s)).collect();
+    let mut by_room = healthy;
+    by_room.sort_by_key(|s| (std::cmp::Reverse(free(*s)), *s));
+    remove.extend(by_room.into_iter().skip(replication));
+    if remove.is_empty() {
+        Verdict::Healthy
+    } else {
+        Verdict::Over { remove }
+    }
+}
+
+/// One planned action.
+#[derive(Clone, Debug)]
+enum Task {
+    Copy {
+        id: ChunkId,
+        rec: ChunkRecord,
+        healthy: usize,
+        sources: Vec<u64>,
+    },
+    Trim {
+        id: ChunkId,
+        remove: Vec<u64>,
+    },
+}
+
+pub struct Repairer {
+    pub node: Arc<MetaNode>,
+    pub placement: Arc<Placement>,
+    pub cfg: RepairConfig,
+    pub stats: Arc<RepairStats>,
+    /// Notified to scan at once (after a drain request).
+    pub kick: Arc<Notify>,
+    pub chunks: ChunkClients,
+}
+
+impl Repairer {
+    /// Scans every `interval` while this node leads, until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut leader_since: Option<Instant> = None;
+        let settle = self.cfg.heartbeat_timeout + Duration::from_secs(1);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.cfg.interval) => {}
+                _ = self.kick.notified() => {}
+            }
+            if !self.node.is_leader() {
+                leader_since = None;
+                continue;
+            }
+            let since = *leader_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < settle {
+                // Not every server has had the chance to heartbeat this leader yet.
+                continue;
+            }
+            let scan = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.scan_and_repair() => r,
+            };
+            if let Err(e) = scan {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "repair scan failed; retrying on the next one");
+            }
+        }
+    }
+
+    /// One scan of the chunk table, then the copies and removals it planned.
+    pub async fn scan_and_repair(&self) -> Result<(), MetaError> {
+        let fsm = self.node.fsm();
+        let servers: BTreeMap<u64, crate::fsm::ServerRecord> =
+            fsm.servers()?.into_iter().map(|s| (s.id, s)).collect();
+        let now = Instant::now();
+        let up = |id: u64| self.placement.is_up(id, now);
+        let draining = |id: u64| servers.get(&id).is_some_and(|s| s.draining);
+        let free = |id: u64| self.placement.get(id).map_or(0, |s| s.load.free_bytes);
+
+        let mut summary = ScanSummary::default();
+        let mut tasks = Vec::new();
+        let mut after: Option<ChunkId> = None;
+        loop {
+            let page = fsm.chunk_page(after.as_ref(), SCAN_PAGE)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(*last);
+            for (id, rec) in page {
+                for r in &rec.replicas {
+                    *summary.listed.entry(*r).or_default() += 1;
+                }
+                if rec.refs == 0 {
+                    continue;
+                }
+                match judge(&rec.replicas, self.cfg.replication, up, draining, free) {
+                    Verdict::Healthy => {}
+                    Verdict::Under { healthy, sources } => {
+                        summary.under_replicated += 1;
+                        if sources.is_empty() {
+                            summary.missing += 1;
+                            tracing::error!(chunk = %id, listed = ?rec.replicas, "no replica of a referenced chunk is reachable");
+                        } else if tasks.len() < MAX_PLANNED {
+                            tasks.push(Task::Copy {
+                                id,
+                                rec,
+                                healthy,
+                                sources,
+                            });
+                        }
+                    }
+                    Verdict::Over { remove } => {
+                        summary.over_replicated += 1;
+                        if tasks.len() < MAX_PLANNED {
+                            tasks.push(Task::Trim { id, remove });
+                        }
+                    }
+                }
+            }
+            // Let other tasks run between pages of a large table.
+            tokio::task::yield_now().await;
+        }
+        summary.finished_unix_ms = unix_ms();
+        *self.stats.last.lock().unwrap_or_else(|e| e.into_inner()) = summary;
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        // Fewest healthy replicas first; trims last.
+        tasks.sort_by_key(|t| match t {
+            Task::Copy { healthy, .. } => *healthy,
+            Task::Trim { .. } => usize::MAX,
+        });
+        tracing::info!(tasks = tasks.len(), "repair: starting");
+        let addrs: HashMap<u64, String> = servers
+            .values()
+            .map(|s| {
+                let addr = self
+                    .placement
+                    .get(s.id)
+                    .map(|h| h.addr)
+                    .unwrap_or_else(|| s.addr.clone());
+                (s.id, addr)
+            })
+            .collect();
+        let draining_ids: Vec<u64> = servers
+            .values()
+            .filter(|s| s.draining)
+            .map(|s| s.id)
+            .collect();
+        let limiter = RateLimiter::new(self.cfg.rate_bytes);
+        futures::stream::iter(tasks)
+            .for_each_concurrent(self.cfg.concurrency.max(1), |t| {
+                let (addrs, draining_ids, limiter) = (&addrs, &draining_ids, &limiter);
+                async move {
+                    if !self.node.is_leader() {
+                        return;
+                    }
+                    let r = match t {
+                        Task::Copy {
+                            id, rec, sources, ..
+                        } => {
+                            self.copy(id, &rec, &sources, addrs, draining_ids, limiter)
+                                .await
+                        }
+                        Task::Trim { id, remove } => self.trim(id, &remove, addrs).await,
+                    };
+                    if let Err(e) = r {
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "repair task failed; retrying on the next scan");
+                    }
+                }
+            })
+            .await;
+        Ok(())
+    }
+
+    /// Copies `id` to as many new servers as it lacks healthy replicas.
+    async fn copy(
+        &self,
+        id: ChunkId,
+        rec: &ChunkRecord,
+        sources: &[u64],
+        addrs: &HashMap<u64, String>,
+        draining: &[u64],
+        limiter: &RateLimiter,
+    ) -> Result<(), String> {
+        let now = Instant::now();
+        let healthy = sources
+            .iter()
+            .filter(|s| !draining.contains(s) && self.placement.is_up(**s, now))
+            .count();
+        let need = self.cfg.replication.saturating_sub(healthy);
+        let mut forbid: Vec<u64> = rec.replicas.clone();
+        forbid.extend_from_slice(draining);
+        let targets = self.placement.place_forbidding(need, &[], &forbid);
+        if targets.is_empty() {
+            return Err(format!("chunk {id}: no server can take another replica"));
+        }
+        let source_addrs: Vec<String> = sources
+            .iter()
+            .filter_map(|s| addrs.get(s).cloned())
+            .collect();
+        for (target, target_addr) in targets {
+            limiter.take(rec.stored_len as u64).await;
+            let mut client = self
+                .chunks
+                .get(&target_addr)
+                .map_err(|s| s.message().to_string())?;
+            client
+                .replicate_chunk(pb::ReplicateChunkRequest {
+                    id: id.as_bytes().to_vec(),
+                    sources: source_addrs.clone(),
+                })
+                .await
+                .map_err(|s| {
+                    format!(
+                        "chunk {id}: copy to server {target} failed: {}",
+                        s.message()
+                    )
+                })?;
+            // DURABILITY: listed only after the target stored a verified copy durably.
+            self.node
+                .write(Command::AddReplica { id, server: target })
+                .await
+                .map_err(|e| format!("chunk {id}: list replica on {target}: {e}"))?;
+            self.stats.copied.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .bytes_copied
+                .fetch_add(rec.stored_len as u64, Ordering::Relaxed);
+            tracing::info!(chunk = %id, target, "repair: replica copied");
+        }
+        Ok(())
+    }
+
+    /// Unlists, then deletes, surplus replicas of `id`.
+    async fn trim(
+        &self,
+        id: ChunkId,
+        remove: &[u64],
+        addrs: &HashMap<u64, String>,
+    ) -> Result<(), String> {
+        for &server in remove {
+            // Unlist first: from the moment the entry commits, no reader is sent to the copy,
+            // so deleting it cannot fail a read that would not fall back to another replica.
+            self.node
+                .write(Command::RemoveReplica { id, server })
+                .await
+                .map_err(|e| format!("chunk {id}: unlist replica on {server}: {e}"))?;
+            let Some(addr) = addrs.get(&server) else {
+                continue;
+            };
+            let mut client = self.chunks.get(addr).map_err(|s| s.message().to_string())?;
+            client
+                .delete_chunks(pb::DeleteChunksRequest {
+                    ids: vec![id.as_bytes().to_vec()],
+                })
+                .await
+                .map_err(|s| {
+                    format!(
+                        "chunk {id}: delete surplus copy on {server}: {}",
+                        s.message()
+                    )
+                })?;
+            self.stats.removed.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(chunk = %id, server, "repair: surplus replica removed");
+        }
+        Ok(())
+    }
+}
+
+/// A token bucket over bytes, shared by the concurrent copies of one scan.
+struct RateLimiter {
+    rate: u64,
+    next_free: tokio::sync::Mutex<Instant>,
+}
+
+impl RateLimiter {
+    fn new(rate_bytes: u64) -> RateLimiter {
+        RateLimiter {
+            rate: rate_bytes,
+            next_free: tokio::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Waits until `bytes` more may be sent without exceeding the rate.
+    async fn take(&self, bytes: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        let wait = {
+            let mut next = self.next_free.lock().await;
+            let now = Instant::now();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.rate as f64);
+            start - now
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judge_with(replicas: &[u64], up: &[u64], draining: &[u64]) -> Verdict {
+        // Server s has s GiB free: higher ids are emptier.
+        judge(
+            replicas,
+            3,
+            |s| up.contains(&s),
+            |s| draining.contains(&s),
+            |s| s << 30,
+        )
+    }
+
+    #[test]
+    fn chunks_are_judged_by_their_healthy_replicas() {
+        assert_eq!(judge_with(&[1, 2, 3], &[1, 2, 3], &[]), Verdict::Healthy);
+        // One server down: two healthy copies, both usable as sources.
+        assert_eq!(
+            judge_with(&[1, 2, 3], &[1, 3, 4], &[]),
+            Verdict::Under {
+                healthy: 2,
+                sources: vec![1, 3]
+            }
+        );
+        // Nothing reachable: missing.
+        assert_eq!(
+            judge_with(&[1, 2], &[3, 4], &[]),
+            Verdict::Under {
+                healthy: 0,
+                sources: vec![]
+            }
+        );
+        // A draining copy is not healthy but still a source.
+        assert_eq!(
+            judge_with(&[1, 2, 3], &[1, 2, 3], &[3]),
+            Verdict::Under {
+                healthy: 2,
+                sources: vec![1, 2, 3]
+            }
+        );
+        // Once enough healthy copies exist, the draining one goes.
+        assert_eq!(
+            judge_with(&[1, 2, 3, 4], &[1, 2, 3, 4], &[3]),
+            Verdict::Over { remove: vec![3] }
+        );
+        // A server that came back after repair: one copy is surplus, taken from the fullest
+        // server.
+        assert_eq!(
+            judge_with(&[1, 2, 3, 4], &[1, 2, 3, 4], &[]),
+            Verdict::Over { remove: vec![1] }
+        );
+        assert_eq!(
+            judge_with(&[1, 2, 3, 4, 5], &[1, 2, 3, 4, 5], &[]),
+            Verdict::Over { remove: vec![2, 1] }
+        );
+        // A copy on a down server is neither healthy nor removed.
+        assert_eq!(judge_with(&[1, 2, 3, 4], &[1, 2, 3], &[]), Verdict::Healthy);
+    }
+
+    #[tokio::test]
+    async fn the_rate_limiter_spaces_out_copies() {
+        let l = RateLimiter::new(8 << 20);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            l.take(4 << 20).await;
+        }
+        // 12 MiB at 8 MiB/s: the first 4 MiB go at once, the rest need >= 1 s.
+        assert!(
+            t0.elapsed() >= Duration::from_millis(950),
+            "{:?}",
+            t0.elapsed()
+        );
+        let unlimited = RateLimiter::new(0);
+        let t1 = Instant::now();
+        unlimited.take(1 << 40).await;
+        assert!(t1.elapsed() < Duration::from_millis(50));
+    }
+}
