@@ -624,7 +624,7 @@ impl Filesystem for CairnFs {
 
     fn write(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         _fh: u64,
         offset: i64,
@@ -642,6 +642,7 @@ impl Filesystem for CairnFs {
             reply.error(libc::EINVAL);
             return;
         };
+        f.note_writer(req.pid());
         let data = data.to_vec();
         self.spawn(|core| async move {
             match f.write(&core.dp, offset, &data).await {
@@ -653,15 +654,19 @@ impl Filesystem for CairnFs {
 
     fn flush(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         _fh: u64,
         _lock_owner: u64,
         reply: ReplyEmpty,
     ) {
         let f = self.core.files.get(ino);
+        let closer = req.pid();
         self.spawn(|core| async move {
             let r = match f {
+                // A close by a process that wrote none of the dirty data (e.g. a forked child
+                // closing its inherited descriptor) does not publish the writer's data.
+                Some(f) if !f.flush_concerns(closer) => Ok(()),
                 Some(f) => f.flush(&core.dp).await,
                 None => Ok(()),
             };
@@ -682,13 +687,20 @@ impl Filesystem for CairnFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // RELEASE comes asynchronously after the close that ended the description, possibly
+        // after another description of the file was opened and written. Only the last handle
+        // commits here (the safety net for a writer whose close did not): flushing while other
+        // handles are open could publish their half-written data. Their own close does it.
+        let left = self.core.files.release(ino);
         let f = self.core.files.get(ino);
         self.spawn(|core| async move {
             let r = match f {
-                Some(f) => f.flush(&core.dp).await,
-                None => Ok(()),
+                Some(f) if left == 0 => f.flush(&core.dp).await,
+                _ => Ok(()),
             };
-            core.files.release(ino);
+            if left == 0 {
+                core.files.forget_if_unused(ino);
+            }
             match r {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e.0),

@@ -7,6 +7,7 @@
 //! - [`data::reader`]: verified whole-chunk reads with replica failover and an LRU chunk cache.
 //! - [`data::slots`]: the pure offset/slot arithmetic both use.
 //! - [`errno`]: the one mapping from wire errors to errno.
+//! - [`procs`]: process ids behind FUSE requests (which close may commit a file).
 //! - [`mount`]: `cairn mount` (mount, signal handling, drain, unmount).
 //! - [`status`]: `cairn status [--json]`.
 //! - [`admin`]: `cairn fsck`, `cairn scrub [--now]`, `cairn chunk drain`.
@@ -15,4 +16,5 @@ pub mod data;
 pub mod errno;
 pub mod fs;
 pub mod mount;
+pub mod procs;
 pub mod status;

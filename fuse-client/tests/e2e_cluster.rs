@@ -352,3 +352,41 @@ fn t40_readers_on_another_mount_see_whole_versions_never_a_mix() {
         "the reader never saw the file change: {seen:?}"
     );
 }
+
+#[test]
+fn t50_a_forked_child_closing_its_copy_does_not_publish_half_written_data() {
+    init_tracing();
+    let mut c = Cluster::start(3, 3);
+    let writer_mnt = c.mount();
+    let reader_mnt = c.mount();
+    const LEN: usize = 6 << 20;
+    std::fs::write(writer_mnt.join("f"), vec![b'A'; LEN]).unwrap();
+
+    info!("--- overwrite the first third, then fork+exec a child while the file is open");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(writer_mnt.join("f"))
+        .unwrap();
+    f.write_all(&vec![b'B'; 2 << 20]).unwrap();
+    // The child inherits the descriptor and closes it at exec (O_CLOEXEC): the kernel sends
+    // FLUSH for that close, which must not publish the writer's half-written data.
+    let st = std::process::Command::new("true").status().unwrap();
+    assert!(st.success());
+    let seen = std::fs::read(reader_mnt.join("f")).unwrap();
+    assert_eq!(seen.len(), LEN);
+    assert!(
+        seen.iter().all(|&b| b == b'A'),
+        "another mount sees a half-written version ({} bytes of B)",
+        seen.iter().filter(|&&b| b == b'B').count()
+    );
+
+    info!("--- the writer's own close publishes the whole new version");
+    f.write_all(&vec![b'B'; LEN - (2 << 20)]).unwrap();
+    drop(f);
+    let seen = std::fs::read(reader_mnt.join("f")).unwrap();
+    assert_eq!(seen.len(), LEN);
+    assert!(
+        seen.iter().all(|&b| b == b'B'),
+        "the closed version is not whole"
+    );
+}

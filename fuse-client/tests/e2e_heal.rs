@@ -202,6 +202,11 @@ fn t20_a_lost_server_is_replaced_and_a_returning_one_is_trimmed() {
     info!(chunks, "--- kill chunk server 4 for good");
     let t0 = Instant::now();
     c.chunks[3].kill9();
+    wait_until(
+        "the leader to declare the server down",
+        Duration::from_secs(30),
+        || c.chunk_servers_up() == 3,
+    );
 
     wait_healthy(&c, Duration::from_secs(90));
     info!(elapsed = ?t0.elapsed(), "--- every chunk is back to 3 healthy replicas");

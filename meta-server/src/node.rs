@@ -5,7 +5,8 @@ use crate::fsm::Fsm;
 use crate::types::{Node, NodeId, Raft};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::ServerState;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 pub struct MetaNode {
     pub id: u64,
@@ -13,6 +14,8 @@ pub struct MetaNode {
     pub addr: String,
     fsm: Arc<Fsm>,
     raft: Raft,
+    /// (term, when this node became leader in it), kept by a task watching Raft's metrics.
+    leader_since: Arc<Mutex<Option<(u64, Instant)>>>,
 }
 
 fn not_leader(f: ForwardToLeader<NodeId, Node>) -> MetaError {
@@ -22,13 +25,44 @@ fn not_leader(f: ForwardToLeader<NodeId, Node>) -> MetaError {
 }
 
 impl MetaNode {
+    /// Must be called inside a tokio runtime: it starts the task that notes when this node
+    /// becomes leader (it ends when Raft shuts down).
     pub fn new(id: u64, addr: String, fsm: Arc<Fsm>, raft: Raft) -> MetaNode {
+        let leader_since = Arc::new(Mutex::new(None));
+        let mut metrics = raft.metrics();
+        let since = leader_since.clone();
+        tokio::spawn(async move {
+            loop {
+                {
+                    let m = metrics.borrow_and_update();
+                    let leading = m.state == ServerState::Leader && m.current_leader == Some(id);
+                    let mut s = since.lock().unwrap_or_else(|e| e.into_inner());
+                    *s = match (*s, leading) {
+                        (Some((term, t)), true) if term == m.current_term => Some((term, t)),
+                        (_, true) => Some((m.current_term, Instant::now())),
+                        (_, false) => None,
+                    };
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
         MetaNode {
             id,
             addr,
             fsm,
             raft,
+            leader_since,
         }
+    }
+
+    /// When this node became the leader, if it is the leader.
+    pub fn leader_since(&self) -> Option<Instant> {
+        self.leader_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|(_, t)| t)
     }
 
     /// The local state machine, for reads. Call [`MetaNode::linearizable_read`] first when the

@@ -175,7 +175,6 @@ pub struct Repairer {
 impl Repairer {
     /// Scans every `interval` while this node leads, until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut leader_since: Option<Instant> = None;
         let settle = self.cfg.heartbeat_timeout + Duration::from_secs(1);
         loop {
             tokio::select! {
@@ -183,11 +182,9 @@ impl Repairer {
                 _ = tokio::time::sleep(self.cfg.interval) => {}
                 _ = self.kick.notified() => {}
             }
-            if !self.node.is_leader() {
-                leader_since = None;
+            let Some(since) = self.node.leader_since() else {
                 continue;
-            }
-            let since = *leader_since.get_or_insert_with(Instant::now);
+            };
             if since.elapsed() < settle {
                 // Not every server has had the chance to heartbeat this leader yet.
                 continue;

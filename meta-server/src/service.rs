@@ -33,6 +33,9 @@ pub const MAX_SLOT_UPDATES: usize = 4096;
 pub const MAX_REASON_LEN: usize = 1024;
 /// Largest file size accepted (1 PiB).
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
+/// How long a new leader waits to hear from every chunk server (they heartbeat every second)
+/// before it places chunks on fewer servers than the replication factor.
+const WARM_UP: Duration = Duration::from_millis(2500);
 /// How long ClusterStatus waits for each peer's NodeStatus.
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -69,8 +72,6 @@ pub struct MetaServiceImpl {
     node: Arc<MetaNode>,
     cfg: ServiceConfig,
     placement: Arc<Placement>,
-    /// (Raft term, when this node first acted as leader in it): see [`MetaServiceImpl::warming_up`].
-    tenure: std::sync::Mutex<(u64, Instant)>,
     repair_stats: Arc<RepairStats>,
     repair_kick: Arc<Notify>,
     /// The scrub figures of each server's last heartbeat (leader only, like `placement`).
@@ -84,7 +85,6 @@ impl MetaServiceImpl {
             node,
             cfg,
             placement,
-            tenure: std::sync::Mutex::new((0, Instant::now())),
             repair_stats: Arc::default(),
             repair_kick: Arc::default(),
             scrub: Default::default(),
@@ -131,15 +131,11 @@ impl MetaServiceImpl {
     /// its next heartbeat (1 s) reaches the new leader. During that window a short placement
     /// would wrongly under-replicate (or refuse) a write, so callers are told to retry instead.
     fn warming_up(&self, now: Instant) -> Result<bool, MetaError> {
-        let term = self.node.local_status().term;
-        let since = {
-            let mut t = self.tenure.lock().unwrap_or_else(|e| e.into_inner());
-            if t.0 != term {
-                *t = (term, now);
-            }
-            t.1
+        let Some(since) = self.node.leader_since() else {
+            return Ok(false);
         };
-        if now.saturating_duration_since(since) >= self.cfg.heartbeat_timeout {
+        // Live servers heartbeat every second: after WARM_UP every one of them has been heard.
+        if now.saturating_duration_since(since) >= WARM_UP.min(self.cfg.heartbeat_timeout) {
             return Ok(false);
         }
         let registered = self.node.fsm().servers()?.len();
@@ -768,8 +764,6 @@ impl MetaService for MetaServiceImpl {
             free_bytes: r.free_bytes,
             chunk_count: r.chunk_count,
         };
-        // Starts this term's tenure clock at the first heartbeat after an election.
-        let _ = self.warming_up(Instant::now());
         if !self.placement.is_up(r.server_id, Instant::now()) {
             tracing::info!(server = r.server_id, %addr, "chunk server is up");
         }

@@ -25,7 +25,7 @@ use cairn_proto::{
     ChunkLocation, ChunkRef, CommitWriteRequest, GetChunksRequest, PrepareWriteRequest,
     PutChunkRequest, SlotUpdate, Timestamp,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
@@ -96,6 +96,8 @@ pub struct FileState {
     /// The local size while dirty (NO_SIZE when clean), readable without the lock (getattr).
     dirty_size: AtomicU64,
     handles: AtomicUsize,
+    /// Kernel task ids that wrote the data not yet committed (see [`FileState::flush_concerns`]).
+    writers: std::sync::Mutex<HashSet<u32>>,
 }
 
 impl FileState {
@@ -112,7 +114,38 @@ impl FileState {
             }),
             dirty_size: AtomicU64::new(NO_SIZE),
             handles: AtomicUsize::new(0),
+            writers: Default::default(),
         }
+    }
+
+    fn writers(&self) -> std::sync::MutexGuard<'_, HashSet<u32>> {
+        self.writers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that task `tid` (the caller of a WRITE) wrote data to this file.
+    pub fn note_writer(&self, tid: u32) {
+        self.writers().insert(tid);
+    }
+
+    /// Whether a FLUSH sent for a close by task `tid` must commit this file's dirty data.
+    ///
+    /// The kernel sends FLUSH for *every* close of a descriptor, including a forked child
+    /// closing the copy it inherited (every `fork` + `exec` of a process that has the file open
+    /// does this). Committing then would publish the writer's half-written data as a version
+    /// other readers see. So a close by a process that wrote none of the dirty data does not
+    /// commit; the writer's own close, fsync or the last release does. Whenever this cannot be
+    /// told for sure (a task id that no longer exists, nothing recorded) it commits.
+    pub fn flush_concerns(&self, tid: u32) -> bool {
+        let writers: Vec<u32> = self.writers().iter().copied().collect();
+        if writers.is_empty() {
+            return true;
+        }
+        let Some(closer) = crate::procs::tgid(tid) else {
+            return true;
+        };
+        writers
+            .into_iter()
+            .any(|w| crate::procs::tgid(w).is_none_or(|g| g == closer))
     }
 
     /// The size getattr must report while this file has uncommitted data.
@@ -369,6 +402,7 @@ impl FileState {
         d.slots.clear();
         d.mtime = None;
         self.dirty_size.store(NO_SIZE, Ordering::Release);
+        self.writers().clear();
         result
     }
 }
@@ -751,14 +785,28 @@ impl OpenFiles {
         self.lock().get(&ino).cloned()
     }
 
-    /// Drops one handle; forgets the state when it was the last one and nothing is dirty.
-    pub fn release(&self, ino: u64) {
+    /// Drops one handle and returns how many are left; forgets the state when it was the last
+    /// one and nothing is dirty.
+    pub fn release(&self, ino: u64) -> usize {
         let mut m = self.lock();
-        if let Some(f) = m.get(&ino) {
-            let left = f.handles.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
-            if left == 0 && !f.is_dirty() {
-                m.remove(&ino);
-            }
+        let Some(f) = m.get(&ino) else {
+            return 0;
+        };
+        let left = f.handles.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+        if left == 0 && !f.is_dirty() {
+            m.remove(&ino);
+        }
+        left
+    }
+
+    /// Forgets the state of `ino` if no handle is open and nothing is dirty (after the flush
+    /// of a last release).
+    pub fn forget_if_unused(&self, ino: u64) {
+        let mut m = self.lock();
+        if m.get(&ino)
+            .is_some_and(|f| f.handles.load(Ordering::Acquire) == 0 && !f.is_dirty())
+        {
+            m.remove(&ino);
         }
     }
 
