@@ -19,8 +19,9 @@ use cairn_common::ChunkId;
 use cairn_proto::chunk_service_server::ChunkService;
 use cairn_proto::{
     ChunkServerInfoReply, ChunkServerInfoRequest, DeleteChunksReply, DeleteChunksRequest,
-    GetChunkReply, GetChunkRequest, HasChunkReply, HasChunkRequest, PutChunkReply, PutChunkRequest,
-    ReplicateChunkReply, ReplicateChunkRequest, ScrubNowReply, ScrubNowRequest,
+    GetChunkReply, GetChunkRequest, HasChunkReply, HasChunkRequest, MarkChunksReply,
+    MarkChunksRequest, PutChunkReply, PutChunkRequest, ReplicateChunkReply, ReplicateChunkRequest,
+    ScrubNowReply, ScrubNowRequest,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -235,13 +236,20 @@ impl ChunkService for ChunkServer {
             .iter()
             .map(|b| parse_id(b))
             .collect::<Result<Vec<ChunkId>, Status>>()?;
-        let span = tracing::info_span!("delete_chunks", ids = ids.len());
+        let only_marked = req.only_marked;
+        let span = tracing::info_span!("delete_chunks", ids = ids.len(), only_marked);
         let (deleted, removed) = self
             .blocking(move |s| {
                 let mut removed = Vec::new();
                 for id in ids {
                     // Each delete is durable (its directory fsync'd) before it returns, so
                     // every removal counted in the reply survives a crash.
+                    if only_marked {
+                        if s.delete_if_marked(id)? {
+                            removed.push(id);
+                        }
+                        continue;
+                    }
                     match s.delete(id) {
                         Ok(()) => removed.push(id),
                         Err(StoreError::NotFound { .. }) => {}
@@ -256,6 +264,29 @@ impl ChunkService for ChunkServer {
             self.scrub.forget(id);
         }
         Ok(Response::new(DeleteChunksReply { deleted }))
+    }
+
+    async fn mark_chunks(
+        &self,
+        request: Request<MarkChunksRequest>,
+    ) -> Result<Response<MarkChunksReply>, Status> {
+        let req = request.into_inner();
+        if req.ids.len() > MAX_DELETE_IDS {
+            return Err(status(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "{} ids given; at most {MAX_DELETE_IDS} per request",
+                    req.ids.len()
+                ),
+            ));
+        }
+        let ids = req
+            .ids
+            .iter()
+            .map(|b| parse_id(b))
+            .collect::<Result<Vec<ChunkId>, Status>>()?;
+        let marked = self.blocking(move |s| s.mark_for_gc(&ids)).await?;
+        Ok(Response::new(MarkChunksReply { marked }))
     }
 
     async fn scrub_now(

@@ -47,13 +47,14 @@ use bytes::{Bytes, BytesMut};
 use cairn_common::chunk::block_hashes;
 use cairn_common::error::{status, ErrorKind};
 use cairn_common::{ChunkId, BLOCK_SIZE, CHUNK_SIZE};
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 /// Magic bytes opening every chunk file.
@@ -162,9 +163,14 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// A copy that fails is quarantined and reported, like a failed read. Takes no lock that a
     /// put or get of the chunk waits on while it reads.
     fn verify(&self, id: ChunkId) -> Result<VerifyReport>;
-    /// Removes a chunk durably (for garbage collection and surplus replicas). `NotFound` if
-    /// it is not stored.
+    /// Removes a chunk durably (surplus replicas). `NotFound` if it is not stored.
     fn delete(&self, id: ChunkId) -> Result<()>;
+    /// Garbage collection, step one: marks the stored chunks among `ids` as about to be
+    /// deleted and returns how many were marked. A put of a marked id clears its mark.
+    fn mark_for_gc(&self, ids: &[ChunkId]) -> Result<u64>;
+    /// Garbage collection, step two: deletes `id` durably if it is still marked (no put since
+    /// the mark). `Ok(true)` if it was deleted.
+    fn delete_if_marked(&self, id: ChunkId) -> Result<bool>;
     /// Space and content counters.
     fn stats(&self) -> Result<StoreStats>;
 }
@@ -233,7 +239,14 @@ pub struct FileStore {
     stripes: Vec<Mutex<()>>,
     /// Where corrupt copies are reported (set once the metadata cluster is configured).
     corruption_sink: OnceLock<mpsc::Sender<CorruptChunk>>,
+    /// Garbage-collection marks: id -> when marked. Set and cleared under the id's stripe lock,
+    /// so a put and a marked delete of one id never interleave (see [`ChunkStore::mark_for_gc`]).
+    gc_marks: Mutex<HashMap<ChunkId, Instant>>,
 }
+
+/// A garbage-collection mark older than this is ignored (and dropped): the meta leader that set
+/// it has long given up on that round.
+pub const GC_MARK_TTL: Duration = Duration::from_secs(600);
 
 /// An open chunk file, with the inode it was opened as (so a corrupt copy is quarantined
 /// only if it is still the one under the chunk's name) and its length at open.
@@ -421,6 +434,7 @@ impl FileStore {
             stored_bytes: AtomicU64::new(0),
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             corruption_sink: OnceLock::new(),
+            gc_marks: Mutex::new(HashMap::new()),
         };
         let (mut count, mut bytes) = (0u64, 0u64);
         for b in 0..=255u8 {
@@ -497,6 +511,19 @@ impl FileStore {
     /// The quarantine directory (for tests and operators).
     pub fn quarantine_dir(&self) -> &Path {
         &self.quarantine
+    }
+
+    fn gc_marks(&self) -> std::sync::MutexGuard<'_, HashMap<ChunkId, Instant>> {
+        self.gc_marks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Removes `id` durably and updates the counters. The caller holds the id's stripe lock.
+    fn delete_locked(&self, id: ChunkId) -> Result<()> {
+        let size = self.remove_chunk_durably(id)?;
+        self.chunk_count.fetch_sub(1, Ordering::Relaxed);
+        self.stored_bytes.fetch_sub(size, Ordering::Relaxed);
+        tracing::debug!(chunk = %id, "chunk deleted");
+        Ok(())
     }
 
     fn stripe(&self, id: ChunkId) -> std::sync::MutexGuard<'_, ()> {
@@ -869,6 +896,11 @@ impl ChunkStore for FileStore {
             )));
         }
         let _lock = self.stripe(id);
+        // GC SAFETY: a put clears the id's mark before anything else, under the stripe lock, so
+        // the copy it leaves (new or already present) is never taken by a marked delete that
+        // was decided before this put. The meta cluster refuses commits of uploads older than
+        // the collection, so the marked delete of a copy put *before* the mark loses nothing.
+        self.gc_marks().remove(&id);
         if self.verify_existing_locked(id)? {
             return Ok(PutOutcome::AlreadyPresent);
         }
@@ -957,11 +989,32 @@ impl ChunkStore for FileStore {
 
     fn delete(&self, id: ChunkId) -> Result<()> {
         let _lock = self.stripe(id);
-        let size = self.remove_chunk_durably(id)?;
-        self.chunk_count.fetch_sub(1, Ordering::Relaxed);
-        self.stored_bytes.fetch_sub(size, Ordering::Relaxed);
-        tracing::debug!(chunk = %id, "chunk deleted");
-        Ok(())
+        self.delete_locked(id)
+    }
+
+    fn mark_for_gc(&self, ids: &[ChunkId]) -> Result<u64> {
+        self.gc_marks().retain(|_, at| at.elapsed() < GC_MARK_TTL);
+        let mut marked = 0;
+        for &id in ids {
+            let _lock = self.stripe(id);
+            if self.chunk_path(id).exists() {
+                self.gc_marks().insert(id, Instant::now());
+                marked += 1;
+            }
+        }
+        Ok(marked)
+    }
+
+    fn delete_if_marked(&self, id: ChunkId) -> Result<bool> {
+        let _lock = self.stripe(id);
+        match self.gc_marks().remove(&id) {
+            Some(at) if at.elapsed() < GC_MARK_TTL => match self.delete_locked(id) {
+                Ok(()) => Ok(true),
+                Err(StoreError::NotFound { .. }) => Ok(false),
+                Err(e) => Err(e),
+            },
+            _ => Ok(false),
+        }
     }
 
     fn stats(&self) -> Result<StoreStats> {

@@ -66,6 +66,12 @@ impl ChunkService for Liar {
     ) -> Result<Response<DeleteChunksReply>, Status> {
         Err(Status::unimplemented("delete_chunks"))
     }
+    async fn mark_chunks(
+        &self,
+        _: Request<cairn_proto::MarkChunksRequest>,
+    ) -> Result<Response<cairn_proto::MarkChunksReply>, Status> {
+        Err(Status::unimplemented("mark_chunks"))
+    }
     async fn scrub_now(
         &self,
         _: Request<ScrubNowRequest>,

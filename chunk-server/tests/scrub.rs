@@ -282,6 +282,12 @@ impl ChunkStore for Racing {
     fn delete(&self, id: ChunkId) -> cairn_chunk_server::store::Result<()> {
         self.inner.delete(id)
     }
+    fn mark_for_gc(&self, ids: &[ChunkId]) -> cairn_chunk_server::store::Result<u64> {
+        self.inner.mark_for_gc(ids)
+    }
+    fn delete_if_marked(&self, id: ChunkId) -> cairn_chunk_server::store::Result<bool> {
+        self.inner.delete_if_marked(id)
+    }
     fn stats(&self) -> cairn_chunk_server::store::Result<StoreStats> {
         self.inner.stats()
     }

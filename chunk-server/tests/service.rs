@@ -257,6 +257,7 @@ async fn delete_chunks_removes_files_durably_and_ignores_absent_ids() {
     let absent = ChunkId::of(b"never stored");
     let ids = |ids: &[ChunkId]| DeleteChunksRequest {
         ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect(),
+        only_marked: false,
     };
 
     // --- two present, one absent: two deleted, no error
@@ -303,6 +304,7 @@ async fn delete_chunks_removes_files_durably_and_ignores_absent_ids() {
         ids: (0..1025u32)
             .map(|i| ChunkId::of(&i.to_le_bytes()).as_bytes().to_vec())
             .collect(),
+        only_marked: false,
     };
     let e = c.delete_chunks(many).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);

@@ -495,3 +495,40 @@ fn full_disk_refuses_puts_cleanly_and_keeps_serving_reads() {
     let (id0, d0) = &stored[1];
     assert_eq!(&store.get(*id0, 0, 0).unwrap().0, d0);
 }
+
+/// GC marks: a marked delete removes only copies not stored again since the mark, so a put
+/// racing a collection keeps its copy.
+#[test]
+fn a_marked_delete_spares_copies_put_after_the_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let (x, xd) = chunk("gc-x", 70_000);
+    let (y, yd) = chunk("gc-y", 70_000);
+    let (absent, _) = chunk("gc-absent", 10);
+    s.put(x, xd.clone()).unwrap();
+    s.put(y, yd).unwrap();
+
+    assert_eq!(
+        s.mark_for_gc(&[x, y, absent]).unwrap(),
+        2,
+        "only stored chunks are marked"
+    );
+    assert_eq!(s.put(x, xd).unwrap(), PutOutcome::AlreadyPresent);
+    assert!(
+        !s.delete_if_marked(x).unwrap(),
+        "x was put again after the mark"
+    );
+    assert!(s.has(x).unwrap().is_some());
+    assert!(s.delete_if_marked(y).unwrap());
+    assert_eq!(s.has(y).unwrap(), None);
+    assert!(!s.delete_if_marked(y).unwrap(), "a mark is used once");
+    assert!(!s.delete_if_marked(absent).unwrap());
+
+    // Without a mark nothing is deleted; the deletion survives a reopen.
+    assert!(!s.delete_if_marked(x).unwrap());
+    drop(s);
+    let s = open(dir.path());
+    assert!(s.has(x).unwrap().is_some());
+    assert_eq!(s.has(y).unwrap(), None);
+    assert_eq!(s.stats().unwrap().chunk_count, 1);
+}

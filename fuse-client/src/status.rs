@@ -53,6 +53,10 @@ pub struct Repair {
     pub replicas_removed: u64,
     pub failures: u64,
     pub last_scan_unix_ms: u64,
+    /// Unreferenced chunks waiting for the grace period or being deleted.
+    pub gc_pending: u64,
+    /// Chunks deleted by GC since the leader took office.
+    pub gc_collected: u64,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -115,6 +119,8 @@ impl From<ClusterStatusReply> for Status {
                     replicas_removed: p.replicas_removed,
                     failures: p.failures,
                     last_scan_unix_ms: p.last_scan_unix_ms,
+                    gc_pending: p.gc_pending,
+                    gc_collected: p.gc_collected,
                 })
                 .unwrap_or_default(),
         }
@@ -210,6 +216,10 @@ pub fn table(s: &Status) -> String {
             ago(now, r.last_scan_unix_ms)
         ));
     }
+    out.push_str(&format!(
+        "gc: {} unreferenced chunks pending, {} collected\n",
+        r.gc_pending, r.gc_collected
+    ));
     out
 }
 

@@ -315,3 +315,107 @@ fn t30_drain_empties_a_server_and_fsck_reports_lost_data() {
     assert_eq!(code, 2);
     assert!(out.contains("DATA LOST"), "{out}");
 }
+
+#[test]
+fn t40_gc_deletes_overwritten_and_deleted_chunks_and_never_a_live_one() {
+    init_tracing();
+    let mut o = opts();
+    o.meta_args.extend(
+        ["--gc-grace-secs", "1", "--gc-interval-ms", "300"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let mut c = Cluster::start_with(3, 3, o);
+    let mnt = c.mount();
+    let files_on = |c: &Cluster| c.chunk_files(1);
+
+    info!("--- keep, del and over are written; each adds its own chunks");
+    let put = |c: &Cluster, name: &str, len: u64, seed: u64| -> PathBuf {
+        let src = c.path(&format!("{name}.{seed}.src"));
+        write_random_file(&src, len, seed);
+        sh(&format!("cp {} {}/{name}", src.display(), mnt.display()));
+        src
+    };
+    let keep_src = put(&c, "keep", 9 << 20, 1);
+    let k = files_on(&c);
+    let del_src = put(&c, "del", 5 << 20, 2);
+    let d: BTreeSet<String> = files_on(&c).difference(&k).cloned().collect();
+    let before_over = files_on(&c);
+    put(&c, "over", 6 << 20, 3);
+    let old_over: BTreeSet<String> = files_on(&c).difference(&before_over).cloned().collect();
+    assert!(!d.is_empty() && !old_over.is_empty());
+
+    info!("--- delete del, overwrite over, and write del's content again as dup");
+    std::fs::remove_file(mnt.join("del")).unwrap();
+    let over_src = put(&c, "over", 6 << 20, 4);
+    sh(&format!("cp {} {}/dup", del_src.display(), mnt.display()));
+
+    info!("--- meanwhile a writer keeps creating and deleting files while GC runs");
+    let churn_src = c.path("churn.src");
+    write_random_file(&churn_src, 5 << 20, 5);
+    let t0 = Instant::now();
+    let mut n = 0;
+    while t0.elapsed() < Duration::from_secs(6) {
+        sh(&format!(
+            "cp {} {}/churn",
+            churn_src.display(),
+            mnt.display()
+        ));
+        if n % 2 == 0 {
+            std::fs::remove_file(mnt.join("churn")).unwrap();
+        }
+        n += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Leave it live at the end.
+    sh(&format!(
+        "cp {} {}/churn",
+        churn_src.display(),
+        mnt.display()
+    ));
+
+    info!("--- the old chunks of over disappear from every server; everything live stays");
+    wait_until(
+        "old chunks of over to be collected",
+        Duration::from_secs(60),
+        || (1..=3).all(|n| c.chunk_files(n).is_disjoint(&old_over)),
+    );
+    wait_until("the gc queue to drain", Duration::from_secs(60), || {
+        c.status()
+            .is_some_and(|s| s["repair"]["gc_pending"].as_u64() == Some(0))
+    });
+    let st = c.status().unwrap();
+    assert!(
+        st["repair"]["gc_collected"].as_u64().unwrap() >= old_over.len() as u64,
+        "{st}"
+    );
+    for n in 1..=3 {
+        let on = c.chunk_files(n);
+        assert!(on.is_superset(&k), "server {n} lost a chunk of keep");
+        assert!(
+            on.is_superset(&d),
+            "server {n} lost a chunk of dup (del's content)"
+        );
+    }
+    let fresh = c.mount();
+    for (src, name) in [
+        (&keep_src, "keep"),
+        (&del_src, "dup"),
+        (&over_src, "over"),
+        (&churn_src, "churn"),
+    ] {
+        sh(&format!("cmp {} {}/{name}", src.display(), fresh.display()));
+    }
+    let (code, v) = fsck(&c);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["healthy"], v["chunks"], "{v}");
+    // Exactly the live chunks remain: 3 copies each, nothing else.
+    let live = v["chunks"].as_u64().unwrap() as usize;
+    for n in 1..=3 {
+        assert_eq!(
+            c.chunk_files(n).len(),
+            live,
+            "server {n} holds garbage or lacks chunks"
+        );
+    }
+}

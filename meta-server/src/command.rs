@@ -9,7 +9,7 @@ use cairn_common::ChunkId;
 use serde::{Deserialize, Serialize};
 
 /// Seconds and nanoseconds since the Unix epoch.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Time {
     pub secs: i64,
     pub nanos: u32,
@@ -37,6 +37,15 @@ impl Time {
     /// The wall clock now (the leader stamps commands with it).
     pub fn now() -> Time {
         cairn_common::time::now().into()
+    }
+
+    /// `t` as a `Time` (times before the epoch become the epoch).
+    pub fn from_system(t: std::time::SystemTime) -> Time {
+        let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Time {
+            secs: d.as_secs() as i64,
+            nanos: d.subsec_nanos(),
+        }
     }
 }
 
@@ -103,6 +112,9 @@ pub struct SlotUpdate {
     pub chunk: Option<SlotChunk>,
     /// Chunk servers that acknowledged the chunk durably.
     pub replicas: Vec<u64>,
+    /// The GC epoch of the placement the chunk was uploaded with (`PrepareWriteReply.ticket`).
+    #[serde(default)]
+    pub ticket: u64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -178,6 +190,19 @@ pub enum Command {
     RemoveReplica { id: ChunkId, server: u64 },
     /// Mark a chunk server draining (no new chunks; repair moves its replicas away) or not.
     SetDraining { server: u64, draining: bool },
+    /// Garbage collection: start collecting those of `ids` that are still unreferenced, in a
+    /// new GC epoch. From then on a commit may reference them only with a ticket of this epoch
+    /// or later (its upload happened after the chunk servers marked their copies).
+    GcBegin { ids: Vec<ChunkId>, now: Time },
+    /// Garbage collection: `servers` deleted (or no longer hold) their copies of `id`. When no
+    /// listed copy is left the record becomes a tombstone in `gone`.
+    GcSwept {
+        id: ChunkId,
+        servers: Vec<u64>,
+        now: Time,
+    },
+    /// Forget tombstones older than `before`; commits whose tickets predate them are refused.
+    GcPrune { before: Time },
 }
 
 /// What a successfully applied command returns.
@@ -187,6 +212,11 @@ pub enum Reply {
     Empty,
     Attr(crate::fsm::Inode),
     ServerId(u64),
+    /// `GcBegin`: the epoch it opened and the ids it accepted.
+    GcBegun {
+        epoch: u64,
+        ids: Vec<ChunkId>,
+    },
 }
 
 /// A deterministic failure decided by the state machine.

@@ -111,6 +111,23 @@ pub struct Config {
     /// Chunk copies repair keeps in flight at once.
     #[arg(long, env = "CAIRN_META_REPAIR_CONCURRENCY", default_value_t = 4)]
     pub repair_concurrency: usize,
+
+    /// Seconds a chunk stays unreferenced (overwritten, deleted) before GC deletes it.
+    #[arg(long, env = "CAIRN_META_GC_GRACE_SECS", default_value_t = 600)]
+    pub gc_grace_secs: u64,
+
+    /// Pause (ms) between two GC rounds (leader only).
+    #[arg(long, env = "CAIRN_META_GC_INTERVAL_MS", default_value_t = 10_000)]
+    pub gc_interval_ms: u64,
+
+    /// Seconds a collected chunk's tombstone is kept; a commit of an upload placed before an
+    /// older collection is refused.
+    #[arg(
+        long,
+        env = "CAIRN_META_GC_TICKET_HORIZON_SECS",
+        default_value_t = 86_400
+    )]
+    pub gc_ticket_horizon_secs: u64,
 }
 
 impl Config {
@@ -133,6 +150,9 @@ impl Config {
             repair_interval_ms: 10_000,
             repair_rate_mb: 100,
             repair_concurrency: 4,
+            gc_grace_secs: 600,
+            gc_interval_ms: 10_000,
+            gc_ticket_horizon_secs: 86_400,
         }
     }
 
@@ -184,6 +204,12 @@ impl Config {
         if self.repair_concurrency == 0 {
             return Err("--repair-concurrency must be at least 1".into());
         }
+        if self.gc_interval_ms == 0 {
+            return Err("--gc-interval-ms must be at least 1".into());
+        }
+        if self.gc_ticket_horizon_secs < self.gc_grace_secs {
+            return Err("--gc-ticket-horizon-secs must be at least --gc-grace-secs".into());
+        }
         Ok(())
     }
 
@@ -224,6 +250,15 @@ impl Config {
             interval: Duration::from_millis(self.repair_interval_ms),
             rate_bytes: self.repair_rate_mb.saturating_mul(1 << 20),
             concurrency: self.repair_concurrency,
+            heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms),
+        }
+    }
+
+    pub fn gc_config(&self) -> crate::gc::GcConfig {
+        crate::gc::GcConfig {
+            grace: Duration::from_secs(self.gc_grace_secs),
+            interval: Duration::from_millis(self.gc_interval_ms),
+            horizon: Duration::from_secs(self.gc_ticket_horizon_secs),
             heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms),
         }
     }

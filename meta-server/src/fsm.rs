@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 /// Column families holding the replicated state. A snapshot is exactly their contents.
 pub const STATE_CFS: &[&str] = &[
-    "inodes", "dentries", "chunks", "servers", "counters", "gc", "repair",
+    "inodes", "dentries", "chunks", "servers", "counters", "gc", "repair", "gone",
 ];
 
 const CF_INODES: &str = "inodes";
@@ -45,10 +45,16 @@ const CF_SERVERS: &str = "servers";
 const CF_COUNTERS: &str = "counters";
 const CF_GC: &str = "gc";
 const CF_REPAIR: &str = "repair";
+const CF_GONE: &str = "gone";
 
 const NEXT_INO: &str = "next_ino";
 const NEXT_SERVER_ID: &str = "next_server_id";
 const INODE_COUNT: &str = "inodes";
+/// The current garbage-collection epoch (raised by every `GcBegin`).
+const GC_EPOCH: &str = "gc_epoch";
+/// Tickets below this are refused for chunks the state machine does not know: tombstones of
+/// collections in epochs below it were pruned.
+const GC_FLOOR: &str = "gc_floor";
 
 /// Longest symlink target (PATH_MAX).
 pub const SYMLINK_MAX: usize = 4096;
@@ -125,6 +131,25 @@ pub struct ChunkRecord {
     pub replicas: Vec<u64>,
     /// File slots referencing it (over all inodes). 0: queued in `gc`.
     pub refs: u64,
+    /// Set by `GcBegin` (the GC epoch) while the chunk is being deleted; `replicas` then lists
+    /// the copies not yet deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collecting: Option<u64>,
+}
+
+impl ChunkRecord {
+    /// Referenced or revivable: not being garbage-collected.
+    pub fn is_live(&self) -> bool {
+        self.collecting.is_none()
+    }
+}
+
+/// A collected chunk, remembered so that a commit of an upload older than its collection is
+/// refused (the upload's copies may have been deleted).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gone {
+    pub epoch: u64,
+    pub at: Time,
 }
 
 /// A registered chunk server.
@@ -557,6 +582,58 @@ impl Fsm {
             .unwrap_or(0))
     }
 
+    /// The current GC epoch: the ticket PrepareWrite hands out.
+    pub fn gc_epoch(&self) -> Result<u64, MetaError> {
+        Ok(self
+            .raw_get(CF_COUNTERS, GC_EPOCH.as_bytes())?
+            .map(|v| decode_u64(&v))
+            .transpose()?
+            .unwrap_or(0))
+    }
+
+    /// Up to `limit` unreferenced chunks that became so before `before` (or are being
+    /// collected), with their records: the GC worker's work list.
+    pub fn gc_candidates(
+        &self,
+        before: Time,
+        limit: usize,
+    ) -> Result<Vec<(ChunkId, ChunkRecord)>, MetaError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_GC)?, IteratorMode::Start) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(storage)?;
+            let id = ChunkId::from_bytes(&k).map_err(corrupt)?;
+            let since: Time = decode_json(&v)?;
+            let Some(rec) = self.chunk(&id)? else {
+                continue;
+            };
+            if rec.refs == 0 && (rec.collecting.is_some() || since < before) {
+                out.push((id, rec));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Chunks queued in `gc` (unreferenced, waiting or being collected).
+    pub fn gc_pending(&self) -> Result<u64, MetaError> {
+        let mut n = 0;
+        for item in self.db.iterator_cf(self.cf(CF_GC)?, IteratorMode::Start) {
+            item.map_err(storage)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Whether chunk `id` was collected (a tombstone remains).
+    pub fn gone(&self, id: &ChunkId) -> Result<Option<Gone>, MetaError> {
+        Ok(self
+            .raw_get(CF_GONE, id.as_bytes())?
+            .map(|v| decode_json(&v))
+            .transpose()?)
+    }
+
     /// Chunks queued for deletion (unreferenced), with the time they became unreferenced.
     pub fn gc_queue(&self) -> Result<Vec<(ChunkId, Time)>, MetaError> {
         let mut out = Vec::new();
@@ -617,6 +694,7 @@ struct Tx<'a> {
     repair: BTreeMap<ChunkId, Time>,
     /// Chunks whose `repair` entry is cleared (a replica was added back).
     repair_done: Vec<ChunkId>,
+    gone: BTreeMap<ChunkId, Option<Gone>>,
     servers: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     counters: BTreeMap<&'static str, u64>,
 }
@@ -631,6 +709,7 @@ impl<'a> Tx<'a> {
             gc: BTreeMap::new(),
             repair: BTreeMap::new(),
             repair_done: Vec::new(),
+            gone: BTreeMap::new(),
             servers: BTreeMap::new(),
             counters: BTreeMap::new(),
         }
@@ -672,6 +751,13 @@ impl<'a> Tx<'a> {
         }
         for (id, t) in &self.repair {
             b.put_cf(cf, id.as_bytes(), encode_json(t));
+        }
+        let cf = f.cf(CF_GONE)?;
+        for (id, v) in &self.gone {
+            match v {
+                Some(g) => b.put_cf(cf, id.as_bytes(), encode_json(g)),
+                None => b.delete_cf(cf, id.as_bytes()),
+            }
         }
         let cf = f.cf(CF_SERVERS)?;
         for (k, v) in &self.servers {
@@ -780,6 +866,19 @@ impl<'a> Tx<'a> {
         self.counters.insert(name, v);
     }
 
+    fn gone(&mut self, id: &ChunkId) -> Result<Option<Gone>, FsError> {
+        if let Some(v) = self.gone.get(id) {
+            return Ok(*v);
+        }
+        let v = self
+            .fsm
+            .raw_get(CF_GONE, id.as_bytes())?
+            .map(|v| decode_json::<Gone>(&v))
+            .transpose()?;
+        self.gone.insert(*id, v);
+        Ok(v)
+    }
+
     fn chunk(&mut self, id: &ChunkId) -> Result<Option<ChunkRecord>, FsError> {
         if let Some(v) = self.chunks.get(id) {
             return Ok(v.clone());
@@ -805,8 +904,47 @@ impl<'a> Tx<'a> {
     // --- reference counting --------------------------------------------------------------------
 
     /// A slot now references `c`; `replicas` hold it durably.
-    fn incref(&mut self, c: &SlotChunk, replicas: &[u64]) -> Result<(), FsError> {
+    /// A slot now references chunk `c`, stored on `replicas` by an upload placed with `ticket`.
+    ///
+    /// GC SAFETY: a chunk being collected (or collected) since an epoch after `ticket` is
+    /// refused: the upload happened before the chunk servers marked their copies, so the copies
+    /// it relies on may be deleted. With a later ticket the upload's puts came after the marks
+    /// (which they cleared), so its copies survive and the chunk is revived on exactly them.
+    fn incref(&mut self, c: &SlotChunk, replicas: &[u64], ticket: u64) -> Result<(), FsError> {
+        let too_old = |epoch: u64| {
+            fs_err(
+                ErrorKind::Conflict,
+                format!(
+                    "chunk {} was garbage-collected in epoch {epoch}, after this upload's \
+                     placement (ticket {ticket}); upload it again",
+                    c.id
+                ),
+            )
+        };
         let rec = match self.chunk(&c.id)? {
+            Some(r) if r.collecting.is_some() => {
+                let epoch = r.collecting.unwrap_or(0);
+                if ticket < epoch {
+                    return Err(too_old(epoch));
+                }
+                if replicas.is_empty() {
+                    return Err(fs_err(
+                        ErrorKind::InvalidArgument,
+                        format!("chunk {} is being collected and was not stored again", c.id),
+                    ));
+                }
+                // Revived on the copies of this upload only; the old ones are being deleted.
+                let mut replicas = replicas.to_vec();
+                replicas.sort_unstable();
+                replicas.dedup();
+                self.gc.insert(c.id, None);
+                ChunkRecord {
+                    stored_len: c.stored_len,
+                    replicas,
+                    refs: 1,
+                    collecting: None,
+                }
+            }
             Some(mut r) => {
                 if r.stored_len != c.stored_len {
                     return Err(fs_err(
@@ -833,6 +971,23 @@ impl<'a> Tx<'a> {
                         format!("new chunk {} has no replicas", c.id),
                     ));
                 }
+                if let Some(g) = self.gone(&c.id)? {
+                    if ticket < g.epoch {
+                        return Err(too_old(g.epoch));
+                    }
+                    self.gone.insert(c.id, None);
+                }
+                let floor = self.counter(GC_FLOOR)?;
+                if ticket < floor {
+                    return Err(fs_err(
+                        ErrorKind::Conflict,
+                        format!(
+                            "upload of chunk {} is too old (ticket {ticket}, oldest accepted \
+                             {floor}); upload it again",
+                            c.id
+                        ),
+                    ));
+                }
                 let mut replicas = replicas.to_vec();
                 replicas.sort_unstable();
                 replicas.dedup();
@@ -840,11 +995,75 @@ impl<'a> Tx<'a> {
                     stored_len: c.stored_len,
                     replicas,
                     refs: 1,
+                    collecting: None,
                 }
             }
         };
         self.chunks.insert(c.id, Some(rec));
         Ok(())
+    }
+
+    fn gc_begin(&mut self, ids: &[ChunkId]) -> CommandResult {
+        let epoch = self.counter(GC_EPOCH)? + 1;
+        let mut accepted = Vec::new();
+        for id in ids {
+            let Some(mut r) = self.chunk(id)? else {
+                continue;
+            };
+            if r.refs > 0 {
+                continue;
+            }
+            r.collecting = Some(epoch);
+            self.chunks.insert(*id, Some(r));
+            accepted.push(*id);
+        }
+        if !accepted.is_empty() {
+            self.set_counter(GC_EPOCH, epoch);
+        }
+        Ok(Reply::GcBegun {
+            epoch,
+            ids: accepted,
+        })
+    }
+
+    fn gc_swept(&mut self, id: &ChunkId, servers: &[u64], now: Time) -> CommandResult {
+        let Some(mut r) = self.chunk(id)? else {
+            return Ok(Reply::Empty);
+        };
+        let Some(epoch) = r.collecting else {
+            // Revived by a commit meanwhile: nothing to do.
+            return Ok(Reply::Empty);
+        };
+        r.replicas.retain(|s| !servers.contains(s));
+        if r.replicas.is_empty() {
+            self.chunks.insert(*id, None);
+            self.gc.insert(*id, None);
+            self.repair_done.push(*id);
+            self.gone.insert(*id, Some(Gone { epoch, at: now }));
+        } else {
+            self.chunks.insert(*id, Some(r));
+        }
+        Ok(Reply::Empty)
+    }
+
+    fn gc_prune(&mut self, before: Time) -> CommandResult {
+        let mut floor = self.counter(GC_FLOOR)?;
+        let cf = self.fsm.cf(CF_GONE)?;
+        let mut old = Vec::new();
+        for item in self.fsm.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, v) = item.map_err(storage)?;
+            let g: Gone = decode_json(&v)?;
+            if g.at < before {
+                old.push((ChunkId::from_bytes(&k).map_err(corrupt)?, g.epoch));
+            }
+        }
+        // A tombstone of epoch e refused tickets below e; the floor keeps refusing them.
+        for (id, epoch) in old {
+            self.gone.insert(id, None);
+            floor = floor.max(epoch);
+        }
+        self.set_counter(GC_FLOOR, floor);
+        Ok(Reply::Empty)
     }
 
     /// A slot no longer references `id`; at 0 references the chunk is queued for deletion.
@@ -1080,6 +1299,9 @@ impl<'a> Tx<'a> {
             Command::DropReplica { id, server, now } => self.drop_replica(id, *server, *now),
             Command::AddReplica { id, server } => self.add_replica(id, *server),
             Command::RemoveReplica { id, server } => self.remove_replica(id, *server),
+            Command::GcBegin { ids, .. } => self.gc_begin(ids),
+            Command::GcSwept { id, servers, now } => self.gc_swept(id, servers, *now),
+            Command::GcPrune { before } => self.gc_prune(*before),
             Command::SetDraining { server, draining } => {
                 let Some(v) = self.server_raw(server_id_key(*server))? else {
                     return Err(fs_err(
@@ -1509,7 +1731,7 @@ impl<'a> Tx<'a> {
                         format!("slot {} lies past the new size {size}", u.index),
                     ));
                 }
-                self.incref(c, &u.replicas)?;
+                self.incref(c, &u.replicas, u.ticket)?;
             }
             let old = match u.chunk {
                 Some(c) => i.slots.insert(u.index, c),

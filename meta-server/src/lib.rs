@@ -12,7 +12,8 @@
 //! - [`service`]: the client-facing `MetaService`; [`placement`]: chunk-server liveness and
 //!   replica placement.
 //! - [`repair`]: the leader's worker that re-replicates under-replicated chunks (server to
-//!   server) and trims surplus copies; [`health`]: fsck, namespace against chunk inventory.
+//!   server) and trims surplus copies; [`gc`]: the leader's garbage collector (mark, epoch,
+//!   marked delete); [`health`]: fsck, namespace against chunk inventory.
 //!
 //! [`start`] runs a node inside the current tokio runtime (tests use it with `127.0.0.1:0`);
 //! [`run`] is what the `cairn-meta` binary calls.
@@ -20,6 +21,7 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod fsm;
+pub mod gc;
 pub mod health;
 pub mod network;
 pub mod node;
@@ -60,6 +62,7 @@ pub struct RunningNode {
 struct Workers {
     shutdown: tokio_util::sync::CancellationToken,
     repair: JoinHandle<()>,
+    gc: JoinHandle<()>,
 }
 
 impl RunningNode {
@@ -137,7 +140,19 @@ pub async fn start_with_listener(
             chunks: cairn_common::ChunkClients::new(),
         };
         let repair = tokio::spawn(repairer.run(shutdown.clone()).instrument(span.clone()));
-        Workers { shutdown, repair }
+        let collector = gc::Collector {
+            node: node.clone(),
+            placement: meta_impl.placement(),
+            cfg: config.gc_config(),
+            stats: meta_impl.gc_stats(),
+            chunks: cairn_common::ChunkClients::new(),
+        };
+        let gc = tokio::spawn(collector.run(shutdown.clone()).instrument(span.clone()));
+        Workers {
+            shutdown,
+            repair,
+            gc,
+        }
     };
     let meta_svc = MetaServiceServer::new(meta_impl)
         .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
@@ -182,6 +197,9 @@ pub async fn start_with_listener(
             workers.shutdown.cancel();
             if let Err(e) = workers.repair.await {
                 tracing::error!(error = %e, "repair worker panicked");
+            }
+            if let Err(e) = workers.gc.await {
+                tracing::error!(error = %e, "gc worker panicked");
             }
             tracing::info!("grpc server stopped; shutting raft down");
             if let Err(e) = task_raft.shutdown().await {

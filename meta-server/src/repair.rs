@@ -94,6 +94,9 @@ impl RepairStats {
             replicas_removed: self.removed.load(Ordering::Relaxed),
             last_scan_unix_ms: s.finished_unix_ms,
             failures: self.failures.load(Ordering::Relaxed),
+            // Filled in by the service from the state machine and the collector.
+            gc_pending: 0,
+            gc_collected: 0,
         }
     }
 }
@@ -384,6 +387,7 @@ impl Repairer {
             client
                 .delete_chunks(pb::DeleteChunksRequest {
                     ids: vec![id.as_bytes().to_vec()],
+                    only_marked: false,
                 })
                 .await
                 .map_err(|s| {

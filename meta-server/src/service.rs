@@ -74,6 +74,7 @@ pub struct MetaServiceImpl {
     placement: Arc<Placement>,
     repair_stats: Arc<RepairStats>,
     repair_kick: Arc<Notify>,
+    gc_stats: Arc<crate::gc::GcStats>,
     /// The scrub figures of each server's last heartbeat (leader only, like `placement`).
     scrub: std::sync::Mutex<HashMap<u64, pb::ScrubStats>>,
 }
@@ -87,6 +88,7 @@ impl MetaServiceImpl {
             placement,
             repair_stats: Arc::default(),
             repair_kick: Arc::default(),
+            gc_stats: Arc::default(),
             scrub: Default::default(),
         }
     }
@@ -94,6 +96,11 @@ impl MetaServiceImpl {
     /// The figures the repair worker publishes (shown by ClusterStatus and Fsck).
     pub fn repair_stats(&self) -> Arc<RepairStats> {
         self.repair_stats.clone()
+    }
+
+    /// The garbage collector's figures.
+    pub fn gc_stats(&self) -> Arc<crate::gc::GcStats> {
+        self.gc_stats.clone()
     }
 
     /// Wakes the repair worker for an immediate scan.
@@ -565,6 +572,8 @@ impl MetaService for MetaServiceImpl {
             return Err(self.not_leader().into());
         }
         let fsm = self.node.fsm();
+        // Read before any placement: the ticket must not be newer than what this answer saw.
+        let ticket = fsm.gc_epoch()?;
         let addrs = self.server_addrs()?;
         // Draining servers take no new replicas (repair is moving theirs away).
         let draining: Vec<u64> = fsm
@@ -577,8 +586,12 @@ impl MetaService for MetaServiceImpl {
         let replication = self.cfg.replication.max(1) as usize;
         let mut placements = Vec::with_capacity(chunks.len());
         for c in &chunks {
+            // Only referenced chunks count as stored: an unreferenced one may be collected at any
+            // time, so the writer puts it again (a put of a stored chunk writes nothing and
+            // protects the copy from a collection already under way).
             let held: Vec<u64> = fsm
                 .chunk(&c.id)?
+                .filter(|rec| rec.refs > 0 && rec.is_live())
                 .map(|rec| rec.replicas)
                 .unwrap_or_default();
             let existing = self.locations(&held, &addrs, now, true);
@@ -613,6 +626,7 @@ impl MetaService for MetaServiceImpl {
             });
         }
         Ok(Response::new(pb::PrepareWriteReply {
+            ticket,
             placements,
             replication: self.cfg.replication,
             min_replication: self.cfg.commit_quorum() as u32,
@@ -658,7 +672,7 @@ impl MetaService for MetaServiceImpl {
                     // Replicas the cluster already knows of count too (a deduplicated chunk is
                     // not uploaded again).
                     let mut all = replicas.clone();
-                    if let Some(rec) = fsm.chunk(&c.id)? {
+                    if let Some(rec) = fsm.chunk(&c.id)?.filter(|r| r.is_live()) {
                         all.extend(rec.replicas);
                         all.sort_unstable();
                         all.dedup();
@@ -677,6 +691,7 @@ impl MetaService for MetaServiceImpl {
                 index: u.index,
                 chunk,
                 replicas,
+                ticket: u.ticket,
             });
         }
         self.write_attr(Command::CommitWrite {
@@ -886,7 +901,14 @@ impl MetaService for MetaServiceImpl {
             chunk_servers,
             leader_id: me,
             replication: self.cfg.replication,
-            repair: Some(self.repair_stats.to_proto()),
+            repair: Some(pb::RepairStatus {
+                gc_pending: self.node.fsm().gc_pending()?,
+                gc_collected: self
+                    .gc_stats
+                    .collected
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                ..self.repair_stats.to_proto()
+            }),
         }))
     }
 
@@ -1234,6 +1256,7 @@ mod tests {
                 index: 0,
                 chunk: Some(cref.clone()),
                 replicas,
+                ticket: 0,
             }],
             mtime: None,
         };

@@ -231,6 +231,7 @@ fn upd(index: u64, c: SlotChunk, replicas: &[u64]) -> SlotUpdate {
         index,
         chunk: Some(c),
         replicas: replicas.to_vec(),
+        ticket: 0,
     }
 }
 
@@ -786,6 +787,7 @@ fn commit_write_versions_and_chunk_refs() {
                 index: 0,
                 chunk: None,
                 replicas: vec![],
+                ticket: 0,
             }],
         )
         .unwrap();
@@ -1118,4 +1120,166 @@ fn replicas_apply_identically() {
         };
         assert_eq!(dump(&x), dump(&y), "column family {cf} differs");
     }
+}
+
+fn upd_t(index: u64, c: SlotChunk, replicas: &[u64], ticket: u64) -> SlotUpdate {
+    SlotUpdate {
+        ticket,
+        ..upd(index, c, replicas)
+    }
+}
+
+/// The GC protocol in the state machine: only unreferenced chunks are collected, a commit of an
+/// upload placed before a collection began is refused, a later one revives the chunk on its own
+/// copies, and tombstones keep refusing old uploads until they are pruned behind a floor.
+#[test]
+fn gc_collects_only_garbage_and_refuses_uploads_older_than_the_collection() {
+    let mut h = H::new();
+    for i in 1..=3 {
+        h.apply(Command::RegisterChunkServer {
+            uuid: format!("u{i}"),
+            addr: format!("127.0.0.1:{i}"),
+        })
+        .unwrap();
+    }
+    let f = h.file(ROOT_INO, "f");
+    let (a, b) = (chunk("a", 100), chunk("b", 100));
+    h.commit(f.ino, 100, vec![upd(0, a, &[1, 2, 3])]).unwrap();
+    h.commit(f.ino, 100, vec![upd(0, b, &[1, 2, 3])]).unwrap();
+    assert_eq!(h.refs(&a.id), Some(0), "a was overwritten");
+    assert_eq!(h.fsm.gc_epoch().unwrap(), 0);
+
+    tracing::info!("--- GcBegin accepts only unreferenced chunks and opens epoch 1");
+    let now = h.now();
+    let r = h
+        .apply(Command::GcBegin {
+            ids: vec![a.id, b.id, ChunkId::of(b"unknown")],
+            now,
+        })
+        .unwrap();
+    assert_eq!(
+        r,
+        Reply::GcBegun {
+            epoch: 1,
+            ids: vec![a.id]
+        }
+    );
+    assert_eq!(h.fsm.gc_epoch().unwrap(), 1);
+    assert_eq!(h.fsm.chunk(&a.id).unwrap().unwrap().collecting, Some(1));
+    assert!(h.fsm.chunk(&b.id).unwrap().unwrap().collecting.is_none());
+
+    tracing::info!("--- an upload placed before the collection (ticket 0) is refused");
+    let g = h.file(ROOT_INO, "g");
+    assert_eq!(
+        h.commit(g.ino, 100, vec![upd_t(0, a, &[1, 2, 3], 0)]),
+        Err(ErrorKind::Conflict)
+    );
+    assert_eq!(
+        h.get(g.ino).size,
+        0,
+        "nothing of the refused commit applied"
+    );
+
+    tracing::info!("--- half swept: server 1 deleted its copy");
+    let now = h.now();
+    h.apply(Command::GcSwept {
+        id: a.id,
+        servers: vec![1],
+        now,
+    })
+    .unwrap();
+    assert_eq!(h.fsm.chunk(&a.id).unwrap().unwrap().replicas, vec![2, 3]);
+
+    tracing::info!("--- an upload placed after GcBegin revives the chunk on its own copies only");
+    let i = h.commit(g.ino, 100, vec![upd_t(0, a, &[2], 1)]).unwrap();
+    assert_eq!(i.size, 100);
+    let rec = h.fsm.chunk(&a.id).unwrap().unwrap();
+    assert_eq!((rec.replicas, rec.refs, rec.collecting), (vec![2], 1, None));
+    assert!(h
+        .fsm
+        .gc_candidates(
+            Time {
+                secs: i64::MAX,
+                nanos: 0
+            },
+            10
+        )
+        .unwrap()
+        .iter()
+        .all(|(id, _)| *id != a.id));
+    let now = h.now();
+    h.apply(Command::GcSwept {
+        id: a.id,
+        servers: vec![2, 3],
+        now,
+    })
+    .unwrap();
+    assert_eq!(
+        h.fsm.chunk(&a.id).unwrap().unwrap().replicas,
+        vec![2],
+        "a late sweep of a revived chunk changes nothing"
+    );
+
+    tracing::info!("--- a fully swept chunk leaves a tombstone that refuses older uploads");
+    h.unlink(ROOT_INO, "g").unwrap();
+    let now = h.now();
+    let Reply::GcBegun { epoch, ids } = h
+        .apply(Command::GcBegin {
+            ids: vec![a.id],
+            now,
+        })
+        .unwrap()
+    else {
+        panic!("not GcBegun")
+    };
+    assert_eq!((epoch, ids), (2, vec![a.id]));
+    let now = h.now();
+    h.apply(Command::GcSwept {
+        id: a.id,
+        servers: vec![2],
+        now,
+    })
+    .unwrap();
+    assert_eq!(h.fsm.chunk(&a.id).unwrap(), None);
+    assert_eq!(h.fsm.gone(&a.id).unwrap().map(|g| g.epoch), Some(2));
+    let k = h.file(ROOT_INO, "k");
+    assert_eq!(
+        h.commit(k.ino, 100, vec![upd_t(0, a, &[1], 1)]),
+        Err(ErrorKind::Conflict)
+    );
+    h.commit(k.ino, 100, vec![upd_t(0, a, &[1], 2)]).unwrap();
+    assert_eq!(
+        h.fsm.gone(&a.id).unwrap(),
+        None,
+        "a new record replaces the tombstone"
+    );
+
+    tracing::info!(
+        "--- pruned tombstones raise the floor: older tickets are refused for new chunks"
+    );
+    h.unlink(ROOT_INO, "k").unwrap();
+    let now = h.now();
+    h.apply(Command::GcBegin {
+        ids: vec![a.id],
+        now,
+    })
+    .unwrap();
+    let now = h.now();
+    h.apply(Command::GcSwept {
+        id: a.id,
+        servers: vec![1],
+        now,
+    })
+    .unwrap();
+    let later = h.now();
+    h.apply(Command::GcPrune { before: later }).unwrap();
+    assert_eq!(h.fsm.gone(&a.id).unwrap(), None);
+    let m = h.file(ROOT_INO, "m");
+    let c = chunk("never seen before", 100);
+    assert_eq!(
+        h.commit(m.ino, 100, vec![upd_t(0, c, &[1], 2)]),
+        Err(ErrorKind::Conflict),
+        "ticket 2 is below the floor 3"
+    );
+    h.commit(m.ino, 100, vec![upd_t(0, c, &[1], 3)]).unwrap();
 }

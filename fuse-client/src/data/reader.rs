@@ -446,6 +446,12 @@ mod tests {
         ) -> Result<tonic::Response<cairn_proto::DeleteChunksReply>, tonic::Status> {
             Err(tonic::Status::unimplemented("delete"))
         }
+        async fn mark_chunks(
+            &self,
+            _r: tonic::Request<cairn_proto::MarkChunksRequest>,
+        ) -> Result<tonic::Response<cairn_proto::MarkChunksReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("mark"))
+        }
         async fn scrub_now(
             &self,
             _r: tonic::Request<cairn_proto::ScrubNowRequest>,

@@ -60,6 +60,9 @@ pub struct Uploaded {
     /// repeated: a stale "already stored" answer could name a copy repair has since removed or
     /// one found corrupt, and re-listing it would advertise a copy that is not there.
     pub replicas: Vec<u64>,
+    /// The GC ticket of the first placement (before any put): echoed in the commit so the
+    /// cluster can refuse it if the chunk was collected after this upload began.
+    pub ticket: u64,
 }
 
 enum Slot {
@@ -566,6 +569,7 @@ async fn commit(dp: &Arc<DataPlane>, ino: u64, d: &mut FileData) -> Result<(), E
                 stored_len: u.chunk.stored_len,
             }),
             replicas: u.replicas.clone(),
+            ticket: u.ticket,
         })
         .collect();
     let mut req = CommitWriteRequest {
@@ -666,6 +670,7 @@ pub async fn upload_chunk(
     let mut replication = 1usize;
     let mut min_replication = 1usize;
     let mut last_kind = ErrorKind::Unavailable;
+    let mut ticket: Option<u64> = None;
     for _round in 0..4 {
         let req = PrepareWriteRequest {
             chunks: vec![cref.clone()],
@@ -682,6 +687,8 @@ pub async fn upload_chunk(
                 tracing::error!(inode = ino, slot, chunk = %id, error = %s.message(), "PrepareWrite failed");
                 Errno::from(&s)
             })?;
+        // The first placement's ticket: every put of this upload comes after it.
+        ticket.get_or_insert(reply.ticket);
         replication = (reply.replication as usize).max(1);
         min_replication = (reply.min_replication as usize).clamp(1, replication);
         let Some(p) = reply.placements.into_iter().find(|p| p.id == cref.id) else {
@@ -749,6 +756,7 @@ pub async fn upload_chunk(
             "chunk stored under-replicated");
     }
     Ok(Uploaded {
+        ticket: ticket.unwrap_or(0),
         replicas: stored,
         chunk: StoredChunk {
             id,
@@ -926,6 +934,7 @@ mod tests {
             Uploaded {
                 chunk: chunk(b"new", 7),
                 replicas: vec![1, 2, 3],
+                ticket: 0,
             },
         );
         let after = apply_updates(&base, CHUNK_SIZE as u64 + 7, &up);

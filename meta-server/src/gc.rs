@@ -1,0 +1,225 @@
+//! The garbage collector: deletes chunks no file references any more, after a grace period.
+//!
+//! Runs on every meta node and acts only on a leader that has held office for longer than the
+//! heartbeat timeout (like repair). Each round takes up to [`ROUND`] chunks that have been
+//! unreferenced for longer than `--gc-grace-secs` (or whose collection is under way) and:
+//!
+//! 1. asks every up server listing a copy to **mark** it (`MarkChunks`);
+//! 2. commits `GcBegin` for them: a new GC epoch; only chunks still unreferenced are accepted;
+//! 3. asks each marked server to delete the accepted chunks **if still marked**
+//!    (`DeleteChunks { only_marked }`), each deletion durable before the reply;
+//! 4. commits `GcSwept` per chunk for the servers that answered; a chunk with no listed copy
+//!    left becomes a tombstone (`gone`).
+//!
+//! # Why nothing referenced is ever deleted
+//!
+//! A commit referencing a chunk carries the GC epoch (*ticket*) of the placement its upload
+//! began with, and the state machine refuses it when the chunk's collection began in a later
+//! epoch (`GcBegin`, or a tombstone in `gone`, or — for tombstones already pruned — any ticket
+//! below the floor). So a commit that is accepted for a chunk under collection had its
+//! placement after `GcBegin`, hence after step 1: its puts came after the marks and cleared
+//! them (a put clears the mark under the same lock the marked delete takes), so step 3 spares
+//! its copies, and the commit revives the chunk on exactly those copies. A commit with an older
+//! ticket is refused and its data is not published. A chunk referenced again before step 2 is
+//! not accepted by `GcBegin` and nothing is deleted (the marks expire). PrepareWrite never
+//! answers "already stored" for an unreferenced chunk, so a writer always puts such a chunk
+//! again (which also protects it from a collection under way).
+//!
+//! Tombstones are pruned after `--gc-ticket-horizon-secs` (1 day); commits whose tickets are
+//! older than the pruned epochs are refused (an upload left uncommitted for a day).
+use crate::command::{Command, Reply, Time};
+use crate::error::MetaError;
+use crate::node::MetaNode;
+use crate::placement::Placement;
+use cairn_common::{ChunkClients, ChunkId};
+use cairn_proto as pb;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Most chunks one round handles.
+const ROUND: usize = 1000;
+
+#[derive(Clone, Debug)]
+pub struct GcConfig {
+    /// How long a chunk stays unreferenced before it is collected.
+    pub grace: Duration,
+    /// Pause between rounds.
+    pub interval: Duration,
+    /// How long tombstones (and so uncommitted uploads) are kept.
+    pub horizon: Duration,
+    /// The liveness timeout: a new leader waits this long before collecting.
+    pub heartbeat_timeout: Duration,
+}
+
+/// What the collector did since this node started leading.
+#[derive(Default)]
+pub struct GcStats {
+    pub collected: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+pub struct Collector {
+    pub node: Arc<MetaNode>,
+    pub placement: Arc<Placement>,
+    pub cfg: GcConfig,
+    pub stats: Arc<GcStats>,
+    pub chunks: ChunkClients,
+}
+
+impl Collector {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let settle = self.cfg.heartbeat_timeout + Duration::from_secs(1);
+        let mut last_prune: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.cfg.interval) => {}
+            }
+            let Some(since) = self.node.leader_since() else {
+                continue;
+            };
+            if since.elapsed() < settle {
+                continue;
+            }
+            let round = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.round() => r,
+            };
+            if let Err(e) = round {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "gc round failed; retrying on the next one");
+            }
+            if last_prune.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                last_prune = Some(Instant::now());
+                let before = Time::from_system(
+                    std::time::SystemTime::now()
+                        .checked_sub(self.cfg.horizon)
+                        .unwrap_or(std::time::UNIX_EPOCH),
+                );
+                if let Err(e) = self.node.write(Command::GcPrune { before }).await {
+                    tracing::warn!(error = %e, "gc: pruning tombstones failed");
+                }
+            }
+        }
+    }
+
+    /// One round: mark, begin, delete marked, record.
+    pub async fn round(&self) -> Result<(), MetaError> {
+        let fsm = self.node.fsm();
+        let before = Time::from_system(
+            std::time::SystemTime::now()
+                .checked_sub(self.cfg.grace)
+                .unwrap_or(std::time::UNIX_EPOCH),
+        );
+        let candidates = fsm.gc_candidates(before, ROUND)?;
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let addrs: HashMap<u64, String> = fsm
+            .servers()?
+            .into_iter()
+            .map(|s| {
+                let addr = self.placement.get(s.id).map_or(s.addr, |h| h.addr);
+                (s.id, addr)
+            })
+            .collect();
+        let now = Instant::now();
+
+        // 1. Mark on every up server listing a copy.
+        let mut per_server: BTreeMap<u64, Vec<ChunkId>> = BTreeMap::new();
+        for (id, rec) in &candidates {
+            for s in &rec.replicas {
+                if self.placement.is_up(*s, now) {
+                    per_server.entry(*s).or_default().push(*id);
+                }
+            }
+        }
+        let mut marked: BTreeMap<u64, Vec<ChunkId>> = BTreeMap::new();
+        for (server, ids) in per_server {
+            let Some(addr) = addrs.get(&server) else {
+                continue;
+            };
+            let req = pb::MarkChunksRequest {
+                ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect(),
+            };
+            match self.client(addr)?.mark_chunks(req).await {
+                Ok(_) => {
+                    marked.insert(server, ids);
+                }
+                Err(e) => {
+                    tracing::warn!(server, error = %e.message(), "gc: mark failed; server skipped this round")
+                }
+            }
+        }
+
+        // 2. Begin: a new epoch; only still-unreferenced chunks are accepted.
+        let ids: Vec<ChunkId> = candidates.iter().map(|(id, _)| *id).collect();
+        let (epoch, accepted) = match self
+            .node
+            .write(Command::GcBegin {
+                ids,
+                now: Time::now(),
+            })
+            .await?
+        {
+            Reply::GcBegun { epoch, ids } => (epoch, ids),
+            other => return Err(MetaError::Storage(format!("GcBegin answered {other:?}"))),
+        };
+        let accepted: std::collections::HashSet<ChunkId> = accepted.into_iter().collect();
+
+        // 3. Delete what is still marked.
+        let mut swept: BTreeMap<ChunkId, Vec<u64>> = BTreeMap::new();
+        for (server, ids) in marked {
+            let ids: Vec<ChunkId> = ids.into_iter().filter(|i| accepted.contains(i)).collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let Some(addr) = addrs.get(&server) else {
+                continue;
+            };
+            let req = pb::DeleteChunksRequest {
+                ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect(),
+                only_marked: true,
+            };
+            match self.client(addr)?.delete_chunks(req).await {
+                Ok(_) => {
+                    for id in ids {
+                        swept.entry(id).or_default().push(server);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(server, error = %e.message(), "gc: delete failed; retried next round")
+                }
+            }
+        }
+
+        // 4. Record the deletions.
+        for (id, servers) in swept {
+            self.node
+                .write(Command::GcSwept {
+                    id,
+                    servers,
+                    now: Time::now(),
+                })
+                .await?;
+            if self.node.fsm().gone(&id)?.is_some() {
+                self.stats.collected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tracing::info!(epoch, chunks = accepted.len(), "gc: round done");
+        Ok(())
+    }
+
+    fn client(
+        &self,
+        addr: &str,
+    ) -> Result<pb::chunk_service_client::ChunkServiceClient<tonic::transport::Channel>, MetaError>
+    {
+        self.chunks
+            .get(addr)
+            .map_err(|s| MetaError::Storage(format!("chunk server {addr}: {}", s.message())))
+    }
+}
