@@ -19,12 +19,13 @@ use cairn_common::ChunkId;
 use cairn_proto::chunk_service_server::ChunkService;
 use cairn_proto::{
     ChunkServerInfoReply, ChunkServerInfoRequest, DeleteChunksReply, DeleteChunksRequest,
-    GetChunkReply, GetChunkRequest, HasChunkReply, HasChunkRequest, MarkChunksReply,
-    MarkChunksRequest, PutChunkReply, PutChunkRequest, ReplicateChunkReply, ReplicateChunkRequest,
-    ScrubNowReply, ScrubNowRequest,
+    GetChunkReply, GetChunkRequest, HasChunkReply, HasChunkRequest, ListChunksReply,
+    ListChunksRequest, MarkChunksReply, MarkChunksRequest, PutChunkReply, PutChunkRequest,
+    ReplicateChunkReply, ReplicateChunkRequest, ScrubNowReply, ScrubNowRequest,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -34,6 +35,8 @@ use tracing::Instrument;
 pub const MAX_BLOCKING_OPS: usize = 32;
 /// Most ids one `DeleteChunks` may name (each removal costs a directory fsync).
 pub const MAX_DELETE_IDS: usize = 1024;
+/// Most ids one ListChunks returns.
+pub const MAX_LIST_IDS: usize = 4096;
 
 /// The chunk service of one server.
 pub struct ChunkServer {
@@ -100,6 +103,20 @@ impl ChunkServer {
 
 fn parse_id(b: &[u8]) -> Result<ChunkId, Status> {
     ChunkId::from_bytes(b).map_err(|e| status(ErrorKind::InvalidArgument, e.to_string()))
+}
+
+/// A request's id list: at most [`MAX_DELETE_IDS`], every one valid, or nothing.
+fn parse_ids(ids: &[Vec<u8>]) -> Result<Vec<ChunkId>, Status> {
+    if ids.len() > MAX_DELETE_IDS {
+        return Err(status(
+            ErrorKind::InvalidArgument,
+            format!(
+                "{} ids given; at most {MAX_DELETE_IDS} per request",
+                ids.len()
+            ),
+        ));
+    }
+    ids.iter().map(|b| parse_id(b)).collect()
 }
 
 #[tonic::async_trait]
@@ -221,21 +238,8 @@ impl ChunkService for ChunkServer {
         request: Request<DeleteChunksRequest>,
     ) -> Result<Response<DeleteChunksReply>, Status> {
         let req = request.into_inner();
-        if req.ids.len() > MAX_DELETE_IDS {
-            return Err(status(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "{} ids given; at most {MAX_DELETE_IDS} per request",
-                    req.ids.len()
-                ),
-            ));
-        }
         // Every id is checked before anything is removed.
-        let ids = req
-            .ids
-            .iter()
-            .map(|b| parse_id(b))
-            .collect::<Result<Vec<ChunkId>, Status>>()?;
+        let ids = parse_ids(&req.ids)?;
         let only_marked = req.only_marked;
         let span = tracing::info_span!("delete_chunks", ids = ids.len(), only_marked);
         let (deleted, removed) = self
@@ -271,22 +275,54 @@ impl ChunkService for ChunkServer {
         request: Request<MarkChunksRequest>,
     ) -> Result<Response<MarkChunksReply>, Status> {
         let req = request.into_inner();
-        if req.ids.len() > MAX_DELETE_IDS {
-            return Err(status(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "{} ids given; at most {MAX_DELETE_IDS} per request",
-                    req.ids.len()
-                ),
-            ));
-        }
-        let ids = req
-            .ids
-            .iter()
-            .map(|b| parse_id(b))
-            .collect::<Result<Vec<ChunkId>, Status>>()?;
+        let ids = parse_ids(&req.ids)?;
         let marked = self.blocking(move |s| s.mark_for_gc(&ids)).await?;
         Ok(Response::new(MarkChunksReply { marked }))
+    }
+
+    async fn list_chunks(
+        &self,
+        request: Request<ListChunksRequest>,
+    ) -> Result<Response<ListChunksReply>, Status> {
+        let req = request.into_inner();
+        let after = if req.after.is_empty() {
+            None
+        } else {
+            Some(parse_id(&req.after)?)
+        };
+        let limit = (req.limit as usize).clamp(1, MAX_LIST_IDS);
+        let min_age = Duration::from_secs(req.min_age_secs);
+        let (ids, done) = self
+            .blocking(move |s| {
+                let now = SystemTime::now();
+                let first = after.map_or(0, |a| a.0[0] as usize);
+                let mut out = Vec::new();
+                for shard in first..=255 {
+                    let mut ids = s.list_shard(shard as u8)?;
+                    ids.sort();
+                    for id in ids {
+                        if after.is_some_and(|a| id <= a) {
+                            continue;
+                        }
+                        if out.len() >= limit {
+                            return Ok((out, false));
+                        }
+                        // Copies young enough to belong to an upload in flight are skipped.
+                        let old_enough = s
+                            .stored_at(id)?
+                            .is_some_and(|t| now.duration_since(t).unwrap_or_default() >= min_age);
+                        if old_enough {
+                            out.push(id);
+                        }
+                    }
+                }
+                Ok((out, true))
+            })
+            .await?;
+        Ok(Response::new(ListChunksReply {
+            ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect(),
+            done,
+        }))
     }
 
     async fn scrub_now(

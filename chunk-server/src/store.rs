@@ -171,6 +171,8 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// Garbage collection, step two: deletes `id` durably if it is still marked (no put since
     /// the mark). `Ok(true)` if it was deleted.
     fn delete_if_marked(&self, id: ChunkId) -> Result<bool>;
+    /// When the stored copy of `id` was written (`None` if not stored).
+    fn stored_at(&self, id: ChunkId) -> Result<Option<SystemTime>>;
     /// Space and content counters.
     fn stats(&self) -> Result<StoreStats>;
 }
@@ -1003,6 +1005,17 @@ impl ChunkStore for FileStore {
             }
         }
         Ok(marked)
+    }
+
+    fn stored_at(&self, id: ChunkId) -> Result<Option<SystemTime>> {
+        match fs::metadata(self.chunk_path(id)) {
+            Ok(m) => m
+                .modified()
+                .map(Some)
+                .map_err(|e| StoreError::io(format!("mtime of chunk {id}"), e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(format!("stat chunk {id}"), e)),
+        }
     }
 
     fn delete_if_marked(&self, id: ChunkId) -> Result<bool> {

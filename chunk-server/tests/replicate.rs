@@ -72,6 +72,12 @@ impl ChunkService for Liar {
     ) -> Result<Response<cairn_proto::MarkChunksReply>, Status> {
         Err(Status::unimplemented("mark_chunks"))
     }
+    async fn list_chunks(
+        &self,
+        _: Request<cairn_proto::ListChunksRequest>,
+    ) -> Result<Response<cairn_proto::ListChunksReply>, Status> {
+        Err(Status::unimplemented("list_chunks"))
+    }
     async fn scrub_now(
         &self,
         _: Request<ScrubNowRequest>,

@@ -288,6 +288,12 @@ impl ChunkStore for Racing {
     fn delete_if_marked(&self, id: ChunkId) -> cairn_chunk_server::store::Result<bool> {
         self.inner.delete_if_marked(id)
     }
+    fn stored_at(
+        &self,
+        id: ChunkId,
+    ) -> cairn_chunk_server::store::Result<Option<std::time::SystemTime>> {
+        self.inner.stored_at(id)
+    }
     fn stats(&self) -> cairn_chunk_server::store::Result<StoreStats> {
         self.inner.stats()
     }

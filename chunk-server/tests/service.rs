@@ -318,3 +318,73 @@ async fn delete_chunks_removes_files_durably_and_ignores_absent_ids() {
     assert_eq!(store.get(keep, 0, 0).unwrap().0, chunks[2].1);
     assert_eq!(store.has(a).unwrap(), None);
 }
+
+/// GC over the wire: the inventory pages in id order and skips young copies; a marked delete
+/// removes only copies not stored again since the mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_pages_and_marked_deletes_spare_fresh_puts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(Config::for_tests(dir.path())).await.unwrap();
+    let mut c = client(server.addr()).await;
+    let mut chunks: Vec<(ChunkId, Bytes)> = (0..3)
+        .map(|i| {
+            let d = data(&format!("inventory-{i}"), 50_000 + i);
+            (ChunkId::of(&d), d)
+        })
+        .collect();
+    for (id, d) in &chunks {
+        c.put_chunk(put(id, d)).await.unwrap();
+    }
+    chunks.sort_by_key(|(id, _)| *id);
+    let ids: Vec<Vec<u8>> = chunks.iter().map(|(i, _)| i.as_bytes().to_vec()).collect();
+    let list = |after: Vec<u8>, limit: u32, min_age_secs: u64| cairn_proto::ListChunksRequest {
+        after,
+        limit,
+        min_age_secs,
+    };
+
+    let p1 = c
+        .list_chunks(list(vec![], 2, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((p1.ids.clone(), p1.done), (ids[..2].to_vec(), false));
+    let p2 = c
+        .list_chunks(list(p1.ids[1].clone(), 2, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((p2.ids, p2.done), (ids[2..].to_vec(), true));
+    let young = c
+        .list_chunks(list(vec![], 10, 3600))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        young.ids.is_empty() && young.done,
+        "fresh copies are not listed as old"
+    );
+    let e = c.list_chunks(list(vec![1; 5], 10, 0)).await.unwrap_err();
+    assert_eq!(ErrorKind::from_status(&e), ErrorKind::InvalidArgument);
+
+    let (a, b) = (&chunks[0], &chunks[1]);
+    let r = c
+        .mark_chunks(cairn_proto::MarkChunksRequest { ids: ids.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.marked, 3);
+    c.put_chunk(put(&a.0, &a.1)).await.unwrap();
+    let r = c
+        .delete_chunks(DeleteChunksRequest {
+            ids: ids[..2].to_vec(),
+            only_marked: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.deleted, 1, "only b, still marked, goes");
+    assert!(server.store().chunk_path(a.0).exists());
+    assert!(!server.store().chunk_path(b.0).exists());
+    assert!(server.store().chunk_path(chunks[2].0).exists());
+}

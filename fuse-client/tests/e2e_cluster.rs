@@ -5,20 +5,11 @@
 //! and a chunk server and keep working, and never lose an fsync'd file when the client dies.
 mod e2e_harness;
 
-use e2e_harness::{sh, write_random_file, Cluster};
+use e2e_harness::{init_tracing, sh, write_random_file, Cluster};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 use tracing::info;
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 const GIB: u64 = 1024 * 1024 * 1024;
 

@@ -2,19 +2,10 @@
 //! servers whose data directories are small tmpfs file systems that fill up.
 mod e2e_harness;
 
-use e2e_harness::{write_random_file, Cluster};
+use e2e_harness::{init_tracing, write_random_file, Cluster};
 use std::io::Write;
 use std::time::Duration;
 use tracing::info;
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 /// Writes `data` to `path` through the mount and fsyncs it; returns the first error.
 fn write_and_sync(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {

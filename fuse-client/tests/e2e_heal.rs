@@ -3,20 +3,11 @@
 //! trimmed, a drained server is emptied, and `cairn fsck` tells the state of the data.
 mod e2e_harness;
 
-use e2e_harness::{sh, write_random_file, Cluster, Opts};
+use e2e_harness::{init_tracing, sh, write_random_file, Cluster, Opts};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tracing::info;
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 /// Fast failure detection and repair, and no scrub until asked (so the test decides when).
 fn opts() -> Opts {
@@ -418,4 +409,74 @@ fn t40_gc_deletes_overwritten_and_deleted_chunks_and_never_a_live_one() {
             "server {n} holds garbage or lacks chunks"
         );
     }
+}
+
+#[test]
+fn t50_chunks_of_an_upload_that_never_committed_are_collected() {
+    init_tracing();
+    let mut o = opts();
+    o.meta_args.extend(
+        [
+            "--gc-grace-secs",
+            "1",
+            "--gc-interval-ms",
+            "300",
+            "--gc-orphan-scan-secs",
+            "1",
+            "--gc-orphan-age-secs",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let mut c = Cluster::start_with(3, 3, o);
+    let mnt = c.mount();
+    let keep_src = c.path("keep.src");
+    write_random_file(&keep_src, 5 << 20, 11);
+    sh(&format!("cp {} {}/keep", keep_src.display(), mnt.display()));
+    let live = c.chunk_files(1);
+
+    info!("--- a large copy is cut off by kill -9 of the mount after some chunks are stored");
+    let big = c.path("big.src");
+    write_random_file(&big, 300 << 20, 12);
+    let (s, d) = (big.clone(), mnt.join("big"));
+    let cp = std::thread::spawn(move || std::process::Command::new("cp").arg(&s).arg(&d).output());
+    wait_until("uploaded chunks to appear", Duration::from_secs(60), || {
+        c.chunk_files(1).len() >= live.len() + 8
+    });
+    c.mounts[0].proc.kill9();
+    e2e_harness::lazy_unmount(&mnt);
+    let _ = cp.join();
+    let orphans = c.chunk_files(1).len() - live.len();
+    assert!(orphans >= 8, "the killed upload left its chunks behind");
+    info!(
+        orphans,
+        "--- uncommitted chunks on disk; GC must find and delete them"
+    );
+
+    wait_until(
+        "the uncommitted chunks to be collected",
+        Duration::from_secs(60),
+        || (1..=3).all(|n| c.chunk_files(n) == live),
+    );
+    let st = c.status().unwrap();
+    assert!(
+        st["repair"]["gc_collected"].as_u64().unwrap() >= orphans as u64,
+        "{st}"
+    );
+    let fresh = c.mount();
+    sh(&format!(
+        "cmp {} {}/keep",
+        keep_src.display(),
+        fresh.display()
+    ));
+    let big_len = std::fs::metadata(fresh.join("big"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert_eq!(
+        big_len, 0,
+        "no partial version of the killed copy is visible"
+    );
+    let (code, v) = fsck(&c);
+    assert_eq!((code, v["missing"].as_u64()), (0, Some(0)), "{v}");
 }

@@ -4,19 +4,10 @@ mod e2e_harness;
 
 use cairn_common::{ChunkId, MetaClient, ROOT_INO};
 use cairn_proto::{GetChunksRequest, LookupRequest};
-use e2e_harness::{sh, write_random_file, Cluster};
+use e2e_harness::{init_tracing, sh, write_random_file, Cluster};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use tracing::info;
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 const FILES: u64 = 3;
 const FILE_LEN: u64 = 9 << 20;

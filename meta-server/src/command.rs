@@ -203,6 +203,10 @@ pub enum Command {
     },
     /// Forget tombstones older than `before`; commits whose tickets predate them are refused.
     GcPrune { before: Time },
+    /// Garbage collection of copies the cluster never knew (uploads that were never
+    /// committed): in a new GC epoch, give each of `ids` that has no chunk record a tombstone,
+    /// so a commit of an upload placed before now is refused. Returns the ids accepted.
+    GcOrphans { ids: Vec<ChunkId>, now: Time },
 }
 
 /// What a successfully applied command returns.

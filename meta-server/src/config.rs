@@ -128,6 +128,17 @@ pub struct Config {
         default_value_t = 86_400
     )]
     pub gc_ticket_horizon_secs: u64,
+
+    /// Seconds between two scans of the chunk servers' inventories for copies the cluster does
+    /// not know (uploads never committed); such copies older than the grace are collected.
+    #[arg(long, env = "CAIRN_META_GC_ORPHAN_SCAN_SECS", default_value_t = 3600)]
+    pub gc_orphan_scan_secs: u64,
+
+    /// Seconds a copy no chunk record knows must have been on disk before it counts as an
+    /// abandoned upload (a file being written keeps its uploaded chunks uncommitted until it is
+    /// closed, so this must exceed the longest write).
+    #[arg(long, env = "CAIRN_META_GC_ORPHAN_AGE_SECS", default_value_t = 86_400)]
+    pub gc_orphan_age_secs: u64,
 }
 
 impl Config {
@@ -153,6 +164,8 @@ impl Config {
             gc_grace_secs: 600,
             gc_interval_ms: 10_000,
             gc_ticket_horizon_secs: 86_400,
+            gc_orphan_scan_secs: 3600,
+            gc_orphan_age_secs: 86_400,
         }
     }
 
@@ -259,6 +272,8 @@ impl Config {
             grace: Duration::from_secs(self.gc_grace_secs),
             interval: Duration::from_millis(self.gc_interval_ms),
             horizon: Duration::from_secs(self.gc_ticket_horizon_secs),
+            orphan_scan: Duration::from_secs(self.gc_orphan_scan_secs),
+            orphan_age: Duration::from_secs(self.gc_orphan_age_secs),
             heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms),
         }
     }

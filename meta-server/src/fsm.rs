@@ -1046,6 +1046,25 @@ impl<'a> Tx<'a> {
         Ok(Reply::Empty)
     }
 
+    fn gc_orphans(&mut self, ids: &[ChunkId], now: Time) -> CommandResult {
+        let epoch = self.counter(GC_EPOCH)? + 1;
+        let mut accepted = Vec::new();
+        for id in ids {
+            if self.chunk(id)?.is_some() {
+                continue;
+            }
+            self.gone.insert(*id, Some(Gone { epoch, at: now }));
+            accepted.push(*id);
+        }
+        if !accepted.is_empty() {
+            self.set_counter(GC_EPOCH, epoch);
+        }
+        Ok(Reply::GcBegun {
+            epoch,
+            ids: accepted,
+        })
+    }
+
     fn gc_prune(&mut self, before: Time) -> CommandResult {
         let mut floor = self.counter(GC_FLOOR)?;
         let cf = self.fsm.cf(CF_GONE)?;
@@ -1302,6 +1321,7 @@ impl<'a> Tx<'a> {
             Command::GcBegin { ids, .. } => self.gc_begin(ids),
             Command::GcSwept { id, servers, now } => self.gc_swept(id, servers, *now),
             Command::GcPrune { before } => self.gc_prune(*before),
+            Command::GcOrphans { ids, now } => self.gc_orphans(ids, *now),
             Command::SetDraining { server, draining } => {
                 let Some(v) = self.server_raw(server_id_key(*server))? else {
                     return Err(fs_err(

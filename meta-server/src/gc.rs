@@ -25,6 +25,15 @@
 //! answers "already stored" for an unreferenced chunk, so a writer always puts such a chunk
 //! again (which also protects it from a collection under way).
 //!
+//! # Uploads that were never committed
+//!
+//! Copies that no chunk record knows (a client died between its puts and its commit) are found
+//! by listing each server's inventory every `--gc-orphan-scan-secs` (1 hour), skipping copies
+//! younger than `--gc-orphan-age-secs` (1 day: a file being written keeps its uploaded chunks
+//! uncommitted until it is closed, so this must exceed the longest write). The same protocol applies: mark on that server, then `GcOrphans` gives each
+//! still-unknown id a tombstone in a new epoch (so a commit of an upload placed earlier is
+//! refused), then the marked copies are deleted.
+//!
 //! Tombstones are pruned after `--gc-ticket-horizon-secs` (1 day); commits whose tickets are
 //! older than the pruned epochs are refused (an upload left uncommitted for a day).
 use crate::command::{Command, Reply, Time};
@@ -50,6 +59,10 @@ pub struct GcConfig {
     pub interval: Duration,
     /// How long tombstones (and so uncommitted uploads) are kept.
     pub horizon: Duration,
+    /// Pause between two scans of the chunk servers' inventories for orphans.
+    pub orphan_scan: Duration,
+    /// How old an unknown copy must be to count as an abandoned upload.
+    pub orphan_age: Duration,
     /// The liveness timeout: a new leader waits this long before collecting.
     pub heartbeat_timeout: Duration,
 }
@@ -58,6 +71,8 @@ pub struct GcConfig {
 #[derive(Default)]
 pub struct GcStats {
     pub collected: AtomicU64,
+    /// Copies of uploads never committed, deleted.
+    pub orphans_collected: AtomicU64,
     pub failures: AtomicU64,
 }
 
@@ -73,6 +88,7 @@ impl Collector {
     pub async fn run(self, shutdown: CancellationToken) {
         let settle = self.cfg.heartbeat_timeout + Duration::from_secs(1);
         let mut last_prune: Option<Instant> = None;
+        let mut last_orphan_scan: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -91,6 +107,17 @@ impl Collector {
             if let Err(e) = round {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "gc round failed; retrying on the next one");
+            }
+            if last_orphan_scan.is_none_or(|t| t.elapsed() >= self.cfg.orphan_scan) {
+                last_orphan_scan = Some(Instant::now());
+                let scan = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = self.collect_orphans() => r,
+                };
+                if let Err(e) = scan {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "gc: orphan scan failed; retrying on the next one");
+                }
             }
             if last_prune.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
                 last_prune = Some(Instant::now());
@@ -210,6 +237,105 @@ impl Collector {
             }
         }
         tracing::info!(epoch, chunks = accepted.len(), "gc: round done");
+        Ok(())
+    }
+
+    /// Collects copies no chunk record knows (uploads never committed) that are older than the
+    /// grace, server by server: list the inventory, mark, `GcOrphans` (tombstones in a new
+    /// epoch, refusing commits of older uploads), delete what is still marked.
+    pub async fn collect_orphans(&self) -> Result<(), MetaError> {
+        let now = Instant::now();
+        let servers: Vec<(u64, String)> = self
+            .node
+            .fsm()
+            .servers()?
+            .into_iter()
+            .filter(|s| self.placement.is_up(s.id, now))
+            .map(|s| {
+                let addr = self.placement.get(s.id).map_or(s.addr, |h| h.addr);
+                (s.id, addr)
+            })
+            .collect();
+        for (server, addr) in servers {
+            let mut after = Vec::new();
+            loop {
+                let page = self
+                    .client(&addr)?
+                    .list_chunks(pb::ListChunksRequest {
+                        after: after.clone(),
+                        limit: ROUND as u32,
+                        min_age_secs: self.cfg.orphan_age.as_secs(),
+                    })
+                    .await
+                    .map_err(|s| {
+                        MetaError::Storage(format!("inventory of server {server}: {}", s.message()))
+                    })?
+                    .into_inner();
+                if let Some(last) = page.ids.last() {
+                    after = last.clone();
+                }
+                let mut orphans = Vec::new();
+                for raw in &page.ids {
+                    let Ok(id) = ChunkId::from_bytes(raw) else {
+                        continue;
+                    };
+                    if self.node.fsm().chunk(&id)?.is_none() {
+                        orphans.push(id);
+                    }
+                }
+                if !orphans.is_empty() {
+                    self.collect_orphans_on(server, &addr, orphans).await?;
+                }
+                if page.done || page.ids.is_empty() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn collect_orphans_on(
+        &self,
+        server: u64,
+        addr: &str,
+        ids: Vec<ChunkId>,
+    ) -> Result<(), MetaError> {
+        let raw = |ids: &[ChunkId]| ids.iter().map(|i| i.as_bytes().to_vec()).collect();
+        self.client(addr)?
+            .mark_chunks(pb::MarkChunksRequest { ids: raw(&ids) })
+            .await
+            .map_err(|s| MetaError::Storage(format!("mark on server {server}: {}", s.message())))?;
+        let accepted = match self
+            .node
+            .write(Command::GcOrphans {
+                ids,
+                now: Time::now(),
+            })
+            .await?
+        {
+            Reply::GcBegun { ids, .. } => ids,
+            other => return Err(MetaError::Storage(format!("GcOrphans answered {other:?}"))),
+        };
+        if accepted.is_empty() {
+            return Ok(());
+        }
+        let r = self
+            .client(addr)?
+            .delete_chunks(pb::DeleteChunksRequest {
+                ids: raw(&accepted),
+                only_marked: true,
+            })
+            .await
+            .map_err(|s| MetaError::Storage(format!("delete on server {server}: {}", s.message())))?
+            .into_inner();
+        self.stats
+            .orphans_collected
+            .fetch_add(r.deleted, Ordering::Relaxed);
+        tracing::info!(
+            server,
+            orphans = r.deleted,
+            "gc: uncommitted uploads collected"
+        );
         Ok(())
     }
 

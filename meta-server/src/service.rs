@@ -906,7 +906,11 @@ impl MetaService for MetaServiceImpl {
                 gc_collected: self
                     .gc_stats
                     .collected
-                    .load(std::sync::atomic::Ordering::Relaxed),
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    + self
+                        .gc_stats
+                        .orphans_collected
+                        .load(std::sync::atomic::Ordering::Relaxed),
                 ..self.repair_stats.to_proto()
             }),
         }))

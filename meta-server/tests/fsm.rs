@@ -1283,3 +1283,43 @@ fn gc_collects_only_garbage_and_refuses_uploads_older_than_the_collection() {
     );
     h.commit(m.ino, 100, vec![upd_t(0, c, &[1], 3)]).unwrap();
 }
+
+/// Copies no record knows (uploads never committed) get a tombstone in a new epoch, so the
+/// late commit of such an upload is refused; known chunks are left alone.
+#[test]
+fn gc_orphans_tombstone_unknown_chunks_only() {
+    let mut h = H::new();
+    h.apply(Command::RegisterChunkServer {
+        uuid: "u1".into(),
+        addr: "127.0.0.1:1".into(),
+    })
+    .unwrap();
+    let f = h.file(ROOT_INO, "f");
+    let (known, orphan) = (chunk("known", 10), chunk("orphan", 10));
+    h.commit(f.ino, 10, vec![upd(0, known, &[1])]).unwrap();
+    let now = h.now();
+    let r = h
+        .apply(Command::GcOrphans {
+            ids: vec![known.id, orphan.id],
+            now,
+        })
+        .unwrap();
+    assert_eq!(
+        r,
+        Reply::GcBegun {
+            epoch: 1,
+            ids: vec![orphan.id]
+        }
+    );
+    assert_eq!(h.fsm.gone(&orphan.id).unwrap().map(|g| g.epoch), Some(1));
+    assert_eq!(h.fsm.gone(&known.id).unwrap(), None);
+    assert_eq!(h.refs(&known.id), Some(1));
+    let g = h.file(ROOT_INO, "g");
+    assert_eq!(
+        h.commit(g.ino, 10, vec![upd_t(0, orphan, &[1], 0)]),
+        Err(ErrorKind::Conflict),
+        "the abandoned upload cannot be committed late"
+    );
+    h.commit(g.ino, 10, vec![upd_t(0, orphan, &[1], 1)])
+        .unwrap();
+}

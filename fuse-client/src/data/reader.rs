@@ -452,6 +452,12 @@ mod tests {
         ) -> Result<tonic::Response<cairn_proto::MarkChunksReply>, tonic::Status> {
             Err(tonic::Status::unimplemented("mark"))
         }
+        async fn list_chunks(
+            &self,
+            _r: tonic::Request<cairn_proto::ListChunksRequest>,
+        ) -> Result<tonic::Response<cairn_proto::ListChunksReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("list"))
+        }
         async fn scrub_now(
             &self,
             _r: tonic::Request<cairn_proto::ScrubNowRequest>,

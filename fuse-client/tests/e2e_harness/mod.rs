@@ -464,6 +464,16 @@ impl Drop for Cluster {
     }
 }
 
+/// Logs of the test process (RUST_LOG, default info), once per test binary.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 /// Runs a shell command, panicking with its output when it fails.
 pub fn sh(cmd: &str) -> String {
     let out = Command::new("bash")
