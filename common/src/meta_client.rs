@@ -10,15 +10,61 @@
 //! (`NotLeader`), the node could not be reached, or its connection broke mid-call (the leader
 //! was killed). In the last case the mutation may have been applied before the reply was lost,
 //! so the retry may see its own effect: `CommitWrite` resolves that by comparing contents (see
-//! the FUSE client's writer); a namespace mutation may then fail with e.g. `AlreadyExists`.
+//! the FUSE client's writer).
+//!
+//! Every call carries a request id (`cairn-request-id`: this client's random id and a sequence
+//! number) that stays the same on every retry of that call. The meta cluster remembers the
+//! result of each mutation by its id, so a mutation whose reply was lost is not applied twice:
+//! its retry gets the first result (exactly-once namespace operations across a leader failure).
 use crate::error::{leader_hint, ErrorKind};
 use cairn_proto::meta_service_client::MetaServiceClient;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
+
+/// The gRPC metadata key of a call's request id.
+pub const REQUEST_ID_KEY: &str = "cairn-request-id";
+
+/// The client type [`MetaClient::call`] hands to its closure: the meta service, with the
+/// current call's request id attached to every request.
+pub type MetaRpc =
+    MetaServiceClient<InterceptedService<Channel, fn(tonic::Request<()>) -> RequestResult>>;
+type RequestResult = Result<tonic::Request<()>, Status>;
+
+tokio::task_local! {
+    /// The id of the logical call in progress on this task (set by [`MetaClient::call`]).
+    static REQUEST_ID: (u64, u64);
+}
+
+/// `(client, seq)` as the header value: 32 hex digits.
+pub fn format_request_id(id: (u64, u64)) -> String {
+    format!("{:016x}{:016x}", id.0, id.1)
+}
+
+/// Parses a `cairn-request-id` value; `None` if it is not 32 hex digits.
+pub fn parse_request_id(v: &str) -> Option<(u64, u64)> {
+    if v.len() != 32 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let client = u64::from_str_radix(&v[..16], 16).ok()?;
+    let seq = u64::from_str_radix(&v[16..], 16).ok()?;
+    Some((client, seq))
+}
+
+/// Adds the current call's request id (if any) to an outgoing request.
+fn add_request_id(mut req: tonic::Request<()>) -> RequestResult {
+    if let Ok(id) = REQUEST_ID.try_with(|id| *id) {
+        if let Ok(v) = format_request_id(id).parse() {
+            req.metadata_mut().insert(REQUEST_ID_KEY, v);
+        }
+    }
+    Ok(req)
+}
 
 #[derive(Clone)]
 pub struct MetaClient {
@@ -33,6 +79,9 @@ struct Inner {
     next: Mutex<usize>,
     retry_for: Duration,
     rpc_timeout: Duration,
+    /// Random per client: with `seq`, makes request ids unique across clients.
+    client_id: u64,
+    seq: AtomicU64,
 }
 
 impl MetaClient {
@@ -53,6 +102,8 @@ impl MetaClient {
                 next: Mutex::new(0),
                 retry_for,
                 rpc_timeout,
+                client_id: rand::random(),
+                seq: AtomicU64::new(1),
             }),
         }
     }
@@ -73,11 +124,11 @@ impl MetaClient {
     }
 
     /// A client connected to one specific node (no leader following), e.g. for status queries.
-    pub fn node(&self, addr: &str) -> Result<MetaServiceClient<Channel>, Status> {
+    pub fn node(&self, addr: &str) -> Result<MetaRpc, Status> {
         self.client_for(addr)
     }
 
-    fn client_for(&self, addr: &str) -> Result<MetaServiceClient<Channel>, Status> {
+    fn client_for(&self, addr: &str) -> Result<MetaRpc, Status> {
         let mut chans = self
             .inner
             .channels
@@ -101,7 +152,8 @@ impl MetaClient {
                 ch
             }
         };
-        Ok(MetaServiceClient::new(ch)
+        let intercept: fn(tonic::Request<()>) -> RequestResult = add_request_id;
+        Ok(MetaServiceClient::with_interceptor(ch, intercept)
             .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES))
     }
@@ -145,7 +197,19 @@ impl MetaClient {
     /// ```
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
     where
-        F: Fn(MetaServiceClient<Channel>) -> Fut,
+        F: Fn(MetaRpc) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let id = (
+            self.inner.client_id,
+            self.inner.seq.fetch_add(1, Ordering::Relaxed),
+        );
+        REQUEST_ID.scope(id, self.call_with_retries(f)).await
+    }
+
+    async fn call_with_retries<T, F, Fut>(&self, f: F) -> Result<T, Status>
+    where
+        F: Fn(MetaRpc) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let deadline = Instant::now() + self.inner.retry_for;
@@ -196,5 +260,50 @@ impl MetaClient {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(500));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_round_trip_and_bad_ones_are_refused() {
+        let id = (0xdead_beef_0000_0001, 42);
+        assert_eq!(parse_request_id(&format_request_id(id)), Some(id));
+        for bad in ["", "xyz", &"0".repeat(31), &"g".repeat(32), &"0".repeat(33)] {
+            assert_eq!(parse_request_id(bad), None, "{bad:?}");
+        }
+    }
+
+    /// Every attempt of one call carries the call's id (set once, around the retry loop);
+    /// outside a call nothing is added.
+    #[tokio::test]
+    async fn the_call_id_is_attached_to_every_attempt() {
+        let id = (7, 9);
+        let (a, b) = REQUEST_ID
+            .scope(id, async {
+                let a = add_request_id(tonic::Request::new(())).unwrap();
+                let b = add_request_id(tonic::Request::new(())).unwrap();
+                (a, b)
+            })
+            .await;
+        for r in [a, b] {
+            let v = r.metadata().get(REQUEST_ID_KEY).unwrap().to_str().unwrap();
+            assert_eq!(parse_request_id(v), Some(id));
+        }
+        let outside = add_request_id(tonic::Request::new(())).unwrap();
+        assert!(outside.metadata().get(REQUEST_ID_KEY).is_none());
+
+        // Two calls of one client get different ids.
+        let c = MetaClient::new(vec![]);
+        let first = c.inner.seq.load(Ordering::Relaxed);
+        let _ = c
+            .call(|mut m| async move { m.stat_fs(cairn_proto::StatFsRequest {}).await })
+            .await;
+        let _ = c
+            .call(|mut m| async move { m.stat_fs(cairn_proto::StatFsRequest {}).await })
+            .await;
+        assert_eq!(c.inner.seq.load(Ordering::Relaxed), first + 2);
     }
 }

@@ -75,9 +75,7 @@ impl Core {
 
     async fn meta<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, Errno>
     where
-        F: Fn(
-            cairn_proto::meta_service_client::MetaServiceClient<tonic::transport::Channel>,
-        ) -> Fut,
+        F: Fn(cairn_common::meta_client::MetaRpc) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.dp.meta.call(f).await.map_err(|s| {

@@ -131,3 +131,53 @@ fn t30_sigterm_drains_dirty_data_and_every_process_exits_cleanly() {
         assert!(st.success(), "{} exited with {st} on SIGTERM", p.name);
     }
 }
+
+#[test]
+fn t40_a_tree_copy_survives_repeated_leader_kills_without_a_single_error() {
+    init_tracing();
+    let mut c = Cluster::start(3, 3);
+    let mnt = c.mount();
+    info!("--- a source tree of 40 directories x 20 small files");
+    let src = c.path("tree");
+    for d in 0..40 {
+        let dir = src.join(format!("d{d:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..20 {
+            std::fs::write(
+                dir.join(format!("f{f:02}")),
+                format!("{d}/{f}\n").repeat(d + f + 1),
+            )
+            .unwrap();
+        }
+    }
+
+    info!("--- cp -a while the meta leader is killed (and restarted) three times");
+    let (s, d) = (src.clone(), mnt.join("tree"));
+    let cp = std::thread::spawn(move || {
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&s)
+            .arg(&d)
+            .output()
+            .expect("spawn cp")
+    });
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(1200));
+        let leader = c.wait_for_leader(Duration::from_secs(10));
+        let i = (leader - 1) as usize;
+        c.meta[i].kill9();
+        std::thread::sleep(Duration::from_millis(800));
+        c.meta[i].start();
+    }
+    let out = cp.join().expect("cp thread");
+    assert!(
+        out.status.success(),
+        "cp -a failed across leader changes: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    e2e_harness::sh(&format!(
+        "diff -r --no-dereference {} {}/tree",
+        src.display(),
+        mnt.display()
+    ));
+}

@@ -207,6 +207,16 @@ pub enum Command {
     /// committed): in a new GC epoch, give each of `ids` that has no chunk record a tombstone,
     /// so a commit of an upload placed before now is refused. Returns the ids accepted.
     GcOrphans { ids: Vec<ChunkId>, now: Time },
+    /// Apply `cmd` at most once for request id (`client`, `seq`): if that id already succeeded,
+    /// return its recorded reply instead (the client retried after losing the reply).
+    Once {
+        client: u64,
+        seq: u64,
+        now: Time,
+        cmd: Box<Command>,
+    },
+    /// Forget request ids recorded before `before` (clients stop retrying long before).
+    PruneRequests { before: Time },
 }
 
 /// What a successfully applied command returns.

@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 /// Column families holding the replicated state. A snapshot is exactly their contents.
 pub const STATE_CFS: &[&str] = &[
-    "inodes", "dentries", "chunks", "servers", "counters", "gc", "repair", "gone",
+    "inodes", "dentries", "chunks", "servers", "counters", "gc", "repair", "gone", "requests",
 ];
 
 const CF_INODES: &str = "inodes";
@@ -46,6 +46,21 @@ const CF_COUNTERS: &str = "counters";
 const CF_GC: &str = "gc";
 const CF_REPAIR: &str = "repair";
 const CF_GONE: &str = "gone";
+const CF_REQUESTS: &str = "requests";
+
+/// The recorded result of a mutation applied under a request id (`requests` column family).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct RequestRecord {
+    at: Time,
+    reply: Reply,
+}
+
+fn request_key(client: u64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&client.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
 
 const NEXT_INO: &str = "next_ino";
 const NEXT_SERVER_ID: &str = "next_server_id";
@@ -368,10 +383,55 @@ impl Fsm {
     /// `batch` (written atomically by the caller together with `last_applied`). On error nothing
     /// is put into `batch`.
     pub fn apply(&self, cmd: &Command, batch: &mut WriteBatch) -> CommandResult {
-        let mut tx = Tx::new(self);
-        let reply = tx.run(cmd)?;
-        tx.flush(batch)?;
-        Ok(reply)
+        match cmd {
+            Command::Once {
+                client,
+                seq,
+                now,
+                cmd,
+            } => {
+                if matches!(**cmd, Command::Once { .. } | Command::PruneRequests { .. }) {
+                    return Err(fs_err(
+                        ErrorKind::InvalidArgument,
+                        "a request id cannot wrap this command",
+                    ));
+                }
+                // EXACTLY ONCE: a retry of a mutation that already succeeded (its reply was
+                // lost with the leader that sent it) gets the recorded reply and changes
+                // nothing. Failures are not recorded: they changed nothing, so a retry may run.
+                let key = request_key(*client, *seq);
+                if let Some(v) = self.raw_get(CF_REQUESTS, &key)? {
+                    let rec: RequestRecord = decode_json(&v)?;
+                    return Ok(rec.reply);
+                }
+                let mut tx = Tx::new(self);
+                let reply = tx.run(cmd)?;
+                tx.flush(batch)?;
+                let rec = RequestRecord {
+                    at: *now,
+                    reply: reply.clone(),
+                };
+                batch.put_cf(self.cf(CF_REQUESTS)?, key, encode_json(&rec));
+                Ok(reply)
+            }
+            Command::PruneRequests { before } => {
+                let cf = self.cf(CF_REQUESTS)?;
+                for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+                    let (k, v) = item.map_err(storage)?;
+                    let rec: RequestRecord = decode_json(&v)?;
+                    if rec.at < *before {
+                        batch.delete_cf(cf, k);
+                    }
+                }
+                Ok(Reply::Empty)
+            }
+            cmd => {
+                let mut tx = Tx::new(self);
+                let reply = tx.run(cmd)?;
+                tx.flush(batch)?;
+                Ok(reply)
+            }
+        }
     }
 
     // ---------------------------------------------------------------------------------------
@@ -1322,6 +1382,11 @@ impl<'a> Tx<'a> {
             Command::GcSwept { id, servers, now } => self.gc_swept(id, servers, *now),
             Command::GcPrune { before } => self.gc_prune(*before),
             Command::GcOrphans { ids, now } => self.gc_orphans(ids, *now),
+            // Handled by `Fsm::apply` before a transaction starts.
+            Command::Once { .. } | Command::PruneRequests { .. } => Err(fs_err(
+                ErrorKind::InvalidArgument,
+                "request-id commands are not nested",
+            )),
             Command::SetDraining { server, draining } => {
                 let Some(v) = self.server_raw(server_id_key(*server))? else {
                     return Err(fs_err(

@@ -50,6 +50,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Most chunks one round handles.
 const ROUND: usize = 1000;
+/// How long the results of mutations are kept by request id (see `Command::Once`).
+const REQUEST_ID_TTL: Duration = Duration::from_secs(600);
 
 #[derive(Clone, Debug)]
 pub struct GcConfig {
@@ -128,6 +130,16 @@ impl Collector {
                 );
                 if let Err(e) = self.node.write(Command::GcPrune { before }).await {
                     tracing::warn!(error = %e, "gc: pruning tombstones failed");
+                }
+                // Clients retry a call for 30 s at most: request ids older than 10 minutes
+                // will never be seen again.
+                let before = Time::from_system(
+                    std::time::SystemTime::now()
+                        .checked_sub(REQUEST_ID_TTL)
+                        .unwrap_or(std::time::UNIX_EPOCH),
+                );
+                if let Err(e) = self.node.write(Command::PruneRequests { before }).await {
+                    tracing::warn!(error = %e, "gc: pruning request ids failed");
                 }
             }
         }

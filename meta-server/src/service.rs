@@ -245,6 +245,35 @@ impl MetaServiceImpl {
 // Input checks: each returns InvalidArgument (or NameTooLong) before anything is changed.
 // ---------------------------------------------------------------------------------------------
 
+/// The request id of a call (`cairn-request-id`, the same on every retry of one logical call):
+/// `None` when absent, an error when malformed.
+fn request_id<T>(req: &Request<T>) -> Result<Option<(u64, u64)>, Status> {
+    let Some(v) = req
+        .metadata()
+        .get(cairn_common::meta_client::REQUEST_ID_KEY)
+    else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .and_then(cairn_common::meta_client::parse_request_id)
+        .map(Some)
+        .ok_or_else(|| invalid("malformed cairn-request-id"))
+}
+
+/// `cmd`, applied at most once per request id when the call carries one.
+fn once(id: Option<(u64, u64)>, cmd: Command) -> Command {
+    match id {
+        Some((client, seq)) => Command::Once {
+            client,
+            seq,
+            now: Time::now(),
+            cmd: Box::new(cmd),
+        },
+        None => cmd,
+    }
+}
+
 fn invalid(msg: impl Into<String>) -> Status {
     MetaError::Invalid(msg.into()).into()
 }
@@ -337,6 +366,7 @@ impl MetaService for MetaServiceImpl {
         &self,
         req: Request<pb::SetAttrRequest>,
     ) -> Result<Response<pb::AttrReply>, Status> {
+        let id = request_id(&req)?;
         let r = req.into_inner();
         check_ino(r.ino, "ino")?;
         let now = Time::now();
@@ -351,17 +381,20 @@ impl MetaService for MetaServiceImpl {
             (false, None) => None,
         };
         let size = r.size.map(check_size).transpose()?;
-        self.write_attr(Command::SetAttr {
-            ino: r.ino,
-            // The kernel may pass the file-type bits along; only permission bits are ours.
-            mode: r.mode.map(|m| m & 0o7777),
-            uid: r.uid,
-            gid: r.gid,
-            size,
-            atime,
-            mtime,
-            now,
-        })
+        self.write_attr(once(
+            id,
+            Command::SetAttr {
+                ino: r.ino,
+                // The kernel may pass the file-type bits along; only permission bits are ours.
+                mode: r.mode.map(|m| m & 0o7777),
+                uid: r.uid,
+                gid: r.gid,
+                size,
+                atime,
+                mtime,
+                now,
+            },
+        ))
         .await
     }
 
@@ -369,6 +402,7 @@ impl MetaService for MetaServiceImpl {
         &self,
         req: Request<pb::CreateRequest>,
     ) -> Result<Response<pb::AttrReply>, Status> {
+        let id = request_id(&req)?;
         let r = req.into_inner();
         check_ino(r.parent, "parent")?;
         check_name(&r.name)?;
@@ -386,32 +420,39 @@ impl MetaService for MetaServiceImpl {
         } else if !r.symlink_target.is_empty() {
             return Err(invalid("only symlinks have a target"));
         }
-        self.write_attr(Command::Create {
-            parent: r.parent,
-            name: r.name,
-            kind,
-            mode: r.mode & 0o7777,
-            uid: r.uid,
-            gid: r.gid,
-            rdev: r.rdev,
-            symlink_target: r.symlink_target,
-            exclusive: r.exclusive,
-            now: Time::now(),
-        })
+        self.write_attr(once(
+            id,
+            Command::Create {
+                parent: r.parent,
+                name: r.name,
+                kind,
+                mode: r.mode & 0o7777,
+                uid: r.uid,
+                gid: r.gid,
+                rdev: r.rdev,
+                symlink_target: r.symlink_target,
+                exclusive: r.exclusive,
+                now: Time::now(),
+            },
+        ))
         .await
     }
 
     async fn link(&self, req: Request<pb::LinkRequest>) -> Result<Response<pb::AttrReply>, Status> {
+        let id = request_id(&req)?;
         let r = req.into_inner();
         check_ino(r.ino, "ino")?;
         check_ino(r.new_parent, "new_parent")?;
         check_name(&r.new_name)?;
-        self.write_attr(Command::Link {
-            ino: r.ino,
-            new_parent: r.new_parent,
-            new_name: r.new_name,
-            now: Time::now(),
-        })
+        self.write_attr(once(
+            id,
+            Command::Link {
+                ino: r.ino,
+                new_parent: r.new_parent,
+                new_name: r.new_name,
+                now: Time::now(),
+            },
+        ))
         .await
     }
 
@@ -419,15 +460,19 @@ impl MetaService for MetaServiceImpl {
         &self,
         req: Request<pb::UnlinkRequest>,
     ) -> Result<Response<pb::UnlinkReply>, Status> {
+        let id = request_id(&req)?;
         let r = req.into_inner();
         check_ino(r.parent, "parent")?;
         check_name(&r.name)?;
         self.node
-            .write(Command::Unlink {
-                parent: r.parent,
-                name: r.name,
-                now: Time::now(),
-            })
+            .write(once(
+                id,
+                Command::Unlink {
+                    parent: r.parent,
+                    name: r.name,
+                    now: Time::now(),
+                },
+            ))
             .await?;
         Ok(Response::new(pb::UnlinkReply {}))
     }
@@ -436,15 +481,19 @@ impl MetaService for MetaServiceImpl {
         &self,
         req: Request<pb::RmdirRequest>,
     ) -> Result<Response<pb::UnlinkReply>, Status> {
+        let id = request_id(&req)?;
         let r = req.into_inner();
         check_ino(r.parent, "parent")?;
         check_name(&r.name)?;
         self.node
-            .write(Command::Rmdir {
-                parent: r.parent,
-                name: r.name,
-                now: Time::now(),
-            })
+            .write(once(
+                id,
+                Command::Rmdir {
+                    parent: r.parent,
+                    name: r.name,
+                    now: Time::now(),
+                },
+            ))
             .await?;
         Ok(Response::new(pb::UnlinkReply {}))
     }
@@ -453,6 +502,7 @@ impl MetaService for MetaServiceImpl {
         &self,
         req: Request<pb::RenameRequest>,
     ) -> Result<Response<pb::RenameReply>, Status> {
+        let id = request_id(&req)?;
         let r = req.into_inner();
         check_ino(r.parent, "parent")?;
         check_ino(r.new_parent, "new_parent")?;
@@ -463,14 +513,17 @@ impl MetaService for MetaServiceImpl {
             return Err(invalid(format!("unsupported rename flags {:#x}", r.flags)));
         }
         self.node
-            .write(Command::Rename {
-                parent: r.parent,
-                name: r.name,
-                new_parent: r.new_parent,
-                new_name: r.new_name,
-                flags: r.flags,
-                now: Time::now(),
-            })
+            .write(once(
+                id,
+                Command::Rename {
+                    parent: r.parent,
+                    name: r.name,
+                    new_parent: r.new_parent,
+                    new_name: r.new_name,
+                    flags: r.flags,
+                    now: Time::now(),
+                },
+            ))
             .await?;
         Ok(Response::new(pb::RenameReply {}))
     }
@@ -637,6 +690,7 @@ impl MetaService for MetaServiceImpl {
         &self,
         req: Request<pb::CommitWriteRequest>,
     ) -> Result<Response<pb::AttrReply>, Status> {
+        let id = request_id(&req)?;
         let r = req.into_inner();
         check_ino(r.ino, "ino")?;
         let size = check_size(r.size)?;
@@ -694,14 +748,17 @@ impl MetaService for MetaServiceImpl {
                 ticket: u.ticket,
             });
         }
-        self.write_attr(Command::CommitWrite {
-            ino: r.ino,
-            base_version: r.base_version,
-            size,
-            updates,
-            mtime,
-            now: Time::now(),
-        })
+        self.write_attr(once(
+            id,
+            Command::CommitWrite {
+                ino: r.ino,
+                base_version: r.base_version,
+                size,
+                updates,
+                mtime,
+                now: Time::now(),
+            },
+        ))
         .await
     }
 
@@ -1443,6 +1500,42 @@ mod tests {
         .unwrap();
         let st = c.stat_fs(pb::StatFsRequest {}).await.unwrap().into_inner();
         assert_eq!(st.files, 1);
+
+        tracing::info!("--- a retried mutation (same request id) is applied once");
+        let with_id = |id: &str, name: &[u8]| {
+            let mut r = Request::new(pb::CreateRequest {
+                parent: 1,
+                name: name.to_vec(),
+                kind: pb::FileKind::Regular as i32,
+                mode: 0o100644,
+                exclusive: true,
+                ..Default::default()
+            });
+            r.metadata_mut().insert(
+                cairn_common::meta_client::REQUEST_ID_KEY,
+                id.parse().unwrap(),
+            );
+            r
+        };
+        let id1 = cairn_common::meta_client::format_request_id((77, 1));
+        let first = c.create(with_id(&id1, b"once")).await.unwrap().into_inner();
+        let again = c.create(with_id(&id1, b"once")).await.unwrap().into_inner();
+        assert_eq!(
+            first.attr.as_ref().map(|a| a.ino),
+            again.attr.as_ref().map(|a| a.ino),
+            "the retry gets the first reply, not EEXIST"
+        );
+        let id2 = cairn_common::meta_client::format_request_id((77, 2));
+        let e = c.create(with_id(&id2, b"once")).await.unwrap_err();
+        assert_eq!(
+            kind_of(e),
+            ErrorKind::AlreadyExists,
+            "a new call is a new create"
+        );
+        let e = c.create(with_id("not-hex", b"other")).await.unwrap_err();
+        assert_eq!(kind_of(e), ErrorKind::InvalidArgument);
+        let st = c.stat_fs(pb::StatFsRequest {}).await.unwrap().into_inner();
+        assert_eq!(st.files, 2);
 
         drop(c);
         drop(meta);

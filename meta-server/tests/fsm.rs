@@ -1323,3 +1323,50 @@ fn gc_orphans_tombstone_unknown_chunks_only() {
     h.commit(g.ino, 10, vec![upd_t(0, orphan, &[1], 1)])
         .unwrap();
 }
+
+/// A mutation under a request id is applied once; its retry gets the recorded reply. Failures
+/// are not recorded, and old ids are pruned.
+#[test]
+fn a_request_id_makes_a_mutation_exactly_once() {
+    let mut h = H::new();
+    let once = |h: &mut H, seq: u64, name: &str| {
+        let now = h.now();
+        h.apply(Command::Once {
+            client: 5,
+            seq,
+            now,
+            cmd: Box::new(Command::Create {
+                parent: ROOT_INO,
+                name: name.as_bytes().to_vec(),
+                kind: Kind::Regular,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                symlink_target: vec![],
+                exclusive: true,
+                now,
+            }),
+        })
+    };
+    let first = once(&mut h, 1, "f").unwrap();
+    let retry = once(&mut h, 1, "f").unwrap();
+    assert_eq!(first, retry, "the retry returns the first reply");
+    assert_eq!(h.names(ROOT_INO), vec!["f"]);
+    assert_eq!(
+        once(&mut h, 2, "f").unwrap_err().kind,
+        ErrorKind::AlreadyExists,
+        "another id is another create"
+    );
+    // The failed id was not recorded: once the name is free it can succeed.
+    h.unlink(ROOT_INO, "f").unwrap();
+    once(&mut h, 2, "f").unwrap();
+
+    let later = h.now();
+    h.apply(Command::PruneRequests { before: later }).unwrap();
+    assert_eq!(
+        once(&mut h, 1, "f").unwrap_err().kind,
+        ErrorKind::AlreadyExists,
+        "a pruned id is forgotten"
+    );
+}
