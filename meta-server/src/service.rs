@@ -135,8 +135,8 @@ impl MetaServiceImpl {
 
     /// True while this leader may not yet have heard from every chunk server: the liveness
     /// table lives in the leader's memory, so after an election every server looks down until
-    /// its next heartbeat (1 s) reaches the new leader. During that window a short placement
-    /// would wrongly under-replicate (or refuse) a write, so callers are told to retry instead.
+    /// its next heartbeat (1 s) reaches the new leader. During that window a placement on too
+    /// few servers for a commit would fail the write, so callers are told to retry instead.
     fn warming_up(&self, now: Instant) -> Result<bool, MetaError> {
         let Some(since) = self.node.leader_since() else {
             return Ok(false);
@@ -657,7 +657,11 @@ impl MetaService for MetaServiceImpl {
                 .into_iter()
                 .map(|(server_id, addr)| pb::ChunkLocation { server_id, addr })
                 .collect();
-            if existing.len() + targets.len() < replication && self.warming_up(now)? {
+            // Too few places for a commit while the new leader may not have heard from every
+            // server yet: make the client retry. Enough for a commit but fewer than R is fine
+            // (repair adds the missing copy), so a server that is really down does not stall
+            // writes for the whole warm-up.
+            if existing.len() + targets.len() < self.cfg.commit_quorum() && self.warming_up(now)? {
                 return Err(MetaError::fs(
                     ErrorKind::Unavailable,
                     "new leader: still learning which chunk servers are up; retry",
