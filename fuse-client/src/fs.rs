@@ -140,12 +140,6 @@ impl Core {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
     ) -> Result<FileAttr, Errno> {
-        // Dirty data is committed first, so the attribute change applies on top of it (a
-        // truncate cuts the written data; cp -a's futimens is not overwritten by close).
-        let file = self.files.get(ino);
-        if let Some(f) = &file {
-            f.flush(&self.dp).await?;
-        }
         let (atime, atime_now) = time_arg(atime);
         let (mtime, mtime_now) = time_arg(mtime);
         let req = pb::SetAttrRequest {
@@ -159,6 +153,17 @@ impl Core {
             atime_now,
             mtime_now,
         };
+        // Dirty data is committed first, so the attribute change applies on top of it (a
+        // truncate cuts the written data; cp -a's futimens is not overwritten by close). A
+        // change without a size travels in the same commit (one Raft entry for both).
+        let file = self.files.get(ino);
+        if let Some(f) = &file {
+            let then = req.size.is_none().then_some(req);
+            if let Some(a) = f.flush_then(&self.dp, then).await? {
+                f.invalidate().await;
+                return Ok(self.to_fuse(&a));
+            }
+        }
         let r = self
             .meta("setattr", |mut c| async move { c.set_attr(req).await })
             .await;

@@ -217,6 +217,8 @@ pub enum Command {
     },
     /// Forget request ids recorded before `before` (clients stop retrying long before).
     PruneRequests { before: Time },
+    /// Apply these in order as one entry: all or nothing; the reply is the last one's.
+    Batch { cmds: Vec<Command> },
 }
 
 /// What a successfully applied command returns.

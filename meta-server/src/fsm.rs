@@ -1387,6 +1387,17 @@ impl<'a> Tx<'a> {
                 ErrorKind::InvalidArgument,
                 "request-id commands are not nested",
             )),
+            Command::Batch { cmds } => {
+                let mut reply = Reply::Empty;
+                for c in cmds {
+                    if matches!(c, Command::Batch { .. }) {
+                        return Err(fs_err(ErrorKind::InvalidArgument, "nested batch"));
+                    }
+                    // Later commands see the earlier ones' changes (one transaction).
+                    reply = self.run(c)?;
+                }
+                Ok(reply)
+            }
             Command::SetDraining { server, draining } => {
                 let Some(v) = self.server_raw(server_id_key(*server))? else {
                     return Err(fs_err(

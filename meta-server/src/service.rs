@@ -261,6 +261,33 @@ fn request_id<T>(req: &Request<T>) -> Result<Option<(u64, u64)>, Status> {
         .ok_or_else(|| invalid("malformed cairn-request-id"))
 }
 
+/// The checked `SetAttr` command of a request.
+fn setattr_command(r: &pb::SetAttrRequest, now: Time) -> Result<Command, Status> {
+    check_ino(r.ino, "ino")?;
+    let atime = match (r.atime_now, &r.atime) {
+        (true, _) => Some(now),
+        (false, Some(t)) => Some(check_time(t)?),
+        (false, None) => None,
+    };
+    let mtime = match (r.mtime_now, &r.mtime) {
+        (true, _) => Some(now),
+        (false, Some(t)) => Some(check_time(t)?),
+        (false, None) => None,
+    };
+    let size = r.size.map(check_size).transpose()?;
+    Ok(Command::SetAttr {
+        ino: r.ino,
+        // The kernel may pass the file-type bits along; only permission bits are ours.
+        mode: r.mode.map(|m| m & 0o7777),
+        uid: r.uid,
+        gid: r.gid,
+        size,
+        atime,
+        mtime,
+        now,
+    })
+}
+
 /// `cmd`, applied at most once per request id when the call carries one.
 fn once(id: Option<(u64, u64)>, cmd: Command) -> Command {
     match id {
@@ -368,34 +395,8 @@ impl MetaService for MetaServiceImpl {
     ) -> Result<Response<pb::AttrReply>, Status> {
         let id = request_id(&req)?;
         let r = req.into_inner();
-        check_ino(r.ino, "ino")?;
-        let now = Time::now();
-        let atime = match (r.atime_now, &r.atime) {
-            (true, _) => Some(now),
-            (false, Some(t)) => Some(check_time(t)?),
-            (false, None) => None,
-        };
-        let mtime = match (r.mtime_now, &r.mtime) {
-            (true, _) => Some(now),
-            (false, Some(t)) => Some(check_time(t)?),
-            (false, None) => None,
-        };
-        let size = r.size.map(check_size).transpose()?;
-        self.write_attr(once(
-            id,
-            Command::SetAttr {
-                ino: r.ino,
-                // The kernel may pass the file-type bits along; only permission bits are ours.
-                mode: r.mode.map(|m| m & 0o7777),
-                uid: r.uid,
-                gid: r.gid,
-                size,
-                atime,
-                mtime,
-                now,
-            },
-        ))
-        .await
+        self.write_attr(once(id, setattr_command(&r, Time::now())?))
+            .await
     }
 
     async fn create(
@@ -752,18 +753,29 @@ impl MetaService for MetaServiceImpl {
                 ticket: u.ticket,
             });
         }
-        self.write_attr(once(
-            id,
-            Command::CommitWrite {
-                ino: r.ino,
-                base_version: r.base_version,
-                size,
-                updates,
-                mtime,
-                now: Time::now(),
-            },
-        ))
-        .await
+        let now = Time::now();
+        let commit = Command::CommitWrite {
+            ino: r.ino,
+            base_version: r.base_version,
+            size,
+            updates,
+            mtime,
+            now,
+        };
+        let cmd = match &r.then_set_attr {
+            None => commit,
+            Some(a) => {
+                if a.ino != r.ino || a.size.is_some() {
+                    return Err(invalid(
+                        "then_set_attr must be of the same inode and must not change the size",
+                    ));
+                }
+                Command::Batch {
+                    cmds: vec![commit, setattr_command(a, now)?],
+                }
+            }
+        };
+        self.write_attr(once(id, cmd)).await
     }
 
     async fn stat_fs(
@@ -1324,6 +1336,7 @@ mod tests {
                 ticket: 0,
             }],
             mtime: None,
+            then_set_attr: None,
         };
         let e = c.commit_write(commit(vec![1], 1)).await.unwrap_err();
         assert_eq!(
@@ -1343,6 +1356,52 @@ mod tests {
         assert_eq!((a.version, a.size, a.stored_bytes), (2, 11, 11));
         let e = c.commit_write(commit(vec![1, 2], 1)).await.unwrap_err();
         assert_eq!(kind_of(e), ErrorKind::Conflict);
+
+        tracing::info!("--- an attribute change travels in the same entry as a commit");
+        let with_attrs = |then: pb::SetAttrRequest| pb::CommitWriteRequest {
+            then_set_attr: Some(then),
+            ..commit(vec![1, 2], 2)
+        };
+        let chmod = pb::SetAttrRequest {
+            ino: f.ino,
+            mode: Some(0o600),
+            mtime: Some(pb::Timestamp {
+                secs: 1_000_000,
+                nanos: 5,
+            }),
+            ..Default::default()
+        };
+        for (bad, why) in [
+            (
+                pb::SetAttrRequest {
+                    ino: d.ino,
+                    ..chmod
+                },
+                "another inode",
+            ),
+            (
+                pb::SetAttrRequest {
+                    size: Some(0),
+                    ..chmod
+                },
+                "a size",
+            ),
+        ] {
+            let e = c.commit_write(with_attrs(bad)).await.unwrap_err();
+            assert_eq!(kind_of(e), ErrorKind::InvalidArgument, "{why}");
+        }
+        let a = c
+            .commit_write(with_attrs(chmod))
+            .await
+            .unwrap()
+            .into_inner()
+            .attr
+            .unwrap();
+        assert_eq!(
+            (a.version, a.mode, a.mtime.map(|t| t.secs)),
+            (3, 0o600, Some(1_000_000)),
+            "one entry: new version and the new attributes"
+        );
 
         let gc = c
             .get_chunks(pb::GetChunksRequest { ino: f.ino })
@@ -1480,7 +1539,7 @@ mod tests {
             .into_inner()
             .attr
             .unwrap();
-        assert_eq!((a.size, a.version, a.stored_bytes), (0, 3, 0));
+        assert_eq!((a.size, a.version, a.stored_bytes), (0, 4, 0));
         c.rename(pb::RenameRequest {
             parent: d.ino,
             name: b"f".to_vec(),

@@ -1370,3 +1370,52 @@ fn a_request_id_makes_a_mutation_exactly_once() {
         "a pruned id is forgotten"
     );
 }
+
+/// A batch applies as one entry: a failing command undoes the ones before it.
+#[test]
+fn a_batch_is_all_or_nothing() {
+    let mut h = H::new();
+    h.apply(Command::RegisterChunkServer {
+        uuid: "u1".into(),
+        addr: "127.0.0.1:1".into(),
+    })
+    .unwrap();
+    let f = h.file(ROOT_INO, "f");
+    let now = h.now();
+    let commit = Command::CommitWrite {
+        ino: f.ino,
+        base_version: f.version,
+        size: 10,
+        updates: vec![upd(0, chunk("batch", 10), &[1])],
+        mtime: None,
+        now,
+    };
+    let chmod = |ino: u64| Command::SetAttr {
+        ino,
+        mode: Some(0o600),
+        uid: None,
+        gid: None,
+        size: None,
+        atime: None,
+        mtime: None,
+        now,
+    };
+    let e = h
+        .apply(Command::Batch {
+            cmds: vec![commit.clone(), chmod(999_999)],
+        })
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    assert_eq!(
+        h.get(f.ino).size,
+        0,
+        "the commit before the failure is undone"
+    );
+    let r = h
+        .apply(Command::Batch {
+            cmds: vec![commit, chmod(f.ino)],
+        })
+        .unwrap();
+    let Reply::Attr(i) = r else { panic!("{r:?}") };
+    assert_eq!((i.size, i.mode, i.version), (10, 0o600, f.version + 1));
+}

@@ -22,8 +22,8 @@ use crate::errno::Errno;
 use bytes::{Bytes, BytesMut};
 use cairn_common::{ChunkId, ErrorKind, CHUNK_SIZE};
 use cairn_proto::{
-    ChunkLocation, ChunkRef, CommitWriteRequest, GetChunksRequest, PrepareWriteRequest,
-    PutChunkRequest, SlotUpdate, Timestamp,
+    Attr, ChunkLocation, ChunkRef, CommitWriteRequest, GetChunksRequest, PrepareWriteRequest,
+    PutChunkRequest, SetAttrRequest, SlotUpdate, Timestamp,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -361,12 +361,24 @@ impl FileState {
 
     /// Uploads every dirty slot, waits for all uploads, and commits the new version.
     pub async fn flush(&self, dp: &Arc<DataPlane>) -> Result<(), Errno> {
+        self.flush_then(dp, None).await.map(|_| ())
+    }
+
+    /// [`FileState::flush`], applying the attribute change `then` in the same commit when there
+    /// is data to commit. Returns the inode's attributes after it when it was applied (`None`:
+    /// nothing was committed, or the change could not travel with the commit; the caller
+    /// applies it by itself).
+    pub async fn flush_then(
+        &self,
+        dp: &Arc<DataPlane>,
+        then: Option<SetAttrRequest>,
+    ) -> Result<Option<Attr>, Errno> {
         let mut d = self.data.lock().await;
         if let Some(e) = d.failed {
             return Err(e);
         }
         if d.slots.is_empty() && d.error.is_none() {
-            return Ok(());
+            return Ok(None);
         }
         let dirty: Vec<u64> = d
             .slots
@@ -390,7 +402,7 @@ impl FileState {
         }
         let result = match d.error.take() {
             Some(e) => Err(e),
-            None => commit(dp, self.ino, &mut d).await,
+            None => commit(dp, self.ino, &mut d, then).await,
         };
         if let Err(e) = result {
             tracing::error!(
@@ -548,7 +560,13 @@ async fn harvest(ino: u64, d: &mut FileData, slot: u64) {
 }
 
 /// Commits the uploaded slots as a new version on top of the base.
-async fn commit(dp: &Arc<DataPlane>, ino: u64, d: &mut FileData) -> Result<(), Errno> {
+/// With `then`, the attribute change is applied in the same entry; its result is returned.
+async fn commit(
+    dp: &Arc<DataPlane>,
+    ino: u64,
+    d: &mut FileData,
+    then: Option<SetAttrRequest>,
+) -> Result<Option<Attr>, Errno> {
     let base = d.base.clone().ok_or(Errno::EIO)?;
     let mut uploaded = BTreeMap::new();
     for (i, s) in &d.slots {
@@ -578,6 +596,7 @@ async fn commit(dp: &Arc<DataPlane>, ino: u64, d: &mut FileData) -> Result<(), E
         size: d.size,
         updates,
         mtime: d.mtime.or_else(|| Some(cairn_common::time::now())),
+        then_set_attr: then,
     };
     let expected = apply_updates(&base, d.size, &uploaded);
     for attempt in 0..2 {
@@ -591,13 +610,13 @@ async fn commit(dp: &Arc<DataPlane>, ino: u64, d: &mut FileData) -> Result<(), E
             .await;
         match res {
             Ok(reply) => {
-                let version = reply.attr.map(|a| a.version).unwrap_or(0);
+                let version = reply.attr.as_ref().map(|a| a.version).unwrap_or(0);
                 tracing::debug!(inode = ino, version, size = d.size, "committed");
                 d.base = Some(Base {
                     version,
                     ..expected
                 });
-                return Ok(());
+                return Ok(reply.attr.filter(|_| req.then_set_attr.is_some()));
             }
             Err(s) if ErrorKind::from_status(&s) == ErrorKind::Conflict && attempt == 0 => {
                 // Either our own commit was applied but its reply lost (meta retried it), or
@@ -606,7 +625,8 @@ async fn commit(dp: &Arc<DataPlane>, ino: u64, d: &mut FileData) -> Result<(), E
                 let fresh = load_base(dp, ino).await?;
                 if fresh.same_content(&expected) {
                     d.base = Some(fresh);
-                    return Ok(());
+                    // Whether `then` went with it is unknown here: the caller applies it.
+                    return Ok(None);
                 }
                 if fresh.same_content(&base) {
                     req.base_version = fresh.version;
