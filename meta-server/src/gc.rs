@@ -160,10 +160,7 @@ impl Collector {
         let addrs: HashMap<u64, String> = fsm
             .servers()?
             .into_iter()
-            .map(|s| {
-                let addr = self.placement.get(s.id).map_or(s.addr, |h| h.addr);
-                (s.id, addr)
-            })
+            .map(|s| (s.id, self.placement.current_addr(s.id, &s.addr)))
             .collect();
         let now = Instant::now();
 
@@ -263,10 +260,7 @@ impl Collector {
             .servers()?
             .into_iter()
             .filter(|s| self.placement.is_up(s.id, now))
-            .map(|s| {
-                let addr = self.placement.get(s.id).map_or(s.addr, |h| h.addr);
-                (s.id, addr)
-            })
+            .map(|s| (s.id, self.placement.current_addr(s.id, &s.addr)))
             .collect();
         for (server, addr) in servers {
             let mut after = Vec::new();

@@ -70,6 +70,14 @@ impl Placement {
         now.saturating_duration_since(s.last_seen) < self.heartbeat_timeout
     }
 
+    /// Where server `id` is reached now: the address of its last heartbeat (it may have moved
+    /// since it registered), else `registered`.
+    pub fn current_addr(&self, id: u64, registered: &str) -> String {
+        self.table()
+            .get(&id)
+            .map_or_else(|| registered.to_owned(), |s| s.addr.clone())
+    }
+
     /// The last heartbeat of `id`, if any.
     pub fn get(&self, id: u64) -> Option<ServerState> {
         self.table().get(&id).cloned()

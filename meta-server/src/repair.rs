@@ -267,14 +267,7 @@ impl Repairer {
         tracing::info!(tasks = tasks.len(), "repair: starting");
         let addrs: HashMap<u64, String> = servers
             .values()
-            .map(|s| {
-                let addr = self
-                    .placement
-                    .get(s.id)
-                    .map(|h| h.addr)
-                    .unwrap_or_else(|| s.addr.clone());
-                (s.id, addr)
-            })
+            .map(|s| (s.id, self.placement.current_addr(s.id, &s.addr)))
             .collect();
         let draining_ids: Vec<u64> = servers
             .values()

@@ -162,22 +162,12 @@ impl MetaServiceImpl {
         }
     }
 
-    /// Addresses of registered servers, by id: the last heartbeat's address when known, else
-    /// the registered one.
-    fn server_addrs(&self) -> Result<HashMap<u64, String>, MetaError> {
-        let mut m: HashMap<u64, String> = self
-            .node
-            .fsm()
-            .servers()?
-            .into_iter()
-            .map(|s| (s.id, s.addr))
-            .collect();
-        for (id, addr) in m.iter_mut() {
-            if let Some(s) = self.placement.get(*id) {
-                *addr = s.addr;
-            }
-        }
-        Ok(m)
+    /// Current addresses of `servers` (registered records), by id.
+    fn addrs_of(&self, servers: &[crate::fsm::ServerRecord]) -> HashMap<u64, String> {
+        servers
+            .iter()
+            .map(|s| (s.id, self.placement.current_addr(s.id, &s.addr)))
+            .collect()
     }
 
     /// Locations of `replicas`, servers that are up first (each group in the given order).
@@ -578,7 +568,7 @@ impl MetaService for MetaServiceImpl {
         check_ino(r.ino, "ino")?;
         self.node.linearizable_read().await?;
         let (inode, slots) = self.node.fsm().chunk_locations(r.ino)?;
-        let addrs = self.server_addrs()?;
+        let addrs = self.addrs_of(&self.node.fsm().servers()?);
         let now = Instant::now();
         let slots = slots
             .into_iter()
@@ -628,11 +618,11 @@ impl MetaService for MetaServiceImpl {
         let fsm = self.node.fsm();
         // Read before any placement: the ticket must not be newer than what this answer saw.
         let ticket = fsm.gc_epoch()?;
-        let addrs = self.server_addrs()?;
+        let servers = fsm.servers()?;
+        let addrs = self.addrs_of(&servers);
         // Draining servers take no new replicas (repair is moving theirs away).
-        let draining: Vec<u64> = fsm
-            .servers()?
-            .into_iter()
+        let draining: Vec<u64> = servers
+            .iter()
             .filter(|s| s.draining)
             .map(|s| s.id)
             .collect();
