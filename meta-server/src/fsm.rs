@@ -1063,6 +1063,17 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
+    /// Makes `epoch` (the current one plus one) current if any chunk entered collection in it.
+    fn open_gc_epoch(&mut self, epoch: u64, accepted: Vec<ChunkId>) -> Reply {
+        if !accepted.is_empty() {
+            self.set_counter(GC_EPOCH, epoch);
+        }
+        Reply::GcBegun {
+            epoch,
+            ids: accepted,
+        }
+    }
+
     fn gc_begin(&mut self, ids: &[ChunkId]) -> CommandResult {
         let epoch = self.counter(GC_EPOCH)? + 1;
         let mut accepted = Vec::new();
@@ -1077,13 +1088,7 @@ impl<'a> Tx<'a> {
             self.chunks.insert(*id, Some(r));
             accepted.push(*id);
         }
-        if !accepted.is_empty() {
-            self.set_counter(GC_EPOCH, epoch);
-        }
-        Ok(Reply::GcBegun {
-            epoch,
-            ids: accepted,
-        })
+        Ok(self.open_gc_epoch(epoch, accepted))
     }
 
     fn gc_swept(&mut self, id: &ChunkId, servers: &[u64], now: Time) -> CommandResult {
@@ -1116,13 +1121,7 @@ impl<'a> Tx<'a> {
             self.gone.insert(*id, Some(Gone { epoch, at: now }));
             accepted.push(*id);
         }
-        if !accepted.is_empty() {
-            self.set_counter(GC_EPOCH, epoch);
-        }
-        Ok(Reply::GcBegun {
-            epoch,
-            ids: accepted,
-        })
+        Ok(self.open_gc_epoch(epoch, accepted))
     }
 
     fn gc_prune(&mut self, before: Time) -> CommandResult {
@@ -1414,15 +1413,21 @@ impl<'a> Tx<'a> {
         }
     }
 
-    /// Lists `server` as holding `id` (repair stored a verified copy there). A chunk that no
-    /// longer exists is `NotFound`: the copy is then garbage on that server.
-    fn add_replica(&mut self, id: &ChunkId, server: u64) -> CommandResult {
+    /// `InvalidArgument` unless `server` is a registered chunk server.
+    fn require_registered(&mut self, server: u64) -> Result<(), FsError> {
         if self.server_raw(server_id_key(server))?.is_none() {
             return Err(fs_err(
                 ErrorKind::InvalidArgument,
                 format!("chunk server {server} is not registered"),
             ));
         }
+        Ok(())
+    }
+
+    /// Lists `server` as holding `id` (repair stored a verified copy there). A chunk that no
+    /// longer exists is `NotFound`: the copy is then garbage on that server.
+    fn add_replica(&mut self, id: &ChunkId, server: u64) -> CommandResult {
+        self.require_registered(server)?;
         let Some(mut rec) = self.chunk(id)? else {
             return Err(fs_err(ErrorKind::NotFound, format!("unknown chunk {id}")));
         };
@@ -1458,12 +1463,7 @@ impl<'a> Tx<'a> {
     /// touches its reference count: files still reference the chunk, and the other replicas
     /// (or repair) still serve it.
     fn drop_replica(&mut self, id: &ChunkId, server: u64, now: Time) -> CommandResult {
-        if self.server_raw(server_id_key(server))?.is_none() {
-            return Err(fs_err(
-                ErrorKind::InvalidArgument,
-                format!("chunk server {server} is not registered"),
-            ));
-        }
+        self.require_registered(server)?;
         let Some(mut rec) = self.chunk(id)? else {
             return Err(fs_err(ErrorKind::NotFound, format!("unknown chunk {id}")));
         };
