@@ -36,10 +36,18 @@ pub enum ErrorKind {
     NotSupported,
     Io,
     Internal,
+    /// A conflicting lock is held (EAGAIN).
+    WouldBlock,
+    /// No such extended attribute (ENODATA).
+    NoData,
+    /// A value does not fit the caller's buffer or a name is too long (ERANGE).
+    OutOfRange,
+    /// A value is larger than allowed (E2BIG).
+    TooBig,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 18] = [
+    pub const ALL: [ErrorKind; 22] = [
         ErrorKind::NotFound,
         ErrorKind::AlreadyExists,
         ErrorKind::NotEmpty,
@@ -58,6 +66,10 @@ impl ErrorKind {
         ErrorKind::NotSupported,
         ErrorKind::Io,
         ErrorKind::Internal,
+        ErrorKind::WouldBlock,
+        ErrorKind::NoData,
+        ErrorKind::OutOfRange,
+        ErrorKind::TooBig,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +92,10 @@ impl ErrorKind {
             ErrorKind::NotSupported => "not-supported",
             ErrorKind::Io => "io",
             ErrorKind::Internal => "internal",
+            ErrorKind::WouldBlock => "would-block",
+            ErrorKind::NoData => "no-data",
+            ErrorKind::OutOfRange => "out-of-range",
+            ErrorKind::TooBig => "too-big",
         }
     }
 
@@ -105,6 +121,9 @@ impl ErrorKind {
             ErrorKind::PermissionDenied | ErrorKind::NotPermitted => Code::PermissionDenied,
             ErrorKind::NotSupported => Code::Unimplemented,
             ErrorKind::Io | ErrorKind::Internal => Code::Internal,
+            ErrorKind::WouldBlock => Code::FailedPrecondition,
+            ErrorKind::NoData => Code::NotFound,
+            ErrorKind::OutOfRange | ErrorKind::TooBig => Code::OutOfRange,
         }
     }
 
@@ -123,6 +142,10 @@ impl ErrorKind {
             ErrorKind::NotPermitted => libc::EPERM,
             ErrorKind::TooManyLinks => libc::EMLINK,
             ErrorKind::NotSupported => libc::EOPNOTSUPP,
+            ErrorKind::WouldBlock => libc::EAGAIN,
+            ErrorKind::NoData => libc::ENODATA,
+            ErrorKind::OutOfRange => libc::ERANGE,
+            ErrorKind::TooBig => libc::E2BIG,
             ErrorKind::Conflict
             | ErrorKind::NotLeader
             | ErrorKind::Corrupt

@@ -7,12 +7,13 @@
 use crate::data::writer::OpenFiles;
 use crate::data::DataPlane;
 use crate::errno::Errno;
+use crate::session::Session;
 use cairn_common::name::validate_name;
 use cairn_proto as pb;
 use fuser::{
-    FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    Request, TimeOrNow,
+    FileAttr, FileType, Filesystem, KernelConfig, Notifier, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -20,7 +21,7 @@ use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 /// How long the kernel may cache attributes and entries.
@@ -32,8 +33,13 @@ const READDIR_PAGE: u32 = 512;
 pub struct Core {
     pub dp: Arc<DataPlane>,
     pub files: OpenFiles,
+    pub session: Arc<Session>,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirHandle>>>>,
     next_fh: AtomicU64,
+    /// Tells the kernel to drop cached attributes (set once mounted).
+    notifier: OnceLock<Notifier>,
+    /// The content version of each inode as the kernel last got its attributes from us.
+    seen: Mutex<HashMap<u64, u64>>,
 }
 
 /// A directory listing being read: entries fetched so far (cookie = index + 3).
@@ -46,13 +52,58 @@ struct DirHandle {
 }
 
 impl Core {
-    pub fn new(dp: Arc<DataPlane>) -> Arc<Core> {
+    pub fn new(dp: Arc<DataPlane>, session: Arc<Session>) -> Arc<Core> {
         Arc::new(Core {
             dp,
             files: OpenFiles::default(),
+            session,
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            notifier: OnceLock::new(),
+            seen: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Hands over the mounted session's notifier (see [`Core::open`]).
+    pub fn set_notifier(&self, n: Notifier) {
+        let _ = self.notifier.set(n);
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// CLOSE-TO-OPEN: an open sees the content committed by every close that finished before
+    /// it, on any mount. The kernel drops a file's page cache at open (we never reply
+    /// KEEP_CACHE), and the file's chunk list is re-read here; but the kernel may still hold
+    /// the file's attributes (size) for up to the TTL, and it reads only up to the size it
+    /// knows. So when the committed version differs from the one the kernel last got from us,
+    /// its cached attributes are invalidated before the open is answered.
+    async fn open(&self, ino: u64) -> Result<(), Errno> {
+        let f = self.files.open(ino);
+        let fresh = match f.open_fresh(&self.dp).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.files.release(ino);
+                return Err(e);
+            }
+        };
+        if let Some(version) = fresh {
+            let stale = self.seen().get(&ino).is_some_and(|v| *v != version);
+            if stale {
+                if let Some(n) = self.notifier.get() {
+                    // Attributes only (offset < 0); ENOENT just means the kernel has none.
+                    let _ = n.inval_inode(ino, -1, 0);
+                }
+                self.seen().insert(ino, version);
+            }
+        }
+        Ok(())
+    }
+
+    /// The inodes this mount has open, for an unlink or rename that may remove their last name.
+    fn keep_open(&self) -> Vec<u64> {
+        self.files.all().iter().map(|f| f.ino).collect()
     }
 
     fn fh(&self) -> u64 {
@@ -86,6 +137,9 @@ impl Core {
 
     /// `attr` with this mount's view: the dirty size of a file being written.
     fn to_fuse(&self, a: &pb::Attr) -> FileAttr {
+        if a.kind == pb::FileKind::Regular as i32 {
+            self.seen().insert(a.ino, a.version);
+        }
         let mut attr = to_file_attr(a);
         if let Some(f) = self.files.get(a.ino) {
             if let Some(size) = f.dirty_size() {
@@ -174,6 +228,42 @@ impl Core {
         Ok(self.to_fuse(&a))
     }
 
+    /// fallocate(2). Cairn stores no preallocated blocks (space is taken when data is
+    /// written), so the default mode extends the size when the range ends past it (the new
+    /// bytes read as zeros and store nothing), `KEEP_SIZE` only updates ctime, and
+    /// `PUNCH_HOLE` writes zeros over the range (all-zero chunks are stored once per cluster,
+    /// content addressing deduplicates them). Other modes are not supported.
+    async fn fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32) -> Result<(), Errno> {
+        let end = offset.checked_add(length).ok_or(Errno(libc::EFBIG))?;
+        if length == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let size = self.getattr(ino).await?.size;
+        match mode {
+            0 if end > size => {
+                self.setattr(ino, None, None, None, Some(end), None, None)
+                    .await?;
+            }
+            0 | libc::FALLOC_FL_KEEP_SIZE => {
+                self.setattr(ino, None, None, None, None, None, None)
+                    .await?;
+            }
+            m if m == libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE => {
+                let f = self.files.get(ino).ok_or(Errno::EBADF)?;
+                let zeros = vec![0u8; 1 << 20];
+                let mut pos = offset;
+                let stop = end.min(size);
+                while pos < stop {
+                    let n = (stop - pos).min(zeros.len() as u64) as usize;
+                    f.write(&self.dp, pos, &zeros[..n]).await?;
+                    pos += n as u64;
+                }
+            }
+            _ => return Err(Errno(libc::EOPNOTSUPP)),
+        }
+        Ok(())
+    }
+
     /// Makes sure entries up to `index` (exclusive) are fetched, if the directory has them.
     async fn fill_dir(&self, ino: u64, h: &mut DirHandle, index: usize) -> Result<(), Errno> {
         while h.entries.len() < index && !h.eof {
@@ -208,6 +298,37 @@ impl Core {
     fn dir_handle(&self, fh: u64) -> Arc<tokio::sync::Mutex<DirHandle>> {
         let mut d = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
         d.entry(fh).or_default().clone()
+    }
+}
+
+/// A FUSE lock request as the wire's lock.
+fn lock_arg(typ: i32, start: u64, end: u64, pid: u32) -> Result<pb::FileLock, Errno> {
+    let typ = match typ {
+        libc::F_RDLCK => pb::LockType::Read,
+        libc::F_WRLCK => pb::LockType::Write,
+        libc::F_UNLCK => pb::LockType::Unlock,
+        _ => return Err(Errno::EINVAL),
+    };
+    if start > end {
+        return Err(Errno::EINVAL);
+    }
+    Ok(pb::FileLock {
+        typ: typ as i32,
+        start,
+        end,
+        pid,
+    })
+}
+
+/// Answers getxattr/listxattr: the size when asked for it (size 0), ERANGE when the caller's
+/// buffer is too small, else the bytes.
+fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32)
+    } else if value.len() > size as usize {
+        reply.error(libc::ERANGE)
+    } else {
+        reply.data(value)
     }
 }
 
@@ -313,6 +434,9 @@ impl Filesystem for CairnFs {
             FUSE_DO_READDIRPLUS,
             FUSE_READDIRPLUS_AUTO,
             FUSE_PARALLEL_DIROPS,
+            // fcntl and flock locks go to the cluster, so they hold across mounts.
+            FUSE_POSIX_LOCKS,
+            FUSE_FLOCK_LOCKS,
         ] {
             if config.add_capabilities(cap).is_err() {
                 tracing::debug!(cap, "kernel lacks capability");
@@ -454,11 +578,20 @@ impl Filesystem for CairnFs {
         self.spawn(|core| async move {
             let r = async {
                 validate_name(&name).map_err(Errno::from)?;
-                core.meta("unlink", |mut c| {
-                    let name = name.clone();
-                    async move { c.unlink(pb::UnlinkRequest { parent, name }).await }
-                })
-                .await
+                let req = pb::UnlinkRequest {
+                    parent,
+                    name,
+                    session: core.session.id(),
+                    open_inodes: core.keep_open(),
+                };
+                let r = core
+                    .meta("unlink", |mut c| {
+                        let req = req.clone();
+                        async move { c.unlink(req).await }
+                    })
+                    .await?;
+                core.session.note_orphan(r.orphan);
+                Ok::<_, Errno>(())
             }
             .await;
             match r {
@@ -539,12 +672,17 @@ impl Filesystem for CairnFs {
                     new_parent: newparent,
                     new_name,
                     flags,
+                    session: core.session.id(),
+                    open_inodes: core.keep_open(),
                 };
-                core.meta("rename", |mut c| {
-                    let req = req.clone();
-                    async move { c.rename(req).await }
-                })
-                .await
+                let r = core
+                    .meta("rename", |mut c| {
+                        let req = req.clone();
+                        async move { c.rename(req).await }
+                    })
+                    .await?;
+                core.session.note_orphan(r.orphan);
+                Ok::<_, Errno>(())
             }
             .await;
             match r {
@@ -590,11 +728,12 @@ impl Filesystem for CairnFs {
     }
 
     fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
-        let f = self.core.files.open(ino);
         let fh = self.core.fh();
-        self.spawn(|_core| async move {
-            f.refresh_if_clean().await;
-            reply.opened(fh, 0);
+        self.spawn(|core| async move {
+            match core.open(ino).await {
+                Ok(()) => reply.opened(fh, 0),
+                Err(e) => reply.error(e.0),
+            }
         });
     }
 
@@ -655,14 +794,7 @@ impl Filesystem for CairnFs {
         });
     }
 
-    fn flush(
-        &mut self,
-        req: &Request<'_>,
-        ino: u64,
-        _fh: u64,
-        _lock_owner: u64,
-        reply: ReplyEmpty,
-    ) {
+    fn flush(&mut self, req: &Request<'_>, ino: u64, _fh: u64, lock_owner: u64, reply: ReplyEmpty) {
         let f = self.core.files.get(ino);
         let closer = req.pid();
         self.spawn(|core| async move {
@@ -673,6 +805,9 @@ impl Filesystem for CairnFs {
                 Some(f) => f.flush(&core.dp).await,
                 None => Ok(()),
             };
+            // POSIX: closing any descriptor of a file drops the process's locks on it.
+            let unlocked = core.session.release_locks(ino, lock_owner).await;
+            let r = r.and(unlocked);
             match r {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e.0),
@@ -686,7 +821,7 @@ impl Filesystem for CairnFs {
         ino: u64,
         _fh: u64,
         _flags: i32,
-        _lock_owner: Option<u64>,
+        lock_owner: Option<u64>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
@@ -697,12 +832,19 @@ impl Filesystem for CairnFs {
         let left = self.core.files.release(ino);
         let f = self.core.files.get(ino);
         self.spawn(|core| async move {
-            let r = match f {
+            let mut r = match f {
                 Some(f) if left == 0 => f.flush(&core.dp).await,
                 _ => Ok(()),
             };
+            // flock locks belong to the open file and go with its last descriptor.
+            if let Some(owner) = lock_owner {
+                r = r.and(core.session.release_locks(ino, owner).await);
+            }
             if left == 0 {
                 core.files.forget_if_unused(ino);
+                if core.files.get(ino).is_none() {
+                    r = r.and(core.session.release_orphan(ino).await);
+                }
             }
             match r {
                 Ok(()) => reply.ok(),
@@ -935,6 +1077,194 @@ impl Filesystem for CairnFs {
                     }
                     reply.created(&TTL, &core.to_fuse(&a), 0, fh, 0)
                 }
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn forget(&mut self, _req: &Request<'_>, ino: u64, _nlookup: u64) {
+        // The kernel dropped the inode and, with it, the attributes it had cached.
+        self.core.seen().remove(&ino);
+    }
+
+    fn getlk(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let want = match lock_arg(typ, start, end, pid) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e.0),
+        };
+        self.spawn(|core| async move {
+            match core.session.get_lock(ino, lock_owner, want).await {
+                Ok(l) => {
+                    let typ = match pb::LockType::try_from(l.typ) {
+                        Ok(pb::LockType::Read) => libc::F_RDLCK,
+                        Ok(pb::LockType::Write) => libc::F_WRLCK,
+                        _ => libc::F_UNLCK,
+                    };
+                    reply.locked(l.start, l.end, typ, l.pid)
+                }
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn setlk(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let want = match lock_arg(typ, start, end, pid) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e.0),
+        };
+        let waiter = req.pid();
+        self.spawn(|core| async move {
+            // F_SETLKW / blocking flock: the cluster answers at once, so wait here by retrying,
+            // giving up with EINTR when the waiting process is killed or gets a signal.
+            let mut pause = Duration::from_millis(2);
+            loop {
+                match core.session.set_lock(ino, lock_owner, want).await {
+                    Err(e) if sleep && e.0 == libc::EAGAIN => {
+                        if crate::procs::interrupted(waiter) {
+                            return reply.error(libc::EINTR);
+                        }
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(100));
+                    }
+                    Ok(()) => return reply.ok(),
+                    Err(e) => return reply.error(e.0),
+                }
+            }
+        });
+    }
+
+    fn setxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if position != 0 {
+            return reply.error(libc::EINVAL);
+        }
+        let req = pb::SetXattrRequest {
+            ino,
+            name: bytes(name),
+            value: value.to_vec(),
+            flags: flags as u32,
+        };
+        self.spawn(|core| async move {
+            let r = core
+                .meta("setxattr", |mut c| {
+                    let req = req.clone();
+                    async move { c.set_xattr(req).await }
+                })
+                .await;
+            match r {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn getxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
+        reply: ReplyXattr,
+    ) {
+        let name = bytes(name);
+        self.spawn(|core| async move {
+            let r = core
+                .meta("getxattr", |mut c| {
+                    let name = name.clone();
+                    async move { c.get_xattr(pb::GetXattrRequest { ino, name }).await }
+                })
+                .await;
+            match r {
+                Ok(r) => reply_xattr(reply, size, &r.value),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        self.spawn(|core| async move {
+            let r = core
+                .meta("listxattr", |mut c| async move {
+                    c.list_xattr(pb::ListXattrRequest { ino }).await
+                })
+                .await;
+            match r {
+                Ok(r) => {
+                    let mut list = Vec::new();
+                    for n in r.names {
+                        list.extend_from_slice(&n);
+                        list.push(0);
+                    }
+                    reply_xattr(reply, size, &list)
+                }
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
+        let name = bytes(name);
+        self.spawn(|core| async move {
+            let r = core
+                .meta("removexattr", |mut c| {
+                    let name = name.clone();
+                    async move { c.remove_xattr(pb::RemoveXattrRequest { ino, name }).await }
+                })
+                .await;
+            match r {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn fallocate(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        length: i64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let (Ok(offset), Ok(length)) = (u64::try_from(offset), u64::try_from(length)) else {
+            return reply.error(libc::EINVAL);
+        };
+        self.spawn(|core| async move {
+            match core.fallocate(ino, offset, length, mode).await {
+                Ok(()) => reply.ok(),
                 Err(e) => reply.error(e.0),
             }
         });

@@ -8,6 +8,8 @@
 //! - [`data::slots`]: the pure offset/slot arithmetic both use.
 //! - [`errno`]: the one mapping from wire errors to errno.
 //! - [`procs`]: process ids behind FUSE requests (which close may commit a file).
+//! - [`session`]: this mount's session in the cluster (owner of its locks and of files kept
+//!   open after unlink), renewed in the background.
 //! - [`mount`]: `cairn mount` (mount, signal handling, drain, unmount).
 //! - [`status`]: `cairn status [--json]`.
 //! - [`admin`]: `cairn fsck`, `cairn scrub [--now]`, `cairn chunk drain`.
@@ -17,4 +19,5 @@ pub mod errno;
 pub mod fs;
 pub mod mount;
 pub mod procs;
+pub mod session;
 pub mod status;

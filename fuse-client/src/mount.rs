@@ -3,6 +3,7 @@
 //! silently: flush every dirty file, unmount, then flush whatever arrived in between.
 use crate::data::DataPlane;
 use crate::fs::{CairnFs, Core};
+use crate::session::Session;
 use anyhow::Context;
 use cairn_common::MetaClient;
 use fuser::MountOption;
@@ -66,7 +67,17 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
         )
     })?;
 
-    let core = Core::new(DataPlane::new(meta));
+    let session = rt
+        .block_on(Session::open(
+            meta.clone(),
+            &mountpoint.display().to_string(),
+        ))
+        .map_err(|s| anyhow::anyhow!("cannot open a mount session: {}", s.message()))?;
+    let renewal = {
+        let _guard = rt.enter();
+        session.spawn_renewal()
+    };
+    let core = Core::new(DataPlane::new(meta), session.clone());
     let fs = CairnFs::new(core.clone(), rt.handle().clone());
     let mut options = vec![
         MountOption::FSName("cairn".into()),
@@ -78,8 +89,9 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
     if allow_other() {
         options.push(MountOption::AllowOther);
     }
-    let session = fuser::spawn_mount2(fs, &mountpoint, &options)
+    let fuse = fuser::spawn_mount2(fs, &mountpoint, &options)
         .with_context(|| format!("mount at {}", mountpoint.display()))?;
+    core.set_notifier(fuse.notifier());
     tracing::info!(mountpoint = %mountpoint.display(), meta = %cfg.meta.join(","), "mounted");
 
     let reason = rt.block_on(async {
@@ -90,7 +102,7 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
                 _ = term.recv() => return Ok::<_, std::io::Error>("SIGTERM"),
                 _ = tokio::signal::ctrl_c() => return Ok("SIGINT"),
                 _ = poll.tick() => {
-                    if session.guard.is_finished() {
+                    if fuse.guard.is_finished() {
                         return Ok("unmounted");
                     }
                 }
@@ -102,7 +114,7 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
 
     // Unmount (dropping the session unmounts), and make sure the mount is gone even if the
     // kernel still had it busy.
-    drop(session);
+    drop(fuse);
     let deadline = Instant::now() + Duration::from_secs(5);
     while is_mounted(&mountpoint) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -119,6 +131,9 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
     }
     // Writes that raced with the first drain.
     let failed = failed + rt.block_on(core.drain());
+    // Only now that nothing can use them: release this mount's locks and open unlinked files.
+    renewal.abort();
+    rt.block_on(session.close());
     rt.shutdown_timeout(Duration::from_secs(5));
     anyhow::ensure!(
         failed == 0,

@@ -14,6 +14,35 @@ pub fn tgid(tid: u32) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Whether a task waiting in a blocking FUSE request (F_SETLKW, flock) should give up: it no
+/// longer exists, or it has a signal pending that it does not block. The kernel cannot
+/// interrupt such a request by itself (fuser does not handle INTERRUPT), so the lock wait polls
+/// this and answers EINTR, as a local lock wait would.
+pub fn interrupted(tid: u32) -> bool {
+    if tid == 0 {
+        return false;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return true;
+    };
+    let mask = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    if status
+        .lines()
+        .find_map(|l| l.strip_prefix("State:"))
+        .is_some_and(|s| s.trim_start().starts_with('Z'))
+    {
+        return true;
+    }
+    let pending = mask("SigPnd:") | mask("ShdPnd:");
+    pending & !mask("SigBlk:") & !mask("SigIgn:") != 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,5 +67,14 @@ mod tests {
         done_tx.send(()).unwrap();
         t.join().unwrap();
         assert_eq!(tgid(0), None);
+    }
+
+    #[test]
+    fn a_live_task_is_not_interrupted_and_a_gone_one_is() {
+        assert!(!interrupted(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(interrupted(pid), "a reaped process counts as gone");
     }
 }

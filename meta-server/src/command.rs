@@ -39,6 +39,15 @@ impl Time {
         cairn_common::time::now().into()
     }
 
+    /// The wall clock `d` ago (the epoch if that is earlier).
+    pub fn ago(d: std::time::Duration) -> Time {
+        Time::from_system(
+            std::time::SystemTime::now()
+                .checked_sub(d)
+                .unwrap_or(std::time::UNIX_EPOCH),
+        )
+    }
+
     /// `t` as a `Time` (times before the epoch become the epoch).
     pub fn from_system(t: std::time::SystemTime) -> Time {
         let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -142,6 +151,9 @@ pub enum Command {
         parent: u64,
         name: Vec<u8>,
         now: Time,
+        /// The caller's session and the inodes it has open (see [`Keep`]).
+        #[serde(default)]
+        keep: Keep,
     },
     Rmdir {
         parent: u64,
@@ -156,6 +168,9 @@ pub enum Command {
         /// RENAME_NOREPLACE = 1, RENAME_EXCHANGE = 2.
         flags: u32,
         now: Time,
+        /// For a replaced target, as in `Unlink`.
+        #[serde(default)]
+        keep: Keep,
     },
     SetAttr {
         ino: u64,
@@ -177,23 +192,42 @@ pub enum Command {
         now: Time,
     },
     /// Register a chunk server (idempotent per uuid) and record its current address.
-    RegisterChunkServer { uuid: String, addr: String },
+    RegisterChunkServer {
+        uuid: String,
+        addr: String,
+    },
     /// `server`'s copy of chunk `id` failed verification: stop listing it as a replica
     /// (idempotent). The chunk record and its reference count are kept; the chunk is queued
     /// in `repair` so it can be brought back to full replication.
-    DropReplica { id: ChunkId, server: u64, now: Time },
+    DropReplica {
+        id: ChunkId,
+        server: u64,
+        now: Time,
+    },
     /// Repair copied chunk `id` to `server` (verified on receipt, durable there): list it as a
     /// replica (idempotent) and clear the chunk's `repair` entry.
-    AddReplica { id: ChunkId, server: u64 },
+    AddReplica {
+        id: ChunkId,
+        server: u64,
+    },
     /// `server`'s copy of `id` is surplus (the chunk has enough healthy replicas elsewhere): stop
     /// listing it, before the copy is deleted. Refused when it would leave no replica listed.
-    RemoveReplica { id: ChunkId, server: u64 },
+    RemoveReplica {
+        id: ChunkId,
+        server: u64,
+    },
     /// Mark a chunk server draining (no new chunks; repair moves its replicas away) or not.
-    SetDraining { server: u64, draining: bool },
+    SetDraining {
+        server: u64,
+        draining: bool,
+    },
     /// Garbage collection: start collecting those of `ids` that are still unreferenced, in a
     /// new GC epoch. From then on a commit may reference them only with a ticket of this epoch
     /// or later (its upload happened after the chunk servers marked their copies).
-    GcBegin { ids: Vec<ChunkId>, now: Time },
+    GcBegin {
+        ids: Vec<ChunkId>,
+        now: Time,
+    },
     /// Garbage collection: `servers` deleted (or no longer hold) their copies of `id`. When no
     /// listed copy is left the record becomes a tombstone in `gone`.
     GcSwept {
@@ -202,11 +236,16 @@ pub enum Command {
         now: Time,
     },
     /// Forget tombstones older than `before`; commits whose tickets predate them are refused.
-    GcPrune { before: Time },
+    GcPrune {
+        before: Time,
+    },
     /// Garbage collection of copies the cluster never knew (uploads that were never
     /// committed): in a new GC epoch, give each of `ids` that has no chunk record a tombstone,
     /// so a commit of an upload placed before now is refused. Returns the ids accepted.
-    GcOrphans { ids: Vec<ChunkId>, now: Time },
+    GcOrphans {
+        ids: Vec<ChunkId>,
+        now: Time,
+    },
     /// Apply `cmd` at most once for request id (`client`, `seq`): if that id already succeeded,
     /// return its recorded reply instead (the client retried after losing the reply).
     Once {
@@ -216,9 +255,94 @@ pub enum Command {
         cmd: Box<Command>,
     },
     /// Forget request ids recorded before `before` (clients stop retrying long before).
-    PruneRequests { before: Time },
+    PruneRequests {
+        before: Time,
+    },
     /// Apply these in order as one entry: all or nothing; the reply is the last one's.
-    Batch { cmds: Vec<Command> },
+    Batch {
+        cmds: Vec<Command>,
+    },
+    /// setxattr(2). `flags`: [`XATTR_CREATE`], [`XATTR_REPLACE`].
+    SetXattr {
+        ino: u64,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        flags: u32,
+        now: Time,
+    },
+    RemoveXattr {
+        ino: u64,
+        name: Vec<u8>,
+        now: Time,
+    },
+    /// A mount starts: it will own locks and orphans. Replies `Session`.
+    OpenSession {
+        host: String,
+        mountpoint: String,
+        pid: u32,
+        now: Time,
+    },
+    RenewSession {
+        session: u64,
+        now: Time,
+    },
+    /// Ends a session: drops its locks and deletes its orphans. With `idle_before` (expiry by
+    /// the leader), only if the session was last renewed before then: a renewal wins the race.
+    CloseSession {
+        session: u64,
+        idle_before: Option<Time>,
+        now: Time,
+    },
+    /// The last handle of an orphan of `session` closed: delete the inode (idempotent).
+    ReleaseOrphan {
+        session: u64,
+        ino: u64,
+        now: Time,
+    },
+    /// Take, change or drop (`LockType::Unlock`) an advisory lock on a byte range. Refused with
+    /// `WouldBlock` when another owner holds a conflicting lock.
+    SetLock {
+        ino: u64,
+        session: u64,
+        owner: u64,
+        lock: LockRange,
+    },
+    /// Drop every lock `owner` of `session` holds on `ino`.
+    ReleaseLocks {
+        ino: u64,
+        session: u64,
+        owner: u64,
+    },
+}
+
+/// setxattr flag: fail if the attribute exists.
+pub const XATTR_CREATE: u32 = 1;
+/// setxattr flag: fail if the attribute does not exist.
+pub const XATTR_REPLACE: u32 = 2;
+
+/// Which inodes an unlink or rename must keep when their last name goes: those the calling
+/// mount (`session`) still has open. They stay, with nlink 0, as orphans of the session until it
+/// releases them (last close) or ends.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Keep {
+    pub session: u64,
+    pub open: Vec<u64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockType {
+    Read,
+    Write,
+    Unlock,
+}
+
+/// A byte range lock request: `start..=end` (`end` = u64::MAX: to the end of the file).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockRange {
+    pub typ: LockType,
+    pub start: u64,
+    pub end: u64,
+    pub pid: u32,
 }
 
 /// What a successfully applied command returns.
@@ -232,6 +356,12 @@ pub enum Reply {
     GcBegun {
         epoch: u64,
         ids: Vec<ChunkId>,
+    },
+    /// `OpenSession`: the new session's id.
+    Session(u64),
+    /// `Unlink`, `Rename`: the inode kept as an orphan of the caller's session (0: none).
+    Unlinked {
+        orphan: u64,
     },
 }
 

@@ -139,6 +139,11 @@ pub struct Config {
     /// closed, so this must exceed the longest write).
     #[arg(long, env = "CAIRN_META_GC_ORPHAN_AGE_SECS", default_value_t = 86_400)]
     pub gc_orphan_age_secs: u64,
+
+    /// Seconds a mount session lives without a renewal. When it ends, the mount's locks are
+    /// released and the files it kept open after unlink are deleted. Mounts renew every quarter.
+    #[arg(long, env = "CAIRN_META_SESSION_TTL_SECS", default_value_t = 60)]
+    pub session_ttl_secs: u64,
 }
 
 impl Config {
@@ -166,6 +171,7 @@ impl Config {
             gc_ticket_horizon_secs: 86_400,
             gc_orphan_scan_secs: 3600,
             gc_orphan_age_secs: 86_400,
+            session_ttl_secs: 60,
         }
     }
 
@@ -219,6 +225,9 @@ impl Config {
         }
         if self.gc_interval_ms == 0 {
             return Err("--gc-interval-ms must be at least 1".into());
+        }
+        if self.session_ttl_secs < 2 {
+            return Err("--session-ttl-secs must be at least 2".into());
         }
         if self.gc_ticket_horizon_secs < self.gc_grace_secs {
             return Err("--gc-ticket-horizon-secs must be at least --gc-grace-secs".into());
@@ -283,6 +292,7 @@ impl Config {
             replication: self.replication,
             min_replication: self.min_replication,
             heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms),
+            session_ttl: Duration::from_secs(self.session_ttl_secs),
         }
     }
 }

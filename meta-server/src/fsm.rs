@@ -18,12 +18,18 @@
 //! | `counters` | `next_ino`, `next_server_id`, `inodes` | u64 BE                                |
 //! | `gc`       | [`ChunkId`]                          | [`Time`] it became unreferenced (JSON)  |
 //! | `repair`   | [`ChunkId`]                          | [`Time`] it last lost a replica (JSON)  |
+//! | `gone`     | [`ChunkId`]                          | [`Gone`] tombstone (JSON)               |
+//! | `requests` | client (u64 BE) ++ seq (u64 BE)      | recorded reply of a mutation (JSON)     |
+//! | `xattrs`   | ino (u64 BE) ++ name                 | value bytes                             |
+//! | `sessions` | session id (u64 BE)                  | [`SessionRecord`] (JSON)                |
+//! | `locks`    | ino (u64 BE)                         | `Vec<`[`HeldLock`]`>` (JSON)            |
+//! | `orphans`  | session (u64 BE) ++ ino (u64 BE)     | empty: an open file with no name left   |
 //!
 //! Determinism: `apply` depends only on the DB state and the command (the leader stamps `now`
 //! into it), so every replica computes the same state.
 use crate::command::{
-    Command, CommandResult, FsError, Kind, Reply, SlotChunk, SlotUpdate, Time, RENAME_EXCHANGE,
-    RENAME_NOREPLACE,
+    Command, CommandResult, FsError, Keep, Kind, Reply, SlotChunk, SlotUpdate, Time,
+    RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
 use crate::error::MetaError;
 use cairn_common::error::ErrorKind;
@@ -36,6 +42,7 @@ use std::sync::Arc;
 /// Column families holding the replicated state. A snapshot is exactly their contents.
 pub const STATE_CFS: &[&str] = &[
     "inodes", "dentries", "chunks", "servers", "counters", "gc", "repair", "gone", "requests",
+    "xattrs", "sessions", "locks", "orphans",
 ];
 
 const CF_INODES: &str = "inodes";
@@ -47,6 +54,13 @@ const CF_GC: &str = "gc";
 const CF_REPAIR: &str = "repair";
 const CF_GONE: &str = "gone";
 const CF_REQUESTS: &str = "requests";
+const CF_XATTRS: &str = "xattrs";
+const CF_SESSIONS: &str = "sessions";
+const CF_LOCKS: &str = "locks";
+const CF_ORPHANS: &str = "orphans";
+
+mod sessions;
+pub use sessions::{check_xattr_name, HeldLock, SessionRecord};
 
 /// The recorded result of a mutation applied under a request id (`requests` column family).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -438,6 +452,20 @@ impl Fsm {
     // Reads (the service calls `MetaNode::linearizable_read` first).
     // ---------------------------------------------------------------------------------------
 
+    /// The entries of `cf` whose key starts with `prefix`.
+    fn scan(&self, cf: &str, prefix: &[u8]) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, FsError> {
+        let mut out = BTreeMap::new();
+        let mode = IteratorMode::From(prefix, Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(cf)?, mode) {
+            let (k, v) = item.map_err(storage)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.insert(k.to_vec(), v.to_vec());
+        }
+        Ok(out)
+    }
+
     /// The inode `ino`, if it exists.
     pub fn get_opt(&self, ino: u64) -> Result<Option<Inode>, MetaError> {
         Ok(self
@@ -757,6 +785,8 @@ struct Tx<'a> {
     gone: BTreeMap<ChunkId, Option<Gone>>,
     servers: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     counters: BTreeMap<&'static str, u64>,
+    /// The smaller column families (xattrs, sessions, locks, orphans): (cf, key) → value.
+    kv: BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
 }
 
 impl<'a> Tx<'a> {
@@ -772,6 +802,7 @@ impl<'a> Tx<'a> {
             gone: BTreeMap::new(),
             servers: BTreeMap::new(),
             counters: BTreeMap::new(),
+            kv: BTreeMap::new(),
         }
     }
 
@@ -830,7 +861,44 @@ impl<'a> Tx<'a> {
         for (k, v) in &self.counters {
             b.put_cf(cf, k, v.to_be_bytes());
         }
+        for ((cf, k), v) in &self.kv {
+            let cf = f.cf(cf)?;
+            match v {
+                Some(v) => b.put_cf(cf, k, v),
+                None => b.delete_cf(cf, k),
+            }
+        }
         Ok(())
+    }
+
+    fn kv_get(&mut self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, FsError> {
+        if let Some(v) = self.kv.get(&(cf, key.to_vec())) {
+            return Ok(v.clone());
+        }
+        self.fsm.raw_get(cf, key)
+    }
+
+    fn kv_put(&mut self, cf: &'static str, key: Vec<u8>, v: Option<Vec<u8>>) {
+        self.kv.insert((cf, key), v);
+    }
+
+    /// The entries of `cf` whose key starts with `prefix`, as this transaction sees them.
+    fn kv_scan(
+        &mut self,
+        cf: &'static str,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, FsError> {
+        let mut out = self.fsm.scan(cf, prefix)?;
+        for ((c, k), v) in self.kv.range((cf, prefix.to_vec())..) {
+            if *c != cf || !k.starts_with(prefix) {
+                break;
+            }
+            match v {
+                Some(v) => out.insert(k.clone(), v.clone()),
+                None => out.remove(k),
+            };
+        }
+        Ok(out.into_iter().collect())
     }
 
     // --- overlay accessors -------------------------------------------------------------------
@@ -1163,26 +1231,36 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
-    /// Drops one link of `i` (already unlinked from its directory). Deletes the inode when no
-    /// link is left.
-    fn drop_link(&mut self, mut i: Inode, now: Time) -> Result<(), FsError> {
+    /// Drops one link of `i` (already unlinked from its directory). When no link is left the
+    /// inode is deleted, unless `keep` says the caller's mount still has it open: then it stays
+    /// as an orphan of that session, whose ino is returned.
+    fn drop_link(&mut self, mut i: Inode, now: Time, keep: &Keep) -> Result<u64, FsError> {
         if i.is_dir() {
             // A directory has exactly one name; removing it removes the directory.
-            return self.delete_inode(i, now);
+            self.delete_inode(i, now)?;
+            return Ok(0);
         }
         i.nlink = i.nlink.saturating_sub(1);
-        if i.nlink == 0 {
-            return self.delete_inode(i, now);
-        }
         i.ctime = now;
+        if i.nlink == 0 {
+            if keep.open.contains(&i.ino) && self.session_exists(keep.session)? {
+                let ino = i.ino;
+                self.put_inode(i);
+                self.add_orphan(keep.session, ino);
+                return Ok(ino);
+            }
+            self.delete_inode(i, now)?;
+            return Ok(0);
+        }
         self.put_inode(i);
-        Ok(())
+        Ok(0)
     }
 
     fn delete_inode(&mut self, i: Inode, now: Time) -> Result<(), FsError> {
         for s in i.slots.values() {
             self.decref(&s.id, now)?;
         }
+        self.forget_inode_extras(i.ino)?;
         self.inodes.insert(i.ino, None);
         let n = self.counter(INODE_COUNT)?;
         self.set_counter(INODE_COUNT, n.saturating_sub(1));
@@ -1274,8 +1352,15 @@ impl<'a> Tx<'a> {
                 new_name,
                 now,
             } => self.link(*ino, *new_parent, new_name, *now),
-            Command::Unlink { parent, name, now } => self.unlink(*parent, name, false, *now),
-            Command::Rmdir { parent, name, now } => self.unlink(*parent, name, true, *now),
+            Command::Unlink {
+                parent,
+                name,
+                now,
+                keep,
+            } => self.unlink(*parent, name, false, *now, keep),
+            Command::Rmdir { parent, name, now } => {
+                self.unlink(*parent, name, true, *now, &Keep::default())
+            }
             Command::Rename {
                 parent,
                 name,
@@ -1283,7 +1368,42 @@ impl<'a> Tx<'a> {
                 new_name,
                 flags,
                 now,
-            } => self.rename(*parent, name, *new_parent, new_name, *flags, *now),
+                keep,
+            } => self.rename(*parent, name, *new_parent, new_name, *flags, *now, keep),
+            Command::SetXattr {
+                ino,
+                name,
+                value,
+                flags,
+                now,
+            } => self.set_xattr(*ino, name, value, *flags, *now),
+            Command::RemoveXattr { ino, name, now } => self.remove_xattr(*ino, name, *now),
+            Command::OpenSession {
+                host,
+                mountpoint,
+                pid,
+                now,
+            } => self.open_session(host, mountpoint, *pid, *now),
+            Command::RenewSession { session, now } => self.renew_session(*session, *now),
+            Command::CloseSession {
+                session,
+                idle_before,
+                now,
+            } => self.close_session(*session, *idle_before, *now),
+            Command::ReleaseOrphan { session, ino, now } => {
+                self.release_orphan(*session, *ino, *now)
+            }
+            Command::SetLock {
+                ino,
+                session,
+                owner,
+                lock,
+            } => self.set_lock(*ino, *session, *owner, lock),
+            Command::ReleaseLocks {
+                ino,
+                session,
+                owner,
+            } => self.release_locks(*ino, *session, *owner),
             Command::SetAttr {
                 ino,
                 mode,
@@ -1562,6 +1682,13 @@ impl<'a> Tx<'a> {
                 format!("cannot hard-link directory {ino}"),
             ));
         }
+        if i.nlink == 0 {
+            // An orphan (unlinked while open) cannot get a name back.
+            return Err(fs_err(
+                ErrorKind::NotFound,
+                format!("inode {ino} has been unlinked"),
+            ));
+        }
         self.must_dir(new_parent)?;
         if self.dentry(new_parent, new_name)?.is_some() {
             return Err(fs_err(
@@ -1583,7 +1710,14 @@ impl<'a> Tx<'a> {
         Ok(Reply::Attr(i))
     }
 
-    fn unlink(&mut self, parent: u64, name: &[u8], rmdir: bool, now: Time) -> CommandResult {
+    fn unlink(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        rmdir: bool,
+        now: Time,
+        keep: &Keep,
+    ) -> CommandResult {
         validate_name(name)?;
         self.must_dir(parent)?;
         let d = self.dentry(parent, name)?.ok_or_else(|| {
@@ -1614,10 +1748,15 @@ impl<'a> Tx<'a> {
         }
         self.del_dentry(parent, name);
         self.touch_dir(parent, now, if rmdir { -1 } else { 0 })?;
-        self.drop_link(child, now)?;
-        Ok(Reply::Empty)
+        let orphan = self.drop_link(child, now, keep)?;
+        Ok(if rmdir {
+            Reply::Empty
+        } else {
+            Reply::Unlinked { orphan }
+        })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn rename(
         &mut self,
         parent: u64,
@@ -1626,6 +1765,7 @@ impl<'a> Tx<'a> {
         new_name: &[u8],
         flags: u32,
         now: Time,
+        keep: &Keep,
     ) -> CommandResult {
         validate_name(name)?;
         validate_name(new_name)?;
@@ -1749,13 +1889,14 @@ impl<'a> Tx<'a> {
 
         // Replace the target, if any.
         let mut d_new = 0i32;
+        let mut orphan = 0;
         if let Some(dst) = dst {
             let victim = self.must_inode(dst.ino)?;
             if victim.is_dir() {
                 // The replaced directory's ".." no longer counts toward new_parent.
                 d_new -= 1;
             }
-            self.drop_link(victim, now)?;
+            orphan = self.drop_link(victim, now, keep)?;
         }
         self.del_dentry(parent, name);
         self.put_dentry(new_parent, new_name, src);
@@ -1776,7 +1917,7 @@ impl<'a> Tx<'a> {
             self.touch_dir(parent, now, d_old)?;
             self.touch_dir(new_parent, now, d_new)?;
         }
-        Ok(Reply::Empty)
+        Ok(Reply::Unlinked { orphan })
     }
 
     fn commit_write(

@@ -123,21 +123,13 @@ impl Collector {
             }
             if last_prune.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
                 last_prune = Some(Instant::now());
-                let before = Time::from_system(
-                    std::time::SystemTime::now()
-                        .checked_sub(self.cfg.horizon)
-                        .unwrap_or(std::time::UNIX_EPOCH),
-                );
+                let before = Time::ago(self.cfg.horizon);
                 if let Err(e) = self.node.write(Command::GcPrune { before }).await {
                     tracing::warn!(error = %e, "gc: pruning tombstones failed");
                 }
                 // Clients retry a call for 30 s at most: request ids older than 10 minutes
                 // will never be seen again.
-                let before = Time::from_system(
-                    std::time::SystemTime::now()
-                        .checked_sub(REQUEST_ID_TTL)
-                        .unwrap_or(std::time::UNIX_EPOCH),
-                );
+                let before = Time::ago(REQUEST_ID_TTL);
                 if let Err(e) = self.node.write(Command::PruneRequests { before }).await {
                     tracing::warn!(error = %e, "gc: pruning request ids failed");
                 }
@@ -148,11 +140,7 @@ impl Collector {
     /// One round: mark, begin, delete marked, record.
     pub async fn round(&self) -> Result<(), MetaError> {
         let fsm = self.node.fsm();
-        let before = Time::from_system(
-            std::time::SystemTime::now()
-                .checked_sub(self.cfg.grace)
-                .unwrap_or(std::time::UNIX_EPOCH),
-        );
+        let before = Time::ago(self.cfg.grace);
         let candidates = fsm.gc_candidates(before, ROUND)?;
         if candidates.is_empty() {
             return Ok(());

@@ -13,7 +13,8 @@
 //!   replica placement.
 //! - [`repair`]: the leader's worker that re-replicates under-replicated chunks (server to
 //!   server) and trims surplus copies; [`gc`]: the leader's garbage collector (mark, epoch,
-//!   marked delete); [`health`]: fsck, namespace against chunk inventory.
+//!   marked delete); [`health`]: fsck, namespace against chunk inventory; [`sessions`]: the
+//!   leader's reaper of mount sessions that stopped renewing (their locks and orphans).
 //!
 //! [`start`] runs a node inside the current tokio runtime (tests use it with `127.0.0.1:0`);
 //! [`run`] is what the `cairn-meta` binary calls.
@@ -29,6 +30,7 @@ pub mod placement;
 pub mod raft_service;
 pub mod repair;
 pub mod service;
+pub mod sessions;
 pub mod store;
 pub mod types;
 
@@ -63,6 +65,7 @@ struct Workers {
     shutdown: tokio_util::sync::CancellationToken,
     repair: JoinHandle<()>,
     gc: JoinHandle<()>,
+    sessions: JoinHandle<()>,
 }
 
 impl RunningNode {
@@ -148,10 +151,16 @@ pub async fn start_with_listener(
             chunks: cairn_common::ChunkClients::new(),
         };
         let gc = tokio::spawn(collector.run(shutdown.clone()).instrument(span.clone()));
+        let reaper = sessions::Reaper {
+            node: node.clone(),
+            ttl: std::time::Duration::from_secs(config.session_ttl_secs),
+        };
+        let sessions = tokio::spawn(reaper.run(shutdown.clone()).instrument(span.clone()));
         Workers {
             shutdown,
             repair,
             gc,
+            sessions,
         }
     };
     let meta_svc = MetaServiceServer::new(meta_impl)
@@ -200,6 +209,9 @@ pub async fn start_with_listener(
             }
             if let Err(e) = workers.gc.await {
                 tracing::error!(error = %e, "gc worker panicked");
+            }
+            if let Err(e) = workers.sessions.await {
+                tracing::error!(error = %e, "session reaper panicked");
             }
             tracing::info!("grpc server stopped; shutting raft down");
             if let Err(e) = task_raft.shutdown().await {

@@ -6,7 +6,9 @@
 //! id not 32 bytes, lengths out of range, oversized lists) gets `InvalidArgument` and changes
 //! nothing. Every error leaves through the one `From<MetaError> for Status` mapping, so a
 //! follower answers `NotLeader` with the leader's address and clients follow it.
-use crate::command::{Command, Kind, Reply, SlotChunk, SlotUpdate, Time};
+use crate::command::{
+    Command, Keep, Kind, LockRange, LockType, Reply, SlotChunk, SlotUpdate, Time,
+};
 use crate::command::{RENAME_EXCHANGE, RENAME_NOREPLACE};
 use crate::error::MetaError;
 use crate::fsm::{Inode, SYMLINK_MAX};
@@ -48,6 +50,8 @@ pub struct ServiceConfig {
     pub min_replication: u32,
     /// A chunk server with no heartbeat for this long is down (default 5 s).
     pub heartbeat_timeout: Duration,
+    /// A mount session not renewed for this long ends (default 60 s).
+    pub session_ttl: Duration,
 }
 
 impl Default for ServiceConfig {
@@ -56,6 +60,7 @@ impl Default for ServiceConfig {
             replication: 3,
             min_replication: 2,
             heartbeat_timeout: Duration::from_secs(5),
+            session_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -291,6 +296,54 @@ fn once(id: Option<(u64, u64)>, cmd: Command) -> Command {
     }
 }
 
+/// Most open inodes an unlink or rename may list (a bound on the message, not on the mount: a
+/// mount with more open files lists only those the operation could remove).
+const KEEP_MAX: usize = 1 << 16;
+
+fn check_keep(session: u64, open: Vec<u64>) -> Result<Keep, Status> {
+    if open.len() > KEEP_MAX {
+        return Err(invalid(format!("more than {KEEP_MAX} open inodes listed")));
+    }
+    Ok(Keep { session, open })
+}
+
+fn orphan_of(r: Reply) -> Result<u64, Status> {
+    match r {
+        Reply::Unlinked { orphan } => Ok(orphan),
+        Reply::Empty => Ok(0),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn check_session(session: u64) -> Result<u64, Status> {
+    if session == 0 {
+        return Err(invalid("session 0 is not a session"));
+    }
+    Ok(session)
+}
+
+fn check_lock(l: Option<pb::FileLock>) -> Result<LockRange, Status> {
+    let l = l.ok_or_else(|| invalid("lock missing"))?;
+    let typ = match pb::LockType::try_from(l.typ) {
+        Ok(pb::LockType::Read) => LockType::Read,
+        Ok(pb::LockType::Write) => LockType::Write,
+        Ok(pb::LockType::Unlock) => LockType::Unlock,
+        _ => return Err(invalid(format!("bad lock type {}", l.typ))),
+    };
+    if l.start > l.end {
+        return Err(invalid(format!(
+            "lock range {}..={} is empty",
+            l.start, l.end
+        )));
+    }
+    Ok(LockRange {
+        typ,
+        start: l.start,
+        end: l.end,
+        pid: l.pid,
+    })
+}
+
 fn invalid(msg: impl Into<String>) -> Status {
     MetaError::Invalid(msg.into()).into()
 }
@@ -455,17 +508,22 @@ impl MetaService for MetaServiceImpl {
         let r = req.into_inner();
         check_ino(r.parent, "parent")?;
         check_name(&r.name)?;
-        self.node
+        let keep = check_keep(r.session, r.open_inodes)?;
+        let reply = self
+            .node
             .write(once(
                 id,
                 Command::Unlink {
                     parent: r.parent,
                     name: r.name,
                     now: Time::now(),
+                    keep,
                 },
             ))
             .await?;
-        Ok(Response::new(pb::UnlinkReply {}))
+        Ok(Response::new(pb::UnlinkReply {
+            orphan: orphan_of(reply)?,
+        }))
     }
 
     async fn rmdir(
@@ -486,7 +544,7 @@ impl MetaService for MetaServiceImpl {
                 },
             ))
             .await?;
-        Ok(Response::new(pb::UnlinkReply {}))
+        Ok(Response::new(pb::UnlinkReply { orphan: 0 }))
     }
 
     async fn rename(
@@ -503,7 +561,9 @@ impl MetaService for MetaServiceImpl {
         if r.flags & !known != 0 || r.flags == known {
             return Err(invalid(format!("unsupported rename flags {:#x}", r.flags)));
         }
-        self.node
+        let keep = check_keep(r.session, r.open_inodes)?;
+        let reply = self
+            .node
             .write(once(
                 id,
                 Command::Rename {
@@ -513,10 +573,13 @@ impl MetaService for MetaServiceImpl {
                     new_name: r.new_name,
                     flags: r.flags,
                     now: Time::now(),
+                    keep,
                 },
             ))
             .await?;
-        Ok(Response::new(pb::RenameReply {}))
+        Ok(Response::new(pb::RenameReply {
+            orphan: orphan_of(reply)?,
+        }))
     }
 
     async fn readlink(
@@ -1054,6 +1117,207 @@ impl MetaService for MetaServiceImpl {
             leader_id,
             leader_addr,
         }))
+    }
+
+    async fn open_session(
+        &self,
+        req: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionReply>, Status> {
+        let id = request_id(&req)?;
+        let r = req.into_inner();
+        if r.host.len() > 256 || r.mountpoint.len() > 4096 {
+            return Err(invalid("host or mountpoint too long"));
+        }
+        let cmd = Command::OpenSession {
+            host: r.host,
+            mountpoint: r.mountpoint,
+            pid: r.pid,
+            now: Time::now(),
+        };
+        match self.node.write(once(id, cmd)).await? {
+            Reply::Session(session) => Ok(Response::new(pb::OpenSessionReply {
+                session,
+                ttl_ms: self.cfg.session_ttl.as_millis() as u64,
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn renew_session(
+        &self,
+        req: Request<pb::RenewSessionRequest>,
+    ) -> Result<Response<pb::RenewSessionReply>, Status> {
+        let session = check_session(req.into_inner().session)?;
+        self.node
+            .write(Command::RenewSession {
+                session,
+                now: Time::now(),
+            })
+            .await?;
+        Ok(Response::new(pb::RenewSessionReply {}))
+    }
+
+    async fn close_session(
+        &self,
+        req: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionReply>, Status> {
+        let session = check_session(req.into_inner().session)?;
+        self.node
+            .write(Command::CloseSession {
+                session,
+                idle_before: None,
+                now: Time::now(),
+            })
+            .await?;
+        Ok(Response::new(pb::CloseSessionReply {}))
+    }
+
+    async fn release_orphan(
+        &self,
+        req: Request<pb::ReleaseOrphanRequest>,
+    ) -> Result<Response<pb::ReleaseOrphanReply>, Status> {
+        let r = req.into_inner();
+        let session = check_session(r.session)?;
+        check_ino(r.ino, "ino")?;
+        self.node
+            .write(Command::ReleaseOrphan {
+                session,
+                ino: r.ino,
+                now: Time::now(),
+            })
+            .await?;
+        Ok(Response::new(pb::ReleaseOrphanReply {}))
+    }
+
+    async fn set_lock(
+        &self,
+        req: Request<pb::SetLockRequest>,
+    ) -> Result<Response<pb::SetLockReply>, Status> {
+        let id = request_id(&req)?;
+        let r = req.into_inner();
+        check_ino(r.ino, "ino")?;
+        let cmd = Command::SetLock {
+            ino: r.ino,
+            session: check_session(r.session)?,
+            owner: r.owner,
+            lock: check_lock(r.lock)?,
+        };
+        self.node.write(once(id, cmd)).await?;
+        Ok(Response::new(pb::SetLockReply {}))
+    }
+
+    async fn get_lock(
+        &self,
+        req: Request<pb::GetLockRequest>,
+    ) -> Result<Response<pb::GetLockReply>, Status> {
+        let r = req.into_inner();
+        check_ino(r.ino, "ino")?;
+        let want = check_lock(r.lock)?;
+        self.node.linearizable_read().await?;
+        let lock = match self
+            .node
+            .fsm()
+            .lock_conflict(r.ino, r.session, r.owner, &want)?
+        {
+            Some(h) => pb::FileLock {
+                typ: if h.write {
+                    pb::LockType::Write
+                } else {
+                    pb::LockType::Read
+                } as i32,
+                start: h.start,
+                end: h.end,
+                pid: h.pid,
+            },
+            None => pb::FileLock {
+                typ: pb::LockType::Unlock as i32,
+                ..want_to_pb(&want)
+            },
+        };
+        Ok(Response::new(pb::GetLockReply { lock: Some(lock) }))
+    }
+
+    async fn release_locks(
+        &self,
+        req: Request<pb::ReleaseLocksRequest>,
+    ) -> Result<Response<pb::ReleaseLocksReply>, Status> {
+        let r = req.into_inner();
+        check_ino(r.ino, "ino")?;
+        self.node
+            .write(Command::ReleaseLocks {
+                ino: r.ino,
+                session: check_session(r.session)?,
+                owner: r.owner,
+            })
+            .await?;
+        Ok(Response::new(pb::ReleaseLocksReply {}))
+    }
+
+    async fn get_xattr(
+        &self,
+        req: Request<pb::GetXattrRequest>,
+    ) -> Result<Response<pb::GetXattrReply>, Status> {
+        let r = req.into_inner();
+        check_ino(r.ino, "ino")?;
+        self.node.linearizable_read().await?;
+        let value = self.node.fsm().xattr(r.ino, &r.name)?;
+        Ok(Response::new(pb::GetXattrReply { value }))
+    }
+
+    async fn list_xattr(
+        &self,
+        req: Request<pb::ListXattrRequest>,
+    ) -> Result<Response<pb::ListXattrReply>, Status> {
+        let r = req.into_inner();
+        check_ino(r.ino, "ino")?;
+        self.node.linearizable_read().await?;
+        let names = self.node.fsm().xattr_names(r.ino)?;
+        Ok(Response::new(pb::ListXattrReply { names }))
+    }
+
+    async fn set_xattr(
+        &self,
+        req: Request<pb::SetXattrRequest>,
+    ) -> Result<Response<pb::SetXattrReply>, Status> {
+        let id = request_id(&req)?;
+        let r = req.into_inner();
+        check_ino(r.ino, "ino")?;
+        crate::fsm::check_xattr_name(&r.name).map_err(MetaError::from)?;
+        let cmd = Command::SetXattr {
+            ino: r.ino,
+            name: r.name,
+            value: r.value,
+            flags: r.flags,
+            now: Time::now(),
+        };
+        self.node.write(once(id, cmd)).await?;
+        Ok(Response::new(pb::SetXattrReply {}))
+    }
+
+    async fn remove_xattr(
+        &self,
+        req: Request<pb::RemoveXattrRequest>,
+    ) -> Result<Response<pb::RemoveXattrReply>, Status> {
+        let id = request_id(&req)?;
+        let r = req.into_inner();
+        check_ino(r.ino, "ino")?;
+        crate::fsm::check_xattr_name(&r.name).map_err(MetaError::from)?;
+        let cmd = Command::RemoveXattr {
+            ino: r.ino,
+            name: r.name,
+            now: Time::now(),
+        };
+        self.node.write(once(id, cmd)).await?;
+        Ok(Response::new(pb::RemoveXattrReply {}))
+    }
+}
+
+fn want_to_pb(l: &LockRange) -> pb::FileLock {
+    pb::FileLock {
+        typ: pb::LockType::Unspecified as i32,
+        start: l.start,
+        end: l.end,
+        pid: l.pid,
     }
 }
 

@@ -3,8 +3,8 @@
 use cairn_common::error::ErrorKind;
 use cairn_common::{ChunkId, CHUNK_SIZE, ROOT_INO};
 use cairn_meta_server::command::{
-    Command, CommandResult, Kind, Reply, SlotChunk, SlotUpdate, Time, RENAME_EXCHANGE,
-    RENAME_NOREPLACE,
+    Command, CommandResult, Keep, Kind, LockRange, LockType, Reply, SlotChunk, SlotUpdate, Time,
+    RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE,
 };
 use cairn_meta_server::fsm::{Fsm, Inode, STATE_CFS};
 use rocksdb::{Options, WriteBatch, DB};
@@ -120,6 +120,7 @@ impl H {
             parent,
             name: name.as_bytes().to_vec(),
             now,
+            keep: Keep::default(),
         })
         .map(|_| ())
         .map_err(|e| e.kind)
@@ -145,6 +146,7 @@ impl H {
             new_name: nn.as_bytes().to_vec(),
             flags,
             now,
+            keep: Keep::default(),
         })
         .map(|_| ())
         .map_err(|e| e.kind)
@@ -1418,4 +1420,348 @@ fn a_batch_is_all_or_nothing() {
         .unwrap();
     let Reply::Attr(i) = r else { panic!("{r:?}") };
     assert_eq!((i.size, i.mode, i.version), (10, 0o600, f.version + 1));
+}
+
+// --- sessions, locks, orphans, xattrs --------------------------------------------------------
+
+impl H {
+    fn open_session(&mut self) -> u64 {
+        let now = self.now();
+        match self.apply(Command::OpenSession {
+            host: "h".into(),
+            mountpoint: "/mnt".into(),
+            pid: 1,
+            now,
+        }) {
+            Ok(Reply::Session(id)) => id,
+            other => panic!("open session: {other:?}"),
+        }
+    }
+
+    fn lock(
+        &mut self,
+        ino: u64,
+        session: u64,
+        owner: u64,
+        typ: LockType,
+        r: (u64, u64),
+    ) -> CommandResult {
+        self.apply(Command::SetLock {
+            ino,
+            session,
+            owner,
+            lock: LockRange {
+                typ,
+                start: r.0,
+                end: r.1,
+                pid: owner as u32,
+            },
+        })
+    }
+
+    fn xattr_set(&mut self, ino: u64, name: &str, v: &[u8], flags: u32) -> Result<(), ErrorKind> {
+        let now = self.now();
+        self.apply(Command::SetXattr {
+            ino,
+            name: name.as_bytes().to_vec(),
+            value: v.to_vec(),
+            flags,
+            now,
+        })
+        .map(|_| ())
+        .map_err(|e| e.kind)
+    }
+}
+
+fn want(typ: LockType, start: u64, end: u64) -> LockRange {
+    LockRange {
+        typ,
+        start,
+        end,
+        pid: 0,
+    }
+}
+
+/// Two mounts (sessions) contend for byte ranges of one file: owners never block themselves,
+/// writes exclude everyone, reads share, an unlock splits a range, and ending a session frees
+/// everything it held.
+#[test]
+fn locks_conflict_across_owners_split_and_die_with_their_session() {
+    let mut h = H::new();
+    let f = h.file(ROOT_INO, "f").ino;
+    let (a, b) = (h.open_session(), h.open_session());
+    assert_ne!(a, b);
+    use LockType::*;
+    h.lock(f, a, 1, Write, (0, 99)).unwrap();
+    // The same owner may change its own lock; another owner is refused on overlap only.
+    h.lock(f, a, 1, Read, (50, 59)).unwrap();
+    assert_eq!(
+        h.lock(f, b, 7, Read, (90, 200)).unwrap_err().kind,
+        ErrorKind::WouldBlock
+    );
+    h.lock(f, b, 7, Write, (100, 199)).unwrap();
+    // Readers share: b may read-lock a's read range [50, 59] but not a's write range.
+    h.lock(f, b, 7, Read, (50, 59)).unwrap();
+    assert_eq!(
+        h.lock(f, b, 7, Read, (40, 59)).unwrap_err().kind,
+        ErrorKind::WouldBlock
+    );
+    let c = h
+        .fsm
+        .lock_conflict(f, b, 7, &want(Write, 0, 10))
+        .unwrap()
+        .unwrap();
+    assert_eq!((c.session, c.write, c.start, c.end), (a, true, 0, 49));
+    // Unlock the middle of a's write range: [0, 9] and [20, 49] stay.
+    h.lock(f, a, 1, Unlock, (10, 19)).unwrap();
+    assert!(h
+        .fsm
+        .lock_conflict(f, b, 7, &want(Write, 10, 19))
+        .unwrap()
+        .is_none());
+    assert!(h
+        .fsm
+        .lock_conflict(f, b, 7, &want(Write, 9, 9))
+        .unwrap()
+        .is_some());
+    assert!(h
+        .fsm
+        .lock_conflict(f, b, 7, &want(Write, 20, 20))
+        .unwrap()
+        .is_some());
+    // A session that ended owns nothing and cannot lock.
+    let now = h.now();
+    h.apply(Command::CloseSession {
+        session: a,
+        idle_before: None,
+        now,
+    })
+    .unwrap();
+    assert!(h
+        .fsm
+        .lock_conflict(f, b, 7, &want(Write, 0, 99))
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        h.lock(f, a, 1, Write, (0, 0)).unwrap_err().kind,
+        ErrorKind::NotFound
+    );
+    // Release by owner (close of a descriptor).
+    h.apply(Command::ReleaseLocks {
+        ino: f,
+        session: b,
+        owner: 7,
+    })
+    .unwrap();
+    let c2 = h.open_session();
+    h.lock(f, c2, 3, Write, (0, u64::MAX)).unwrap();
+}
+
+/// Expiry races with renewal: a `CloseSession` decided before the last renewal does nothing.
+#[test]
+fn a_renewed_session_survives_a_stale_expiry() {
+    let mut h = H::new();
+    let s = h.open_session();
+    let decided = h.now();
+    let now = h.now();
+    h.apply(Command::RenewSession { session: s, now }).unwrap();
+    let now = h.now();
+    h.apply(Command::CloseSession {
+        session: s,
+        idle_before: Some(decided),
+        now,
+    })
+    .unwrap();
+    assert_eq!(
+        h.fsm.sessions().unwrap().len(),
+        1,
+        "renewed after the decision: kept"
+    );
+    let later = h.now();
+    let now = h.now();
+    h.apply(Command::CloseSession {
+        session: s,
+        idle_before: Some(later),
+        now,
+    })
+    .unwrap();
+    assert!(h.fsm.sessions().unwrap().is_empty());
+    let now = h.now();
+    assert_eq!(
+        h.err(Command::RenewSession { session: s, now }),
+        ErrorKind::NotFound
+    );
+}
+
+/// Unlinking (or renaming over) a file the caller's mount has open keeps it, nameless, until
+/// the mount releases it or its session ends; its chunks stay referenced until then.
+#[test]
+fn an_open_file_outlives_its_last_name() {
+    let mut h = H::new();
+    let s = h.open_session();
+    let f = h.file(ROOT_INO, "f").ino;
+    let c = chunk("data", 10);
+    h.commit(f, 10, vec![upd(0, c, &[1, 2])]).unwrap();
+    let now = h.now();
+    let r = h
+        .apply(Command::Unlink {
+            parent: ROOT_INO,
+            name: b"f".to_vec(),
+            now,
+            keep: Keep {
+                session: s,
+                open: vec![f],
+            },
+        })
+        .unwrap();
+    assert_eq!(r, Reply::Unlinked { orphan: f });
+    assert!(h.lookup(ROOT_INO, "f").is_none());
+    assert_eq!(h.get(f).nlink, 0);
+    assert_eq!(
+        h.refs(&c.id),
+        Some(1),
+        "an orphan's chunks are still referenced"
+    );
+    assert_eq!(h.fsm.orphan_count().unwrap(), 1);
+    // Writes to it still commit; it cannot get a name back.
+    h.commit(f, 20, vec![]).unwrap();
+    let now = h.now();
+    assert_eq!(
+        h.err(Command::Link {
+            ino: f,
+            new_parent: ROOT_INO,
+            new_name: b"g".to_vec(),
+            now
+        }),
+        ErrorKind::NotFound
+    );
+    let now = h.now();
+    h.apply(Command::ReleaseOrphan {
+        session: s,
+        ino: f,
+        now,
+    })
+    .unwrap();
+    assert!(!h.exists(f));
+    assert!(h.in_gc(&c.id), "released: its chunks are garbage");
+    // Idempotent.
+    let now = h.now();
+    h.apply(Command::ReleaseOrphan {
+        session: s,
+        ino: f,
+        now,
+    })
+    .unwrap();
+
+    // Rename over an open file; then the session ends (mount died) and takes the orphan along.
+    let g = h.file(ROOT_INO, "g").ino;
+    let x = h.file(ROOT_INO, "x").ino;
+    let now = h.now();
+    let r = h
+        .apply(Command::Rename {
+            parent: ROOT_INO,
+            name: b"x".to_vec(),
+            new_parent: ROOT_INO,
+            new_name: b"g".to_vec(),
+            flags: 0,
+            now,
+            keep: Keep {
+                session: s,
+                open: vec![g],
+            },
+        })
+        .unwrap();
+    assert_eq!(r, Reply::Unlinked { orphan: g });
+    assert_eq!(h.lookup(ROOT_INO, "g").unwrap().ino, x);
+    assert!(h.exists(g));
+    let now = h.now();
+    h.apply(Command::CloseSession {
+        session: s,
+        idle_before: None,
+        now,
+    })
+    .unwrap();
+    assert!(!h.exists(g));
+    assert_eq!(h.fsm.orphan_count().unwrap(), 0);
+
+    // Without a live session (or not open), the last unlink deletes at once.
+    let y = h.file(ROOT_INO, "y").ino;
+    let now = h.now();
+    let r = h
+        .apply(Command::Unlink {
+            parent: ROOT_INO,
+            name: b"y".to_vec(),
+            now,
+            keep: Keep {
+                session: s,
+                open: vec![y],
+            },
+        })
+        .unwrap();
+    assert_eq!(r, Reply::Unlinked { orphan: 0 });
+    assert!(!h.exists(y));
+}
+
+/// Extended attributes: flags, limits, namespaces, and deletion with the inode.
+#[test]
+fn xattrs_follow_the_linux_rules() {
+    let mut h = H::new();
+    let f = h.file(ROOT_INO, "f").ino;
+    let ctime = h.get(f).ctime;
+    h.xattr_set(f, "user.a", b"1", 0).unwrap();
+    assert!(h.get(f).ctime > ctime, "setxattr changes ctime");
+    assert_eq!(
+        h.xattr_set(f, "user.a", b"2", XATTR_CREATE),
+        Err(ErrorKind::AlreadyExists)
+    );
+    assert_eq!(
+        h.xattr_set(f, "user.b", b"2", XATTR_REPLACE),
+        Err(ErrorKind::NoData)
+    );
+    h.xattr_set(f, "user.a", b"3", XATTR_REPLACE).unwrap();
+    h.xattr_set(f, "trusted.t", b"", 0).unwrap();
+    assert_eq!(h.fsm.xattr(f, b"user.a").unwrap(), b"3");
+    assert_eq!(h.fsm.xattr(f, b"trusted.t").unwrap(), b"");
+    assert_eq!(
+        h.fsm.xattr_names(f).unwrap(),
+        vec![b"trusted.t".to_vec(), b"user.a".to_vec()]
+    );
+    assert_eq!(
+        h.xattr_set(f, "system.posix_acl_access", b"x", 0),
+        Err(ErrorKind::NotSupported)
+    );
+    assert_eq!(
+        h.xattr_set(f, "user.", b"x", 0),
+        Err(ErrorKind::NotSupported)
+    );
+    assert_eq!(
+        h.xattr_set(f, &format!("user.{}", "n".repeat(251)), b"x", 0),
+        Err(ErrorKind::OutOfRange)
+    );
+    assert_eq!(
+        h.xattr_set(f, "user.big", &vec![0; 64 * 1024 + 1], 0),
+        Err(ErrorKind::TooBig)
+    );
+    let now = h.now();
+    assert_eq!(
+        h.err(Command::RemoveXattr {
+            ino: f,
+            name: b"user.zz".to_vec(),
+            now
+        }),
+        ErrorKind::NoData
+    );
+    let now = h.now();
+    h.apply(Command::RemoveXattr {
+        ino: f,
+        name: b"user.a".to_vec(),
+        now,
+    })
+    .unwrap();
+    assert_eq!(h.fsm.xattr_names(f).unwrap(), vec![b"trusted.t".to_vec()]);
+    // Deleting the file deletes its attributes; a new inode never inherits them.
+    h.unlink(ROOT_INO, "f").unwrap();
+    let g = h.file(ROOT_INO, "g").ino;
+    assert!(h.fsm.xattr_names(g).unwrap().is_empty());
+    assert!(h.fsm.xattr(f, b"trusted.t").is_err());
 }

@@ -171,6 +171,19 @@ impl FileState {
         }
     }
 
+    /// At open: a clean file re-reads its chunk list (close-to-open) and returns the committed
+    /// version. `None` while this mount has uncommitted data for it (that data's base stays).
+    pub async fn open_fresh(&self, dp: &Arc<DataPlane>) -> Result<Option<u64>, Errno> {
+        let mut d = self.data.lock().await;
+        if !d.slots.is_empty() || d.error.is_some() || d.failed.is_some() {
+            return Ok(None);
+        }
+        let base = load_base(dp, self.ino).await?;
+        let version = base.version;
+        d.base = Some(base);
+        Ok(Some(version))
+    }
+
     /// Forget the base after a metadata change made elsewhere (truncate, setattr).
     pub async fn invalidate(&self) {
         let mut d = self.data.lock().await;
