@@ -40,7 +40,14 @@ pub struct Core {
     notifier: OnceLock<Notifier>,
     /// The content version of each inode as the kernel last got its attributes from us.
     seen: Mutex<HashMap<u64, u64>>,
+    /// `security.capability` of files open on this mount (`None`: it has none). The kernel
+    /// asks for it before *every* write (to drop file capabilities on write), which would
+    /// otherwise cost a metadata round trip per write.
+    caps: Mutex<HashMap<u64, Option<Vec<u8>>>>,
 }
+
+/// The attribute the kernel reads before every write.
+const CAPS_XATTR: &[u8] = b"security.capability";
 
 /// A directory listing being read: entries fetched so far (cookie = index + 3).
 #[derive(Default)]
@@ -61,7 +68,36 @@ impl Core {
             next_fh: AtomicU64::new(1),
             notifier: OnceLock::new(),
             seen: Mutex::new(HashMap::new()),
+            caps: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn caps(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Option<Vec<u8>>>> {
+        self.caps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// getxattr, with `security.capability` of open files answered from [`Core::caps`].
+    async fn getxattr(&self, ino: u64, name: Vec<u8>) -> Result<Vec<u8>, Errno> {
+        let cacheable = name == CAPS_XATTR && self.files.get(ino).is_some();
+        if cacheable {
+            if let Some(v) = self.caps().get(&ino) {
+                return v.clone().ok_or(Errno(libc::ENODATA));
+            }
+        }
+        let r = self
+            .meta("getxattr", |mut c| {
+                let name = name.clone();
+                async move { c.get_xattr(pb::GetXattrRequest { ino, name }).await }
+            })
+            .await;
+        if cacheable {
+            match &r {
+                Ok(v) => self.caps().insert(ino, Some(v.value.clone())),
+                Err(e) if e.0 == libc::ENODATA => self.caps().insert(ino, None),
+                Err(_) => None,
+            };
+        }
+        r.map(|v| v.value)
     }
 
     /// Hands over the mounted session's notifier (see [`Core::open`]).
@@ -843,6 +879,7 @@ impl Filesystem for CairnFs {
             if left == 0 {
                 core.files.forget_if_unused(ino);
                 if core.files.get(ino).is_none() {
+                    core.caps().remove(&ino);
                     r = r.and(core.session.release_orphan(ino).await);
                 }
             }
@@ -1182,6 +1219,7 @@ impl Filesystem for CairnFs {
                     async move { c.set_xattr(req).await }
                 })
                 .await;
+            core.caps().remove(&ino);
             match r {
                 Ok(_) => reply.ok(),
                 Err(e) => reply.error(e.0),
@@ -1199,14 +1237,8 @@ impl Filesystem for CairnFs {
     ) {
         let name = bytes(name);
         self.spawn(|core| async move {
-            let r = core
-                .meta("getxattr", |mut c| {
-                    let name = name.clone();
-                    async move { c.get_xattr(pb::GetXattrRequest { ino, name }).await }
-                })
-                .await;
-            match r {
-                Ok(r) => reply_xattr(reply, size, &r.value),
+            match core.getxattr(ino, name).await {
+                Ok(v) => reply_xattr(reply, size, &v),
                 Err(e) => reply.error(e.0),
             }
         });
@@ -1242,6 +1274,7 @@ impl Filesystem for CairnFs {
                     async move { c.remove_xattr(pb::RemoveXattrRequest { ino, name }).await }
                 })
                 .await;
+            core.caps().remove(&ino);
             match r {
                 Ok(_) => reply.ok(),
                 Err(e) => reply.error(e.0),

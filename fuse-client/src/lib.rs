@@ -13,6 +13,7 @@
 //! - [`mount`]: `cairn mount` (mount, signal handling, drain, unmount).
 //! - [`status`]: `cairn status [--json]`.
 //! - [`admin`]: `cairn fsck`, `cairn scrub [--now]`, `cairn chunk drain`.
+//! - [`transfer`]: `cairn put`, `cairn get` (resumable copies) and `cairn uploads list|abort`.
 pub mod admin;
 pub mod data;
 pub mod errno;
@@ -21,3 +22,4 @@ pub mod mount;
 pub mod procs;
 pub mod session;
 pub mod status;
+pub mod transfer;

@@ -1,5 +1,5 @@
-//! The `cairn` binary: `cairn mount`, `cairn status` and the admin commands.
-use cairn_fuse_client::{admin, mount, status};
+//! The `cairn` binary: `cairn mount`, `cairn status`, `cairn put`/`get` and the admin commands.
+use cairn_fuse_client::{admin, mount, status, transfer};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,6 +68,57 @@ enum Cmd {
     Chunk {
         #[command(subcommand)]
         cmd: ChunkCmd,
+    },
+    /// Copy a local file into the file system, resumably: run the same command again after an
+    /// interruption and only the missing chunks are sent; the file appears atomically when
+    /// complete.
+    Put {
+        /// The local file.
+        local: PathBuf,
+        /// Absolute path inside the file system (/dir/file; a directory or a trailing / keeps
+        /// the local file name).
+        remote: String,
+        #[arg(long, env = "CAIRN_META")]
+        meta: String,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Copy a file out of the file system, verifying every chunk; an interrupted copy resumes
+    /// from `<local>.cairn-part`.
+    Get {
+        /// Absolute path inside the file system (/dir/file).
+        remote: String,
+        /// The local file (or an existing directory to copy into).
+        local: PathBuf,
+        #[arg(long, env = "CAIRN_META")]
+        meta: String,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Upload sessions: interrupted `cairn put`s and writes of mounts that died.
+    Uploads {
+        #[command(subcommand)]
+        cmd: UploadsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum UploadsCmd {
+    /// List the upload sessions the cluster holds.
+    List {
+        #[arg(long, env = "CAIRN_META")]
+        meta: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop an upload session; its chunks become garbage unless a file uses them.
+    Abort {
+        id: u64,
+        #[arg(long, env = "CAIRN_META")]
+        meta: String,
     },
 }
 
@@ -177,6 +228,24 @@ fn main() -> ExitCode {
             secs(timeout),
         ))
         .map(|msg| println!("{msg}")),
+        Cmd::Put {
+            local,
+            remote,
+            meta,
+            quiet,
+        } => return transfer::put_main(split_addrs(&meta), local, remote, quiet),
+        Cmd::Get {
+            remote,
+            local,
+            meta,
+            quiet,
+        } => return transfer::get_main(split_addrs(&meta), remote, local, quiet),
+        Cmd::Uploads {
+            cmd: UploadsCmd::List { meta, json },
+        } => return transfer::uploads_list_main(split_addrs(&meta), json),
+        Cmd::Uploads {
+            cmd: UploadsCmd::Abort { id, meta },
+        } => return transfer::uploads_abort_main(split_addrs(&meta), id),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

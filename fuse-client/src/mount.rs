@@ -77,7 +77,12 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
         let _guard = rt.enter();
         session.spawn_renewal()
     };
-    let core = Core::new(DataPlane::new(meta), session.clone());
+    let dp = DataPlane::new(meta);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let _ = dp
+        .writer_label
+        .set(format!("{}:{}", host.trim(), mountpoint.display()));
+    let core = Core::new(dp, session.clone());
     let fs = CairnFs::new(core.clone(), rt.handle().clone());
     let mut options = vec![
         MountOption::FSName("cairn".into()),

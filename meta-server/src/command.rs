@@ -190,6 +190,9 @@ pub enum Command {
         updates: Vec<SlotUpdate>,
         mtime: Option<Time>,
         now: Time,
+        /// The upload session the chunks were recorded in (0: none); it ends with the commit.
+        #[serde(default)]
+        upload: u64,
     },
     /// Register a chunk server (idempotent per uuid) and record its current address.
     RegisterChunkServer {
@@ -313,6 +316,47 @@ pub enum Command {
         session: u64,
         owner: u64,
     },
+    /// Start an upload session for a new version of `target`. Replies `Upload`.
+    OpenUpload {
+        target: UploadTarget,
+        base_version: u64,
+        label: String,
+        host: String,
+        now: Time,
+    },
+    /// Chunks durable on their replicas join upload `upload` (which holds a reference to each).
+    RecordUpload {
+        upload: u64,
+        updates: Vec<SlotUpdate>,
+        now: Time,
+    },
+    /// Drop an upload and its references. With `idle_before` (expiry), only if no chunk was
+    /// recorded since then.
+    AbortUpload {
+        upload: u64,
+        idle_before: Option<Time>,
+        now: Time,
+    },
+    /// The file named by the upload's target gets exactly the recorded slots and `size`:
+    /// created (base version 0) or replaced (still at the base version). Ends the upload.
+    CommitUpload {
+        upload: u64,
+        size: u64,
+        mtime: Option<Time>,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        now: Time,
+    },
+}
+
+/// What an upload session will replace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum UploadTarget {
+    /// An existing file (writes through a mount).
+    Inode(u64),
+    /// A name, which may not exist yet (`cairn put`).
+    Name { parent: u64, name: Vec<u8> },
 }
 
 /// setxattr flag: fail if the attribute exists.
@@ -363,6 +407,8 @@ pub enum Reply {
     Unlinked {
         orphan: u64,
     },
+    /// `OpenUpload`: the new upload's id.
+    Upload(u64),
 }
 
 /// A deterministic failure decided by the state machine.

@@ -144,6 +144,12 @@ pub struct Config {
     /// released and the files it kept open after unlink are deleted. Mounts renew every quarter.
     #[arg(long, env = "CAIRN_META_SESSION_TTL_SECS", default_value_t = 60)]
     pub session_ttl_secs: u64,
+
+    /// Seconds an upload session (chunks stored for a version not yet committed: an interrupted
+    /// copy, `cairn put`) lives without a new chunk recorded. Then it is aborted and its chunks
+    /// become garbage.
+    #[arg(long, env = "CAIRN_META_UPLOAD_TTL_SECS", default_value_t = 86_400)]
+    pub upload_ttl_secs: u64,
 }
 
 impl Config {
@@ -172,6 +178,7 @@ impl Config {
             gc_orphan_scan_secs: 3600,
             gc_orphan_age_secs: 86_400,
             session_ttl_secs: 60,
+            upload_ttl_secs: 86_400,
         }
     }
 
@@ -225,6 +232,9 @@ impl Config {
         }
         if self.gc_interval_ms == 0 {
             return Err("--gc-interval-ms must be at least 1".into());
+        }
+        if self.upload_ttl_secs == 0 {
+            return Err("--upload-ttl-secs must be at least 1".into());
         }
         if self.session_ttl_secs < 2 {
             return Err("--session-ttl-secs must be at least 2".into());

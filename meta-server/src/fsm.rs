@@ -24,6 +24,7 @@
 //! | `sessions` | session id (u64 BE)                  | [`SessionRecord`] (JSON)                |
 //! | `locks`    | ino (u64 BE)                         | `Vec<`[`HeldLock`]`>` (JSON)            |
 //! | `orphans`  | session (u64 BE) ++ ino (u64 BE)     | empty: an open file with no name left   |
+//! | `uploads`  | id (u64 BE) ++ 0 / ++ 1 ++ slot (BE) | [`UploadHeader`] / [`SlotChunk`] (JSON) |
 //!
 //! Determinism: `apply` depends only on the DB state and the command (the leader stamps `now`
 //! into it), so every replica computes the same state.
@@ -42,7 +43,7 @@ use std::sync::Arc;
 /// Column families holding the replicated state. A snapshot is exactly their contents.
 pub const STATE_CFS: &[&str] = &[
     "inodes", "dentries", "chunks", "servers", "counters", "gc", "repair", "gone", "requests",
-    "xattrs", "sessions", "locks", "orphans",
+    "xattrs", "sessions", "locks", "orphans", "uploads",
 ];
 
 const CF_INODES: &str = "inodes";
@@ -58,9 +59,12 @@ const CF_XATTRS: &str = "xattrs";
 const CF_SESSIONS: &str = "sessions";
 const CF_LOCKS: &str = "locks";
 const CF_ORPHANS: &str = "orphans";
+const CF_UPLOADS: &str = "uploads";
 
 mod sessions;
+mod uploads;
 pub use sessions::{check_xattr_name, HeldLock, SessionRecord};
+pub use uploads::UploadHeader;
 
 /// The recorded result of a mutation applied under a request id (`requests` column family).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -771,6 +775,9 @@ impl Fsm {
     }
 }
 
+/// A key and its value, as stored.
+type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// The changes of one command, layered over the DB. Reads see earlier writes of the same
 /// command; `flush` puts them into the batch. `None` values are deletions.
 struct Tx<'a> {
@@ -887,7 +894,7 @@ impl<'a> Tx<'a> {
         &mut self,
         cf: &'static str,
         prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, FsError> {
+    ) -> Result<Vec<KeyValue>, FsError> {
         let mut out = self.fsm.scan(cf, prefix)?;
         for ((c, k), v) in self.kv.range((cf, prefix.to_vec())..) {
             if *c != cf || !k.starts_with(prefix) {
@@ -1461,7 +1468,51 @@ impl<'a> Tx<'a> {
                 updates,
                 mtime,
                 now,
-            } => self.commit_write(*ino, *base_version, *size, updates, *mtime, *now),
+                upload,
+            } => {
+                let reply = self.commit_write(*ino, *base_version, *size, updates, *mtime, *now)?;
+                if *upload != 0 {
+                    self.end_upload(*upload, *now)?;
+                }
+                Ok(reply)
+            }
+            Command::OpenUpload {
+                target,
+                base_version,
+                label,
+                host,
+                now,
+            } => self.open_upload(target, *base_version, label, host, *now),
+            Command::RecordUpload {
+                upload,
+                updates,
+                now,
+            } => self.record_upload(*upload, updates, *now),
+            Command::AbortUpload {
+                upload,
+                idle_before,
+                now,
+            } => self.abort_upload(*upload, *idle_before, *now),
+            Command::CommitUpload {
+                upload,
+                size,
+                mtime,
+                mode,
+                uid,
+                gid,
+                now,
+            } => self.commit_upload(
+                *upload,
+                *size,
+                *mtime,
+                NewAttrs {
+                    mode: *mode,
+                    uid: *uid,
+                    gid: *gid,
+                    rdev: 0,
+                },
+                *now,
+            ),
             Command::RegisterChunkServer { uuid, addr } => {
                 if uuid.is_empty() || addr.is_empty() {
                     return Err(fs_err(

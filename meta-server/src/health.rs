@@ -117,7 +117,7 @@ pub fn fsck(
 }
 
 /// One path of each inode in `inos` (hard-linked files have several; any one will do).
-fn paths_of(fsm: &Fsm, inos: Vec<u64>) -> Result<HashMap<u64, String>, MetaError> {
+pub(crate) fn paths_of(fsm: &Fsm, inos: Vec<u64>) -> Result<HashMap<u64, String>, MetaError> {
     // child -> (parent, name) for every entry; directories appear once, files maybe more often.
     let mut up: HashMap<u64, (u64, Vec<u8>)> = HashMap::new();
     fsm.for_each_dentry(|parent, name, child| {

@@ -154,6 +154,7 @@ pub async fn start_with_listener(
         let reaper = sessions::Reaper {
             node: node.clone(),
             ttl: std::time::Duration::from_secs(config.session_ttl_secs),
+            upload_ttl: std::time::Duration::from_secs(config.upload_ttl_secs),
         };
         let sessions = tokio::spawn(reaper.run(shutdown.clone()).instrument(span.clone()));
         Workers {

@@ -7,7 +7,7 @@
 //! nothing. Every error leaves through the one `From<MetaError> for Status` mapping, so a
 //! follower answers `NotLeader` with the leader's address and clients follow it.
 use crate::command::{
-    Command, Keep, Kind, LockRange, LockType, Reply, SlotChunk, SlotUpdate, Time,
+    Command, Keep, Kind, LockRange, LockType, Reply, SlotChunk, SlotUpdate, Time, UploadTarget,
 };
 use crate::command::{RENAME_EXCHANGE, RENAME_NOREPLACE};
 use crate::error::MetaError;
@@ -165,6 +165,65 @@ impl MetaServiceImpl {
             Reply::Attr(i) => Ok(attr_reply(&i)),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Checks the slot updates of a commit (`size`: the new file size) or of an upload record
+    /// (`None`: chunks only): well-formed chunk references, known servers, and enough durable
+    /// replicas for each chunk.
+    fn check_updates(
+        &self,
+        raw: &[pb::SlotUpdate],
+        size: Option<u64>,
+    ) -> Result<Vec<SlotUpdate>, Status> {
+        let fsm = self.node.fsm();
+        let quorum = self.cfg.commit_quorum();
+        let mut updates = Vec::with_capacity(raw.len());
+        for u in raw {
+            let mut replicas = u.replicas.clone();
+            replicas.sort_unstable();
+            replicas.dedup();
+            let chunk = match &u.chunk {
+                None => None,
+                Some(c) => {
+                    let c = check_chunk_ref(c)?;
+                    let limit = size.unwrap_or(u64::MAX);
+                    if u.index.saturating_mul(CHUNK_SIZE as u64) >= limit {
+                        return Err(invalid(format!(
+                            "slot {} lies past the new size {limit}",
+                            u.index
+                        )));
+                    }
+                    for id in &replicas {
+                        if fsm.server(*id)?.is_none() {
+                            return Err(invalid(format!("unknown chunk server {id}")));
+                        }
+                    }
+                    // Replicas the cluster already knows of count too (a deduplicated chunk is
+                    // not uploaded again).
+                    let mut all = replicas.clone();
+                    if let Some(rec) = fsm.chunk(&c.id)?.filter(|r| r.is_live()) {
+                        all.extend(rec.replicas);
+                        all.sort_unstable();
+                        all.dedup();
+                    }
+                    if all.len() < quorum {
+                        return Err(invalid(format!(
+                            "chunk {} has {} durable replicas, at least {quorum} needed",
+                            c.id,
+                            all.len()
+                        )));
+                    }
+                    Some(c)
+                }
+            };
+            updates.push(SlotUpdate {
+                index: u.index,
+                chunk,
+                replicas,
+                ticket: u.ticket,
+            });
+        }
+        Ok(updates)
     }
 
     /// Current addresses of `servers` (registered records), by id.
@@ -759,53 +818,7 @@ impl MetaService for MetaServiceImpl {
             )));
         }
         let mtime = r.mtime.as_ref().map(check_time).transpose()?;
-        let fsm = self.node.fsm();
-        let quorum = self.cfg.commit_quorum();
-        let mut updates = Vec::with_capacity(r.updates.len());
-        for u in &r.updates {
-            let mut replicas = u.replicas.clone();
-            replicas.sort_unstable();
-            replicas.dedup();
-            let chunk = match &u.chunk {
-                None => None,
-                Some(c) => {
-                    let c = check_chunk_ref(c)?;
-                    if u.index.saturating_mul(CHUNK_SIZE as u64) >= size {
-                        return Err(invalid(format!(
-                            "slot {} lies past the new size {size}",
-                            u.index
-                        )));
-                    }
-                    for id in &replicas {
-                        if fsm.server(*id)?.is_none() {
-                            return Err(invalid(format!("unknown chunk server {id}")));
-                        }
-                    }
-                    // Replicas the cluster already knows of count too (a deduplicated chunk is
-                    // not uploaded again).
-                    let mut all = replicas.clone();
-                    if let Some(rec) = fsm.chunk(&c.id)?.filter(|r| r.is_live()) {
-                        all.extend(rec.replicas);
-                        all.sort_unstable();
-                        all.dedup();
-                    }
-                    if all.len() < quorum {
-                        return Err(invalid(format!(
-                            "chunk {} has {} durable replicas, at least {quorum} needed",
-                            c.id,
-                            all.len()
-                        )));
-                    }
-                    Some(c)
-                }
-            };
-            updates.push(SlotUpdate {
-                index: u.index,
-                chunk,
-                replicas,
-                ticket: u.ticket,
-            });
-        }
+        let updates = self.check_updates(&r.updates, Some(size))?;
         let now = Time::now();
         let commit = Command::CommitWrite {
             ino: r.ino,
@@ -814,6 +827,7 @@ impl MetaService for MetaServiceImpl {
             updates,
             mtime,
             now,
+            upload: r.upload,
         };
         let cmd = match &r.then_set_attr {
             None => commit,
@@ -1310,6 +1324,175 @@ impl MetaService for MetaServiceImpl {
         self.node.write(once(id, cmd)).await?;
         Ok(Response::new(pb::RemoveXattrReply {}))
     }
+
+    async fn open_upload(
+        &self,
+        req: Request<pb::OpenUploadRequest>,
+    ) -> Result<Response<pb::OpenUploadReply>, Status> {
+        let id = request_id(&req)?;
+        let r = req.into_inner();
+        let target = match (r.ino, r.parent) {
+            (ino, 0) if ino != 0 && r.name.is_empty() => UploadTarget::Inode(ino),
+            (0, parent) if parent != 0 => {
+                check_name(&r.name)?;
+                UploadTarget::Name {
+                    parent,
+                    name: r.name,
+                }
+            }
+            _ => return Err(invalid("give either ino, or parent and name")),
+        };
+        let cmd = Command::OpenUpload {
+            target,
+            base_version: r.base_version,
+            label: r.label,
+            host: r.host,
+            now: Time::now(),
+        };
+        match self.node.write(once(id, cmd)).await? {
+            Reply::Upload(upload) => Ok(Response::new(pb::OpenUploadReply { upload })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn record_upload(
+        &self,
+        req: Request<pb::RecordUploadRequest>,
+    ) -> Result<Response<pb::RecordUploadReply>, Status> {
+        let id = request_id(&req)?;
+        let r = req.into_inner();
+        if r.upload == 0 {
+            return Err(invalid("upload 0 is not an upload"));
+        }
+        let updates = self.check_updates(&r.updates, None)?;
+        let cmd = Command::RecordUpload {
+            upload: r.upload,
+            updates,
+            now: Time::now(),
+        };
+        self.node.write(once(id, cmd)).await?;
+        Ok(Response::new(pb::RecordUploadReply {}))
+    }
+
+    async fn list_uploads(
+        &self,
+        _req: Request<pb::ListUploadsRequest>,
+    ) -> Result<Response<pb::ListUploadsReply>, Status> {
+        self.node.linearizable_read().await?;
+        let fsm = self.node.fsm();
+        let all = fsm.uploads()?;
+        let inos = all
+            .iter()
+            .map(|(h, _)| match &h.target {
+                UploadTarget::Inode(ino) => *ino,
+                UploadTarget::Name { parent, .. } => *parent,
+            })
+            .collect();
+        let paths = crate::health::paths_of(fsm, inos)?;
+        let uploads = all
+            .iter()
+            .map(|(h, slots)| upload_info(h, slots, &paths))
+            .collect();
+        Ok(Response::new(pb::ListUploadsReply { uploads }))
+    }
+
+    async fn get_upload(
+        &self,
+        req: Request<pb::GetUploadRequest>,
+    ) -> Result<Response<pb::GetUploadReply>, Status> {
+        let r = req.into_inner();
+        self.node.linearizable_read().await?;
+        let fsm = self.node.fsm();
+        let (h, slots) = fsm.upload(r.upload)?;
+        let ino = match &h.target {
+            UploadTarget::Inode(ino) => *ino,
+            UploadTarget::Name { parent, .. } => *parent,
+        };
+        let paths = crate::health::paths_of(fsm, vec![ino])?;
+        Ok(Response::new(pb::GetUploadReply {
+            info: Some(upload_info(&h, &slots, &paths)),
+            slots: slots.iter().map(|(i, c)| slot_to_pb(*i, c)).collect(),
+        }))
+    }
+
+    async fn abort_upload(
+        &self,
+        req: Request<pb::AbortUploadRequest>,
+    ) -> Result<Response<pb::AbortUploadReply>, Status> {
+        let id = request_id(&req)?;
+        let r = req.into_inner();
+        let cmd = Command::AbortUpload {
+            upload: r.upload,
+            idle_before: None,
+            now: Time::now(),
+        };
+        self.node.write(once(id, cmd)).await?;
+        Ok(Response::new(pb::AbortUploadReply {}))
+    }
+
+    async fn commit_upload(
+        &self,
+        req: Request<pb::CommitUploadRequest>,
+    ) -> Result<Response<pb::AttrReply>, Status> {
+        let id = request_id(&req)?;
+        let r = req.into_inner();
+        let cmd = Command::CommitUpload {
+            upload: r.upload,
+            size: check_size(r.size)?,
+            mtime: r.mtime.as_ref().map(check_time).transpose()?,
+            mode: r.mode & 0o7777,
+            uid: r.uid,
+            gid: r.gid,
+            now: Time::now(),
+        };
+        self.write_attr(once(id, cmd)).await
+    }
+}
+
+fn slot_to_pb(index: u64, c: &SlotChunk) -> pb::SlotUpdate {
+    pb::SlotUpdate {
+        index,
+        chunk: Some(pb::ChunkRef {
+            id: c.id.as_bytes().to_vec(),
+            len: c.len,
+            stored_len: c.stored_len,
+        }),
+        replicas: Vec::new(),
+        ticket: 0,
+    }
+}
+
+fn upload_info(
+    h: &crate::fsm::UploadHeader,
+    slots: &[(u64, SlotChunk)],
+    paths: &HashMap<u64, String>,
+) -> pb::UploadInfo {
+    let (ino, parent, name, path) = match &h.target {
+        UploadTarget::Inode(ino) => (*ino, 0, Vec::new(), paths.get(ino).cloned()),
+        UploadTarget::Name { parent, name } => (
+            0,
+            *parent,
+            name.clone(),
+            paths.get(parent).map(|p| {
+                let sep = if p.ends_with('/') { "" } else { "/" };
+                format!("{p}{sep}{}", String::from_utf8_lossy(name))
+            }),
+        ),
+    };
+    pb::UploadInfo {
+        upload: h.id,
+        ino,
+        parent,
+        name,
+        base_version: h.base_version,
+        label: h.label.clone(),
+        host: h.host.clone(),
+        created: Some(h.created.into()),
+        touched: Some(h.touched.into()),
+        slots: slots.len() as u64,
+        bytes: slots.iter().map(|(_, c)| u64::from(c.len)).sum(),
+        path: path.unwrap_or_default(),
+    }
 }
 
 fn want_to_pb(l: &LockRange) -> pb::FileLock {
@@ -1591,6 +1774,7 @@ mod tests {
             }],
             mtime: None,
             then_set_attr: None,
+            upload: 0,
         };
         let e = c.commit_write(commit(vec![1], 1)).await.unwrap_err();
         assert_eq!(
@@ -1800,6 +1984,7 @@ mod tests {
             new_parent: 1,
             new_name: b"g".to_vec(),
             flags: 0,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -1812,6 +1997,7 @@ mod tests {
         c.unlink(pb::UnlinkRequest {
             parent: 1,
             name: b"g".to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap();

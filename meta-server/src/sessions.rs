@@ -1,6 +1,7 @@
 //! The session reaper: ends mount sessions that stopped renewing (the mount crashed, was killed
 //! or lost the network), which releases their locks and deletes the files they kept open after
-//! unlink (see `fsm::sessions`).
+//! unlink (see `fsm::sessions`); and aborts upload sessions nobody recorded a chunk into for
+//! `--upload-ttl-secs` (their chunks become garbage; see `fsm::uploads`).
 //!
 //! Runs on every node and acts only on a leader that has held office for at least one TTL: a
 //! new leader cannot tell a dead mount from one that could not renew during the election, so it
@@ -16,11 +17,13 @@ pub struct Reaper {
     pub node: Arc<MetaNode>,
     /// Sessions not renewed for this long end.
     pub ttl: Duration,
+    /// Uploads idle for this long are aborted.
+    pub upload_ttl: Duration,
 }
 
 impl Reaper {
     pub async fn run(self, shutdown: CancellationToken) {
-        let tick = (self.ttl / 4).max(Duration::from_millis(250));
+        let tick = (self.ttl.min(self.upload_ttl) / 4).max(Duration::from_millis(250));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -29,11 +32,16 @@ impl Reaper {
             let Some(since) = self.node.leader_since() else {
                 continue;
             };
-            if since.elapsed() < self.ttl {
-                continue;
+            // Each kind of session gets one full TTL of this leader to show it is alive.
+            if since.elapsed() >= self.ttl {
+                if let Err(e) = self.reap().await {
+                    tracing::warn!(error = %e, "session expiry failed; retrying");
+                }
             }
-            if let Err(e) = self.reap().await {
-                tracing::warn!(error = %e, "session expiry failed; retrying");
+            if since.elapsed() >= self.upload_ttl {
+                if let Err(e) = self.reap_uploads().await {
+                    tracing::warn!(error = %e, "upload expiry failed; retrying");
+                }
             }
         }
     }
@@ -57,6 +65,30 @@ impl Reaper {
                     session: s.id,
                     idle_before: Some(ttl),
                     now,
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn reap_uploads(&self) -> Result<(), crate::error::MetaError> {
+        let before = Time::ago(self.upload_ttl);
+        for (h, slots) in self.node.fsm().uploads()? {
+            if h.touched >= before {
+                continue;
+            }
+            tracing::warn!(
+                upload = h.id,
+                host = %h.host,
+                label = %h.label,
+                chunks = slots.len(),
+                "upload session expired: aborting it, its chunks become garbage"
+            );
+            self.node
+                .write(Command::AbortUpload {
+                    upload: h.id,
+                    idle_before: Some(before),
+                    now: Time::now(),
                 })
                 .await?;
         }

@@ -4,7 +4,7 @@ use cairn_common::error::ErrorKind;
 use cairn_common::{ChunkId, CHUNK_SIZE, ROOT_INO};
 use cairn_meta_server::command::{
     Command, CommandResult, Keep, Kind, LockRange, LockType, Reply, SlotChunk, SlotUpdate, Time,
-    RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE,
+    UploadTarget, RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE,
 };
 use cairn_meta_server::fsm::{Fsm, Inode, STATE_CFS};
 use rocksdb::{Options, WriteBatch, DB};
@@ -177,6 +177,7 @@ impl H {
             updates,
             mtime: None,
             now,
+            upload: 0,
         }) {
             Ok(Reply::Attr(i)) => Ok(i),
             Ok(r) => panic!("unexpected reply {r:?}"),
@@ -1391,6 +1392,7 @@ fn a_batch_is_all_or_nothing() {
         updates: vec![upd(0, chunk("batch", 10), &[1])],
         mtime: None,
         now,
+        upload: 0,
     };
     let chmod = |ino: u64| Command::SetAttr {
         ino,
@@ -1764,4 +1766,173 @@ fn xattrs_follow_the_linux_rules() {
     let g = h.file(ROOT_INO, "g").ino;
     assert!(h.fsm.xattr_names(g).unwrap().is_empty());
     assert!(h.fsm.xattr(f, b"trusted.t").is_err());
+}
+
+// --- upload sessions -------------------------------------------------------------------------
+
+impl H {
+    fn open_upload(&mut self, target: UploadTarget, base_version: u64) -> Result<u64, ErrorKind> {
+        let now = self.now();
+        match self.apply(Command::OpenUpload {
+            target,
+            base_version,
+            label: "test".into(),
+            host: "h".into(),
+            now,
+        }) {
+            Ok(Reply::Upload(id)) => Ok(id),
+            Ok(r) => panic!("unexpected reply {r:?}"),
+            Err(e) => Err(e.kind),
+        }
+    }
+
+    fn record(&mut self, upload: u64, updates: Vec<SlotUpdate>) -> Result<(), ErrorKind> {
+        let now = self.now();
+        self.apply(Command::RecordUpload {
+            upload,
+            updates,
+            now,
+        })
+        .map(|_| ())
+        .map_err(|e| e.kind)
+    }
+
+    fn commit_upload(&mut self, upload: u64, size: u64) -> Result<Inode, ErrorKind> {
+        let now = self.now();
+        match self.apply(Command::CommitUpload {
+            upload,
+            size,
+            mtime: None,
+            mode: 0o640,
+            uid: 7,
+            gid: 8,
+            now,
+        }) {
+            Ok(Reply::Attr(i)) => Ok(i),
+            Ok(r) => panic!("unexpected reply {r:?}"),
+            Err(e) => Err(e.kind),
+        }
+    }
+}
+
+fn name_target(name: &str) -> UploadTarget {
+    UploadTarget::Name {
+        parent: ROOT_INO,
+        name: name.as_bytes().to_vec(),
+    }
+}
+
+/// `cairn put` of a new file: recorded chunks are held by the upload (not garbage, not
+/// visible), and the commit makes the file appear at once with exactly those chunks.
+#[test]
+fn an_upload_holds_its_chunks_and_commits_a_new_file_atomically() {
+    let mut h = H::new();
+    let (a, b) = (chunk("a", MB4 as u32), chunk("b", 100));
+    let up = h.open_upload(name_target("new"), 0).unwrap();
+    h.record(up, vec![upd(0, a, &[1, 2, 3])]).unwrap();
+    h.record(up, vec![upd(1, b, &[1, 2, 3])]).unwrap();
+    assert_eq!(h.refs(&a.id), Some(1), "the upload holds the chunk");
+    assert!(!h.in_gc(&a.id));
+    assert!(
+        h.lookup(ROOT_INO, "new").is_none(),
+        "nothing visible before the commit"
+    );
+    let (_, slots) = h.fsm.uploads().unwrap().pop().unwrap();
+    assert_eq!(slots.len(), 2);
+    let f = h.commit_upload(up, MB4 + 100).unwrap();
+    assert_eq!(h.lookup(ROOT_INO, "new").unwrap().ino, f.ino);
+    assert_eq!((f.size, f.mode, f.uid, f.gid), (MB4 + 100, 0o640, 7, 8));
+    assert_eq!(f.slots.len(), 2);
+    assert_eq!(
+        h.refs(&a.id),
+        Some(1),
+        "the reference moved from the upload to the file"
+    );
+    assert!(
+        h.fsm.uploads().unwrap().is_empty(),
+        "the commit ends the upload"
+    );
+    assert_eq!(h.commit_upload(up, 1), Err(ErrorKind::NotFound));
+}
+
+/// Replacing an existing file: exactly the recorded slots, optimistic version check, and an
+/// aborted or expired upload turns its chunks into garbage.
+#[test]
+fn an_upload_replaces_a_file_only_at_its_base_version() {
+    let mut h = H::new();
+    let f = h.file(ROOT_INO, "f").ino;
+    let (old0, old1, new0) = (chunk("o0", MB4 as u32), chunk("o1", 10), chunk("n0", 5));
+    h.commit(
+        f,
+        MB4 + 10,
+        vec![upd(0, old0, &[1, 2]), upd(1, old1, &[1, 2])],
+    )
+    .unwrap();
+    let v = h.get(f).version;
+    assert_eq!(
+        h.open_upload(name_target("f"), v + 1),
+        Err(ErrorKind::Conflict)
+    );
+    assert_eq!(h.open_upload(name_target("f"), 0), Err(ErrorKind::Conflict));
+    let up = h.open_upload(name_target("f"), v).unwrap();
+    h.record(up, vec![upd(0, new0, &[1, 2])]).unwrap();
+    // A concurrent writer commits first: the upload's commit is refused, nothing changes.
+    h.commit(f, MB4 + 10, vec![]).unwrap();
+    assert_eq!(h.commit_upload(up, 5), Err(ErrorKind::Conflict));
+    assert_eq!(h.get(f).slots.len(), 2);
+    // Abort: the upload's chunk is garbage now; the file's are not.
+    let now = h.now();
+    h.apply(Command::AbortUpload {
+        upload: up,
+        idle_before: None,
+        now,
+    })
+    .unwrap();
+    assert!(h.in_gc(&new0.id));
+    assert!(!h.in_gc(&old0.id));
+
+    let v = h.get(f).version;
+    let up = h.open_upload(name_target("f"), v).unwrap();
+    h.record(up, vec![upd(0, new0, &[1, 2])]).unwrap();
+    assert!(!h.in_gc(&new0.id), "recorded again: referenced again");
+    let g = h.commit_upload(up, 5).unwrap();
+    assert_eq!(g.ino, f);
+    assert_eq!(
+        g.slots.keys().copied().collect::<Vec<_>>(),
+        vec![0],
+        "exactly the recorded slots"
+    );
+    assert!(
+        h.in_gc(&old0.id) && h.in_gc(&old1.id),
+        "the old version's chunks are garbage"
+    );
+
+    // Expiry races with a record: a stale decision does nothing.
+    let up = h.open_upload(UploadTarget::Inode(f), 0).unwrap();
+    let decided = h.now();
+    h.record(up, vec![upd(0, old0, &[1, 2])]).unwrap();
+    let now = h.now();
+    h.apply(Command::AbortUpload {
+        upload: up,
+        idle_before: Some(decided),
+        now,
+    })
+    .unwrap();
+    assert_eq!(h.fsm.uploads().unwrap().len(), 1);
+    // A mount's commit that names its upload ends it and keeps the chunks via the file.
+    let v = h.get(f).version;
+    let now = h.now();
+    h.apply(Command::CommitWrite {
+        ino: f,
+        base_version: v,
+        size: 10,
+        updates: vec![upd(0, old0, &[1, 2])],
+        mtime: None,
+        now,
+        upload: up,
+    })
+    .unwrap();
+    assert!(h.fsm.uploads().unwrap().is_empty());
+    assert_eq!(h.refs(&old0.id), Some(1));
+    assert!(!h.in_gc(&old0.id));
 }

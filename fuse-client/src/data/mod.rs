@@ -35,6 +35,8 @@ pub struct DataPlane {
     /// Bad replicas being reported to the metadata cluster (see [`reader::report_bad_replica`]).
     pub bad_replicas: reader::BadReplicaReports,
     failed: Mutex<HashMap<u64, Instant>>,
+    /// Who this data plane writes for ("host:/mountpoint"), as upload sessions show it.
+    pub writer_label: std::sync::OnceLock<String>,
 }
 
 impl DataPlane {
@@ -46,6 +48,7 @@ impl DataPlane {
             upload_slots: Arc::new(Semaphore::new(MAX_UPLOADS_TOTAL)),
             bad_replicas: reader::BadReplicaReports::default(),
             failed: Mutex::new(HashMap::new()),
+            writer_label: std::sync::OnceLock::new(),
         })
     }
 

@@ -101,6 +101,9 @@ pub struct FileState {
     handles: AtomicUsize,
     /// Kernel task ids that wrote the data not yet committed (see [`FileState::flush_concerns`]).
     writers: std::sync::Mutex<HashSet<u32>>,
+    /// The upload session of the dirty data (opened by the first chunk stored before the
+    /// commit; see [`record_upload`]).
+    upload: Arc<tokio::sync::Mutex<Option<u64>>>,
 }
 
 impl FileState {
@@ -118,6 +121,7 @@ impl FileState {
             dirty_size: AtomicU64::new(NO_SIZE),
             handles: AtomicUsize::new(0),
             writers: Default::default(),
+            upload: Default::default(),
         }
     }
 
@@ -342,6 +346,13 @@ impl FileState {
             .acquire_owned()
             .await
             .map_err(|_| Errno::ESHUTDOWN)?;
+        // A chunk stored while the file is still being written is recorded in the file's
+        // upload session, so it survives this mount (see `record_upload`). Chunks stored by the
+        // flush itself are committed right away and need no record.
+        let session = bounded.then(|| {
+            let base = d.base.as_ref().map(|b| b.version).unwrap_or(0);
+            (self.upload.clone(), base)
+        });
         let task = {
             let dp = dp.clone();
             let data = data.clone();
@@ -349,6 +360,9 @@ impl FileState {
             tokio::spawn(async move {
                 let r = upload_chunk(&dp, ino, slot, data).await;
                 drop(permit);
+                if let (Ok(u), Some((session, base))) = (&r, session) {
+                    record_upload(&dp, ino, base, &session, slot, u).await;
+                }
                 r
             })
         };
@@ -413,10 +427,14 @@ impl FileState {
         for slot in uploading {
             harvest(self.ino, &mut d, slot).await;
         }
+        let upload = self.upload.lock().await.take();
         let result = match d.error.take() {
             Some(e) => Err(e),
-            None => commit(dp, self.ino, &mut d, then).await,
+            None => commit(dp, self.ino, &mut d, then, upload).await,
         };
+        if let (Err(_), Some(upload)) = (&result, upload) {
+            abort_upload(dp, self.ino, upload).await;
+        }
         if let Err(e) = result {
             tracing::error!(
                 inode = self.ino,
@@ -579,6 +597,7 @@ async fn commit(
     ino: u64,
     d: &mut FileData,
     then: Option<SetAttrRequest>,
+    upload: Option<u64>,
 ) -> Result<Option<Attr>, Errno> {
     let base = d.base.clone().ok_or(Errno::EIO)?;
     let mut uploaded = BTreeMap::new();
@@ -610,6 +629,7 @@ async fn commit(
         updates,
         mtime: d.mtime.or_else(|| Some(cairn_common::time::now())),
         then_set_attr: then,
+        upload: upload.unwrap_or(0),
     };
     let expected = apply_updates(&base, d.size, &uploaded);
     for attempt in 0..2 {
@@ -660,6 +680,88 @@ async fn commit(
         }
     }
     Err(Errno::EIO)
+}
+
+/// Records chunk `u` of slot `slot` in the file's upload session, opening the session first if
+/// this is its first chunk.
+///
+/// RESUMABLE WRITES: the session holds a reference to every chunk stored before the commit, so
+/// if this mount dies mid-write the chunks stay (GC spares them) and count as stored: the same
+/// copy run again sends only the chunks that never reached the cluster. The file itself keeps
+/// its old version until a commit (the session never changes it). A failed record costs only
+/// that protection: the commit lists every chunk anyway.
+async fn record_upload(
+    dp: &Arc<DataPlane>,
+    ino: u64,
+    base_version: u64,
+    session: &tokio::sync::Mutex<Option<u64>>,
+    slot: u64,
+    u: &Uploaded,
+) {
+    let mut id = session.lock().await;
+    if id.is_none() {
+        let req = cairn_proto::OpenUploadRequest {
+            ino,
+            parent: 0,
+            name: Vec::new(),
+            base_version,
+            label: String::new(),
+            host: dp.writer_label.get().cloned().unwrap_or_default(),
+        };
+        match dp
+            .meta
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.open_upload(req).await }
+            })
+            .await
+        {
+            Ok(r) => *id = Some(r.upload),
+            Err(s) => {
+                tracing::warn!(inode = ino, error = %s.message(), "cannot open an upload session");
+                return;
+            }
+        }
+    }
+    let Some(upload) = *id else { return };
+    let req = cairn_proto::RecordUploadRequest {
+        upload,
+        updates: vec![SlotUpdate {
+            index: slot,
+            chunk: Some(ChunkRef {
+                id: u.chunk.id.as_bytes().to_vec(),
+                len: u.chunk.len,
+                stored_len: u.chunk.stored_len,
+            }),
+            replicas: u.replicas.clone(),
+            ticket: u.ticket,
+        }],
+    };
+    let r = dp
+        .meta
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.record_upload(req).await }
+        })
+        .await;
+    if let Err(s) = r {
+        tracing::warn!(inode = ino, upload, slot, error = %s.message(), "cannot record a chunk in the upload session");
+    }
+}
+
+/// Drops the upload session of data that will not be committed (best effort: it expires
+/// otherwise).
+async fn abort_upload(dp: &Arc<DataPlane>, ino: u64, upload: u64) {
+    let r = dp
+        .meta
+        .call(|mut c| async move {
+            c.abort_upload(cairn_proto::AbortUploadRequest { upload })
+                .await
+        })
+        .await;
+    if let Err(s) = r {
+        tracing::warn!(inode = ino, upload, error = %s.message(), "cannot abort the upload session; it will expire");
+    }
 }
 
 /// The chunk list after committing `uploaded` on `base` with `size`.
