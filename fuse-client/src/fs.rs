@@ -137,6 +137,16 @@ impl Core {
         Ok(())
     }
 
+    /// `O_TRUNC` of an open (the kernel passes it with `FUSE_ATOMIC_O_TRUNC` instead of a
+    /// separate truncate): deferred to the close's commit, see `FileState::truncate_on_open`.
+    async fn truncate_on_open(&self, ino: u64, opener: u32) -> Result<(), Errno> {
+        let f = self.files.get(ino).ok_or(Errno::EBADF)?;
+        f.truncate_on_open(&self.dp).await?;
+        // The truncation is the opener's change: only its close (or the last) commits it.
+        f.note_writer(opener);
+        Ok(())
+    }
+
     /// The inodes this mount has open, for an unlink or rename that may remove their last name.
     fn keep_open(&self) -> Vec<u64> {
         self.files.all().iter().map(|f| f.ino).collect()
@@ -470,6 +480,8 @@ impl Filesystem for CairnFs {
             FUSE_DO_READDIRPLUS,
             FUSE_READDIRPLUS_AUTO,
             FUSE_PARALLEL_DIROPS,
+            // O_TRUNC comes with the open, so it can be part of the close's commit.
+            FUSE_ATOMIC_O_TRUNC,
             // fcntl and flock locks go to the cluster, so they hold across mounts.
             FUSE_POSIX_LOCKS,
             FUSE_FLOCK_LOCKS,
@@ -763,10 +775,19 @@ impl Filesystem for CairnFs {
         });
     }
 
-    fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+    fn open(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
         let fh = self.core.fh();
+        let opener = req.pid();
         self.spawn(|core| async move {
-            match core.open(ino).await {
+            let r = async {
+                core.open(ino).await?;
+                if flags & libc::O_TRUNC != 0 {
+                    core.truncate_on_open(ino, opener).await?;
+                }
+                Ok::<_, Errno>(())
+            }
+            .await;
+            match r {
                 Ok(()) => reply.opened(fh, 0),
                 Err(e) => reply.error(e.0),
             }
@@ -1111,6 +1132,14 @@ impl Filesystem for CairnFs {
                         f.set_empty_base(a.version).await;
                     } else {
                         f.refresh_if_clean().await;
+                        // The name existed already (create without O_EXCL raced with another
+                        // creator): O_TRUNC applies as for an open.
+                        if flags & libc::O_TRUNC != 0 {
+                            if let Err(e) = f.truncate_on_open(&core.dp).await {
+                                core.files.release(a.ino);
+                                return reply.error(e.0);
+                            }
+                        }
                     }
                     reply.created(&TTL, &core.to_fuse(&a), 0, fh, 0)
                 }

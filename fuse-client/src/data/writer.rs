@@ -88,6 +88,10 @@ struct FileData {
     /// version. (A FLUSH can come from any close of the file — e.g. a forked child closing its
     /// copy of the descriptor — not only from the writer's own close.)
     failed: Option<Errno>,
+    /// Set by an open with `O_TRUNC`: the committed version being replaced. `base` is then an
+    /// empty version, and the commit turns every slot of the replaced one that was not
+    /// rewritten into a hole. Until that commit the file keeps its old content for everyone.
+    replaced: Option<Base>,
 }
 
 const NO_SIZE: u64 = u64::MAX;
@@ -117,6 +121,7 @@ impl FileState {
                 mtime: None,
                 error: None,
                 failed: None,
+                replaced: None,
             }),
             dirty_size: AtomicU64::new(NO_SIZE),
             handles: AtomicUsize::new(0),
@@ -186,6 +191,41 @@ impl FileState {
         let version = base.version;
         d.base = Some(base);
         Ok(Some(version))
+    }
+
+    /// `open(O_TRUNC)`: this mount's view of the file becomes empty, but nothing is committed:
+    /// the truncation is part of the next version, committed with its data by the close.
+    ///
+    /// ATOMIC OVERWRITE: `cp` over an existing file opens it with `O_TRUNC`. Committing the
+    /// truncation at once (as a separate `setattr`) would leave an empty or partial file for
+    /// everyone if the copy were interrupted. Deferred, the file shows its whole old content
+    /// until the close commits the whole new one.
+    pub async fn truncate_on_open(&self, dp: &Arc<DataPlane>) -> Result<(), Errno> {
+        let mut d = self.data.lock().await;
+        if let Some(e) = d.failed {
+            return Err(e);
+        }
+        // Earlier unwritten data of this mount is superseded by the truncation.
+        let in_flight: Vec<u64> = d.slots.keys().copied().collect();
+        for slot in in_flight {
+            harvest(self.ino, &mut d, slot).await;
+        }
+        d.slots.clear();
+        d.error = None;
+        let replaced = match d.replaced.take() {
+            Some(r) => r,
+            None => ensure_base(dp, self.ino, &mut d).await?.clone(),
+        };
+        d.base = Some(Base {
+            version: replaced.version,
+            size: 0,
+            slots: BTreeMap::new(),
+        });
+        d.replaced = Some(replaced);
+        d.size = 0;
+        d.mtime = Some(cairn_common::time::now());
+        self.dirty_size.store(0, Ordering::Release);
+        Ok(())
     }
 
     /// Forget the base after a metadata change made elsewhere (truncate, setattr).
@@ -404,7 +444,7 @@ impl FileState {
         if let Some(e) = d.failed {
             return Err(e);
         }
-        if d.slots.is_empty() && d.error.is_none() {
+        if d.slots.is_empty() && d.error.is_none() && d.replaced.is_none() {
             return Ok(None);
         }
         let dirty: Vec<u64> = d
@@ -445,6 +485,7 @@ impl FileState {
             d.base = None;
             d.failed = Some(e);
         }
+        d.replaced = None;
         d.slots.clear();
         d.mtime = None;
         self.dirty_size.store(NO_SIZE, Ordering::Release);
@@ -600,6 +641,8 @@ async fn commit(
     upload: Option<u64>,
 ) -> Result<Option<Attr>, Errno> {
     let base = d.base.clone().ok_or(Errno::EIO)?;
+    // After open(O_TRUNC) the version being replaced, whose slots all go.
+    let replaced = d.replaced.clone();
     let mut uploaded = BTreeMap::new();
     for (i, s) in &d.slots {
         match s {
@@ -609,7 +652,7 @@ async fn commit(
             _ => return Err(Errno::EIO),
         }
     }
-    let updates: Vec<SlotUpdate> = uploaded
+    let mut updates: Vec<SlotUpdate> = uploaded
         .iter()
         .map(|(i, u)| SlotUpdate {
             index: *i,
@@ -622,6 +665,21 @@ async fn commit(
             ticket: u.ticket,
         })
         .collect();
+    if let Some(r) = &replaced {
+        updates.extend(
+            r.slots
+                .keys()
+                .filter(|i| !uploaded.contains_key(*i))
+                .map(|i| SlotUpdate {
+                    index: *i,
+                    chunk: None,
+                    replicas: Vec::new(),
+                    ticket: 0,
+                }),
+        );
+    }
+    // What the file was before this commit (to recognise a retried commit of ours).
+    let before = replaced.unwrap_or_else(|| base.clone());
     let mut req = CommitWriteRequest {
         ino,
         base_version: base.version,
@@ -661,7 +719,7 @@ async fn commit(
                     // Whether `then` went with it is unknown here: the caller applies it.
                     return Ok(None);
                 }
-                if fresh.same_content(&base) {
+                if fresh.same_content(&before) {
                     req.base_version = fresh.version;
                     continue;
                 }
