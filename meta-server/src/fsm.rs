@@ -25,6 +25,7 @@
 //! | `locks`    | ino (u64 BE)                         | `Vec<`[`HeldLock`]`>` (JSON)            |
 //! | `orphans`  | session (u64 BE) ++ ino (u64 BE)     | empty: an open file with no name left   |
 //! | `uploads`  | id (u64 BE) ++ 0 / ++ 1 ++ slot (BE) | [`UploadHeader`] / [`SlotChunk`] (JSON) |
+//! | `upload_targets` | ino (u64 BE) ++ upload id (u64 BE) | empty: uploads replacing that inode |
 //!
 //! Determinism: `apply` depends only on the DB state and the command (the leader stamps `now`
 //! into it), so every replica computes the same state.
@@ -42,8 +43,21 @@ use std::sync::Arc;
 
 /// Column families holding the replicated state. A snapshot is exactly their contents.
 pub const STATE_CFS: &[&str] = &[
-    "inodes", "dentries", "chunks", "servers", "counters", "gc", "repair", "gone", "requests",
-    "xattrs", "sessions", "locks", "orphans", "uploads",
+    "inodes",
+    "dentries",
+    "chunks",
+    "servers",
+    "counters",
+    "gc",
+    "repair",
+    "gone",
+    "requests",
+    "xattrs",
+    "sessions",
+    "locks",
+    "orphans",
+    "uploads",
+    "upload_targets",
 ];
 
 const CF_INODES: &str = "inodes";
@@ -60,6 +74,7 @@ const CF_SESSIONS: &str = "sessions";
 const CF_LOCKS: &str = "locks";
 const CF_ORPHANS: &str = "orphans";
 const CF_UPLOADS: &str = "uploads";
+const CF_UPLOAD_TARGETS: &str = "upload_targets";
 
 mod sessions;
 mod uploads;
@@ -890,11 +905,7 @@ impl<'a> Tx<'a> {
     }
 
     /// The entries of `cf` whose key starts with `prefix`, as this transaction sees them.
-    fn kv_scan(
-        &mut self,
-        cf: &'static str,
-        prefix: &[u8],
-    ) -> Result<Vec<KeyValue>, FsError> {
+    fn kv_scan(&mut self, cf: &'static str, prefix: &[u8]) -> Result<Vec<KeyValue>, FsError> {
         let mut out = self.fsm.scan(cf, prefix)?;
         for ((c, k), v) in self.kv.range((cf, prefix.to_vec())..) {
             if *c != cf || !k.starts_with(prefix) {
@@ -1267,7 +1278,7 @@ impl<'a> Tx<'a> {
         for s in i.slots.values() {
             self.decref(&s.id, now)?;
         }
-        self.forget_inode_extras(i.ino)?;
+        self.forget_inode_extras(i.ino, now)?;
         self.inodes.insert(i.ino, None);
         let n = self.counter(INODE_COUNT)?;
         self.set_counter(INODE_COUNT, n.saturating_sub(1));
@@ -1474,6 +1485,10 @@ impl<'a> Tx<'a> {
                 if *upload != 0 {
                     self.end_upload(*upload, *now)?;
                 }
+                // Other uploads of this file were based on an older version: their commits
+                // can only fail now (conflict). Typically the session of a mount that died
+                // mid-copy, whose rerun just committed. They stop holding chunks.
+                self.end_uploads_of(*ino, *now)?;
                 Ok(reply)
             }
             Command::OpenUpload {

@@ -1936,3 +1936,32 @@ fn an_upload_replaces_a_file_only_at_its_base_version() {
     assert_eq!(h.refs(&old0.id), Some(1));
     assert!(!h.in_gc(&old0.id));
 }
+
+/// The upload of a mount that died mid-copy ends when the file's content is committed again
+/// (the rerun), or when the file is deleted: it no longer holds chunks for a dead version.
+#[test]
+fn a_commit_or_delete_ends_the_stale_uploads_of_its_file() {
+    let mut h = H::new();
+    let f = h.file(ROOT_INO, "f").ino;
+    let (a, b) = (chunk("a", 10), chunk("b", 10));
+    let stale = h.open_upload(UploadTarget::Inode(f), 1).unwrap();
+    h.record(stale, vec![upd(0, a, &[1, 2])]).unwrap();
+    let other = h.open_upload(name_target("g"), 0).unwrap();
+    h.commit(f, 10, vec![upd(0, b, &[1, 2])]).unwrap();
+    let left: Vec<u64> = h.fsm.uploads().unwrap().iter().map(|(u, _)| u.id).collect();
+    assert_eq!(
+        left,
+        vec![other],
+        "the stale upload of f ended, g's is untouched"
+    );
+    assert!(h.in_gc(&a.id));
+
+    let again = h.open_upload(UploadTarget::Inode(f), 2).unwrap();
+    h.record(again, vec![upd(0, a, &[1, 2])]).unwrap();
+    h.unlink(ROOT_INO, "f").unwrap();
+    assert!(
+        h.fsm.upload(again).is_err(),
+        "deleting the file ends its uploads"
+    );
+    assert!(h.in_gc(&a.id) && h.in_gc(&b.id));
+}

@@ -258,8 +258,9 @@ impl Tx<'_> {
         Ok(Reply::Empty)
     }
 
-    /// Drops what hangs off an inode being deleted: its attributes and locks.
-    pub(super) fn forget_inode_extras(&mut self, ino: u64) -> Result<(), FsError> {
+    /// Drops what hangs off an inode being deleted: its attributes, locks and uploads.
+    pub(super) fn forget_inode_extras(&mut self, ino: u64, now: Time) -> Result<(), FsError> {
+        self.end_uploads_of(ino, now)?;
         for (k, _) in self.kv_scan(CF_XATTRS, &ino.to_be_bytes())? {
             self.kv_put(CF_XATTRS, k, None);
         }

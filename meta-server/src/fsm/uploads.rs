@@ -13,7 +13,8 @@
 //! An upload nobody records into for `--upload-ttl-secs` is aborted by the leader's reaper (see
 //! [`crate::sessions`]), and its chunks become garbage like any unreferenced chunk.
 use super::{
-    decode_json, encode_json, fs_err, validate_name, Fsm, Kind, NewAttrs, Tx, CF_UPLOADS, CHUNK,
+    decode_json, encode_json, fs_err, validate_name, Fsm, Kind, NewAttrs, Tx, CF_UPLOADS,
+    CF_UPLOAD_TARGETS, CHUNK,
 };
 use crate::command::{CommandResult, FsError, Reply, SlotChunk, SlotUpdate, Time, UploadTarget};
 use crate::error::MetaError;
@@ -56,6 +57,12 @@ fn slot_prefix(id: u64) -> Vec<u8> {
 fn slot_key(id: u64, index: u64) -> Vec<u8> {
     let mut k = slot_prefix(id);
     k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn target_key(ino: u64, id: u64) -> Vec<u8> {
+    let mut k = ino.to_be_bytes().to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
     k
 }
 
@@ -146,9 +153,11 @@ impl Tx<'_> {
         if label.len() > LABEL_MAX || host.len() > LABEL_MAX {
             return Err(fs_err(ErrorKind::InvalidArgument, "label or host too long"));
         }
+        let id = self.counter(NEXT_UPLOAD)? + 1;
         match target {
             UploadTarget::Inode(ino) => {
                 self.regular(*ino)?;
+                self.kv_put(CF_UPLOAD_TARGETS, target_key(*ino, id), Some(Vec::new()));
             }
             UploadTarget::Name { parent, name } => {
                 validate_name(name)?;
@@ -177,7 +186,6 @@ impl Tx<'_> {
                 }
             }
         }
-        let id = self.counter(NEXT_UPLOAD)? + 1;
         self.set_counter(NEXT_UPLOAD, id);
         let h = UploadHeader {
             id,
@@ -236,14 +244,30 @@ impl Tx<'_> {
 
     /// Drops upload `id` and its references (no-op if it is gone).
     pub(super) fn end_upload(&mut self, id: u64, now: Time) -> Result<(), FsError> {
-        if self.upload_header(id)?.is_none() {
+        let Some(h) = self.upload_header(id)? else {
             return Ok(());
+        };
+        if let UploadTarget::Inode(ino) = h.target {
+            self.kv_put(CF_UPLOAD_TARGETS, target_key(ino, id), None);
         }
         for (index, c) in self.upload_slots(id)? {
             self.decref(&c.id, now)?;
             self.kv_put(CF_UPLOADS, slot_key(id, index), None);
         }
         self.kv_put(CF_UPLOADS, header_key(id), None);
+        Ok(())
+    }
+
+    /// Ends every upload replacing inode `ino` (its content just changed under them).
+    pub(super) fn end_uploads_of(&mut self, ino: u64, now: Time) -> Result<(), FsError> {
+        for (k, _) in self.kv_scan(CF_UPLOAD_TARGETS, &ino.to_be_bytes())? {
+            let id = k
+                .get(8..16)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| super::corrupt("upload target key"))?;
+            self.end_upload(id, now)?;
+        }
         Ok(())
     }
 
@@ -330,6 +354,7 @@ impl Tx<'_> {
         }
         let reply = self.commit_write(ino, old.version, size, &updates, mtime, now)?;
         self.end_upload(id, now)?;
+        self.end_uploads_of(ino, now)?;
         Ok(reply)
     }
 }
