@@ -58,6 +58,23 @@ fake_meta_impl! {
         drain(DrainRequest) -> DrainReply;
         cluster_status(ClusterStatusRequest) -> ClusterStatusReply;
         node_status(NodeStatusRequest) -> NodeStatusReply;
+        open_session(OpenSessionRequest) -> OpenSessionReply;
+        renew_session(RenewSessionRequest) -> RenewSessionReply;
+        close_session(CloseSessionRequest) -> CloseSessionReply;
+        release_orphan(ReleaseOrphanRequest) -> ReleaseOrphanReply;
+        set_lock(SetLockRequest) -> SetLockReply;
+        get_lock(GetLockRequest) -> GetLockReply;
+        release_locks(ReleaseLocksRequest) -> ReleaseLocksReply;
+        get_xattr(GetXattrRequest) -> GetXattrReply;
+        list_xattr(ListXattrRequest) -> ListXattrReply;
+        set_xattr(SetXattrRequest) -> SetXattrReply;
+        remove_xattr(RemoveXattrRequest) -> RemoveXattrReply;
+        open_upload(OpenUploadRequest) -> OpenUploadReply;
+        record_upload(RecordUploadRequest) -> RecordUploadReply;
+        list_uploads(ListUploadsRequest) -> ListUploadsReply;
+        get_upload(GetUploadRequest) -> GetUploadReply;
+        abort_upload(AbortUploadRequest) -> AbortUploadReply;
+        commit_upload(CommitUploadRequest) -> AttrReply;
     ;
 
     async fn register_chunk_server(

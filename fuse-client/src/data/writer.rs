@@ -1037,6 +1037,7 @@ mod tests {
             mtime: None,
             error: None,
             failed: None,
+            replaced: None,
         }
     }
 
