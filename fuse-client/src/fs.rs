@@ -409,7 +409,8 @@ pub fn to_file_attr(a: &pb::Attr) -> FileAttr {
     FileAttr {
         ino: a.ino,
         size: a.size,
-        blocks: a.size.div_ceil(512),
+        // Sparse files: only stored data counts (holes take no space).
+        blocks: a.stored_bytes.div_ceil(512),
         atime: ts(&a.atime),
         mtime: ts(&a.mtime),
         ctime: ts(&a.ctime),
