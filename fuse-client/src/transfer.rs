@@ -254,20 +254,33 @@ fn display_path(comps: &[Vec<u8>]) -> String {
     s
 }
 
+/// Why a path did not resolve.
+#[derive(Debug)]
+enum Unresolved {
+    /// This prefix of the path does not exist.
+    Missing(String),
+    Failed(anyhow::Error),
+}
+
 /// Resolves `comps` from the root; every component must exist. Returns the last attributes.
-async fn resolve(meta: &MetaClient, comps: &[Vec<u8>]) -> anyhow::Result<pb::Attr> {
+async fn resolve(meta: &MetaClient, comps: &[Vec<u8>]) -> Result<pb::Attr, Unresolved> {
     let mut attr = pb::Attr {
         ino: ROOT_INO,
         kind: pb::FileKind::Directory as i32,
         ..Default::default()
     };
     for (i, name) in comps.iter().enumerate() {
-        let here = display_path(&comps[..i]);
-        anyhow::ensure!(is_dir(&attr), "{here}: not a directory");
+        if !is_dir(&attr) {
+            return Err(Unresolved::Failed(anyhow!(
+                "{}: not a directory",
+                display_path(&comps[..i])
+            )));
+        }
+        let here = display_path(&comps[..=i]);
         attr = lookup(meta, attr.ino, name)
             .await
-            .map_err(|s| meta_error(&format!("lookup of {}", display_path(&comps[..=i])), &s))?
-            .ok_or_else(|| anyhow!("{}: no such file or directory", display_path(&comps[..=i])))?;
+            .map_err(|s| Unresolved::Failed(meta_error(&format!("lookup of {here}"), &s)))?
+            .ok_or(Unresolved::Missing(here))?;
     }
     Ok(attr)
 }
@@ -280,12 +293,21 @@ fn progress_bar(len: u64, quiet: bool, what: String) -> ProgressBar {
     };
     let pb = ProgressBar::with_draw_target(Some(len), target);
     if let Ok(style) = ProgressStyle::with_template(
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        "{msg} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
     ) {
         pb.set_style(style.progress_chars("=> "));
     }
     pb.set_message(what);
     pb
+}
+
+/// A line for the user on stderr, above the progress bar if one is shown.
+fn note(pb: &ProgressBar, cmd: &str, msg: &str) {
+    if pb.is_hidden() {
+        eprintln!("cairn {cmd}: {msg}");
+    } else {
+        pb.println(format!("cairn {cmd}: {msg}"));
+    }
 }
 
 fn rate(bytes: u64, took: Duration) -> String {
@@ -381,9 +403,10 @@ async fn put_target(meta: &MetaClient, remote: &str, local: &Path) -> anyhow::Re
         bail!("{remote}: no file name");
     };
     let parent_path = display_path(parent_comps);
-    let parent = resolve(meta, parent_comps)
-        .await
-        .map_err(|e| anyhow!("{remote}: parent directory {parent_path} does not exist ({e})"))?;
+    let parent = resolve(meta, parent_comps).await.map_err(|e| match e {
+        Unresolved::Missing(p) => anyhow!("{remote}: parent directory {p} does not exist"),
+        Unresolved::Failed(e) => e.context(format!("{remote}: parent directory {parent_path}")),
+    })?;
     anyhow::ensure!(
         is_dir(&parent),
         "{remote}: {parent_path} is not a directory"
@@ -623,7 +646,7 @@ pub async fn put(
 
     let pb = progress_bar(size, quiet, format!("put {}", target.path));
     for n in notes {
-        pb.println(n);
+        note(&pb, "put", &n);
     }
     let dp = DataPlane::new(meta.clone());
     let recorded = Arc::new(recorded);
@@ -870,14 +893,25 @@ pub async fn get(
     let meta = meta_client(addrs)?;
     let comps = split_remote(remote)?;
     let path = display_path(&comps);
-    let attr = resolve(&meta, &comps).await.map_err(|e| {
-        if e.to_string().contains("no such file") {
-            anyhow!("{path}: No such file in the cluster")
-        } else {
-            e
-        }
+    let attr = resolve(&meta, &comps).await.map_err(|e| match e {
+        Unresolved::Missing(_) => anyhow!("{path}: No such file in the cluster"),
+        Unresolved::Failed(e) => e,
     })?;
     anyhow::ensure!(is_regular(&attr), "{path}: not a regular file");
+    let into_dir = local.as_os_str().as_encoded_bytes().ends_with(b"/");
+    anyhow::ensure!(
+        !into_dir || local.is_dir(),
+        "{}: no such local directory",
+        local.display()
+    );
+    if let Some(dir) = local.parent().filter(|d| !d.as_os_str().is_empty()) {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "{}: local directory {} does not exist",
+            local.display(),
+            dir.display()
+        );
+    }
     let local = if local.is_dir() {
         local.join(
             comps
@@ -908,11 +942,15 @@ pub async fn get(
 
     let pb = progress_bar(size, quiet, format!("get {path}"));
     if part_len > 0 {
-        pb.println(format!(
-            "resuming into {} ({} there; each chunk is checked against its hash)",
-            part.display(),
-            human(part_len)
-        ));
+        note(
+            &pb,
+            "get",
+            &format!(
+                "resuming into {} ({} there; each chunk is checked against its hash)",
+                part.display(),
+                human(part_len)
+            ),
+        );
     }
     let nslots = size.div_ceil(CHUNK);
     let mut jobs = futures::stream::iter(0..nslots)

@@ -763,7 +763,7 @@ async fn record_upload(
             parent: 0,
             name: Vec::new(),
             base_version,
-            label: String::new(),
+            label: "write through a mount".into(),
             host: dp.writer_label.get().cloned().unwrap_or_default(),
         };
         match dp
