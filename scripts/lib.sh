@@ -41,3 +41,43 @@ build_release() {
 
 # pid_alive FILE: the pid in FILE names a running process.
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# The conformance suites the POSIX end-to-end tests run against a real mount (pjdfstest, fsx),
+# built from crates.io into $CAIRN_TOOLS/bin, outside the clone so every clone on this machine
+# shares them.
+export CAIRN_TOOLS=${CAIRN_TOOLS:-$HOME/.cache/cairn/tools}
+PJDFSTEST_VERSION=0.2.2
+FSX_VERSION=0.3.2
+
+# Installs pjdfstest and fsx (each only when its binary is missing or not the pinned version),
+# creates the unprivileged user and group pjdfstest switches to, and exports CAIRN_PJDFSTEST and
+# CAIRN_FSX (absolute paths) for the tests.
+ensure_conformance_tools() {
+  local sudo="" crate version bin
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  for spec in "pjdfstest $PJDFSTEST_VERSION" "fsx $FSX_VERSION"; do
+    read -r crate version <<<"$spec"
+    bin=$CAIRN_TOOLS/bin/$crate
+    if [ -x "$bin" ] && [ "$("$bin" --version 2>/dev/null)" = "$crate $version" ]; then
+      continue
+    fi
+    log "installing $crate $version from crates.io into $CAIRN_TOOLS"
+    # A target directory of its own: the tools' dependencies must not disturb Cairn's build.
+    CARGO_TARGET_DIR=$CAIRN_TOOLS/build cargo install --locked --force --quiet \
+      --root "$CAIRN_TOOLS" --version "=$version" "$crate"
+    [ "$("$bin" --version 2>/dev/null)" = "$crate $version" ] \
+      || die "$crate $version did not install to $bin"
+  done
+  export CAIRN_PJDFSTEST=$CAIRN_TOOLS/bin/pjdfstest
+  export CAIRN_FSX=$CAIRN_TOOLS/bin/fsx
+
+  # pjdfstest's dummy users (its config names them): nobody/nogroup come with Debian, tests/tests
+  # is ours.
+  getent passwd nobody >/dev/null || die "user nobody is missing"
+  getent group nogroup >/dev/null || $sudo groupadd nogroup
+  getent group tests >/dev/null || $sudo groupadd tests
+  if ! getent passwd tests >/dev/null; then
+    log "creating the unprivileged user tests (pjdfstest and the permission tests run as it)"
+    $sudo useradd --gid tests --no-create-home --home-dir / --shell /usr/sbin/nologin tests
+  fi
+}

@@ -453,19 +453,6 @@ enum PutDone {
     },
 }
 
-fn slot_update(slot: u64, up: &Uploaded) -> pb::SlotUpdate {
-    pb::SlotUpdate {
-        index: slot,
-        chunk: Some(pb::ChunkRef {
-            id: up.chunk.id.as_bytes().to_vec(),
-            len: up.chunk.len,
-            stored_len: up.chunk.stored_len,
-        }),
-        replicas: up.replicas.clone(),
-        ticket: up.ticket,
-    }
-}
-
 fn chunk_error(slot: u64, e: Errno) -> anyhow::Error {
     if e.0 == libc::ENOSPC {
         anyhow!(
@@ -714,7 +701,7 @@ pub async fn put(
                         sent += len;
                     }
                     pb.inc(len);
-                    if tx.send(slot_update(slot, &up)).is_err() {
+                    if tx.send(up.to_update(slot)).is_err() {
                         // The recorder failed: its error is reported below.
                         break Ok(());
                     }

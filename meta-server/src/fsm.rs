@@ -2019,15 +2019,7 @@ impl<'a> Tx<'a> {
         }
         for u in updates {
             if let Some(c) = &u.chunk {
-                if c.len > c.stored_len || c.stored_len as usize > CHUNK_SIZE {
-                    return Err(fs_err(
-                        ErrorKind::InvalidArgument,
-                        format!(
-                            "slot {}: len {} / stored_len {} out of range",
-                            u.index, c.len, c.stored_len
-                        ),
-                    ));
-                }
+                check_slot_chunk(u.index, c)?;
                 if u.index.checked_mul(CHUNK).is_none_or(|start| start >= size) {
                     return Err(fs_err(
                         ErrorKind::InvalidArgument,
@@ -2052,6 +2044,21 @@ impl<'a> Tx<'a> {
         self.put_inode(i.clone());
         Ok(Reply::Attr(i))
     }
+}
+
+/// `InvalidArgument` unless chunk `c` fits slot `index` (`len` within the stored bytes, the stored
+/// bytes within a chunk).
+fn check_slot_chunk(index: u64, c: &SlotChunk) -> Result<(), FsError> {
+    if c.len > c.stored_len || c.stored_len as usize > CHUNK_SIZE {
+        return Err(fs_err(
+            ErrorKind::InvalidArgument,
+            format!(
+                "slot {index}: len {} / stored_len {} out of range",
+                c.len, c.stored_len
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The caller-chosen attributes of a new inode.

@@ -65,6 +65,22 @@ pub struct Uploaded {
     pub ticket: u64,
 }
 
+impl Uploaded {
+    /// This chunk as the update of slot `index` (in a commit or an upload record).
+    pub fn to_update(&self, index: u64) -> SlotUpdate {
+        SlotUpdate {
+            index,
+            chunk: Some(ChunkRef {
+                id: self.chunk.id.as_bytes().to_vec(),
+                len: self.chunk.len,
+                stored_len: self.chunk.stored_len,
+            }),
+            replicas: self.replicas.clone(),
+            ticket: self.ticket,
+        }
+    }
+}
+
 enum Slot {
     Dirty(BytesMut),
     Uploading {
@@ -652,19 +668,7 @@ async fn commit(
             _ => return Err(Errno::EIO),
         }
     }
-    let mut updates: Vec<SlotUpdate> = uploaded
-        .iter()
-        .map(|(i, u)| SlotUpdate {
-            index: *i,
-            chunk: Some(ChunkRef {
-                id: u.chunk.id.as_bytes().to_vec(),
-                len: u.chunk.len,
-                stored_len: u.chunk.stored_len,
-            }),
-            replicas: u.replicas.clone(),
-            ticket: u.ticket,
-        })
-        .collect();
+    let mut updates: Vec<SlotUpdate> = uploaded.iter().map(|(i, u)| u.to_update(*i)).collect();
     if let Some(r) = &replaced {
         updates.extend(
             r.slots
@@ -784,16 +788,7 @@ async fn record_upload(
     let Some(upload) = *id else { return };
     let req = cairn_proto::RecordUploadRequest {
         upload,
-        updates: vec![SlotUpdate {
-            index: slot,
-            chunk: Some(ChunkRef {
-                id: u.chunk.id.as_bytes().to_vec(),
-                len: u.chunk.len,
-                stored_len: u.chunk.stored_len,
-            }),
-            replicas: u.replicas.clone(),
-            ticket: u.ticket,
-        }],
+        updates: vec![u.to_update(slot)],
     };
     let r = dp
         .meta

@@ -19,7 +19,6 @@ use super::{
 use crate::command::{CommandResult, FsError, Reply, SlotChunk, SlotUpdate, Time, UploadTarget};
 use crate::error::MetaError;
 use cairn_common::error::ErrorKind;
-use cairn_common::CHUNK_SIZE;
 use serde::{Deserialize, Serialize};
 
 /// Counter of upload ids.
@@ -214,15 +213,7 @@ impl Tx<'_> {
                     format!("slot {}: an upload records chunks, not holes", u.index),
                 ));
             };
-            if c.len > c.stored_len || c.stored_len as usize > CHUNK_SIZE {
-                return Err(fs_err(
-                    ErrorKind::InvalidArgument,
-                    format!(
-                        "slot {}: len {} / stored_len {} out of range",
-                        u.index, c.len, c.stored_len
-                    ),
-                ));
-            }
+            super::check_slot_chunk(u.index, c)?;
             if u.index.checked_mul(CHUNK).is_none() {
                 return Err(fs_err(
                     ErrorKind::InvalidArgument,
