@@ -44,6 +44,12 @@ pub struct Core {
     /// asks for it before *every* write (to drop file capabilities on write), which would
     /// otherwise cost a metadata round trip per write.
     caps: Mutex<HashMap<u64, Option<Vec<u8>>>>,
+    /// Directories as the metadata cluster returned them with an entry change made through
+    /// this mount (create, unlink, …), and when. The kernel drops a directory's attributes at
+    /// every such change and asks for them again right away (to check permissions for the next
+    /// one); answering from here within the attribute TTL saves a round trip per create or
+    /// unlink, and is no staler than the kernel's own attribute cache.
+    fresh_dirs: Mutex<HashMap<u64, (std::time::Instant, pb::Attr)>>,
 }
 
 /// The attribute the kernel reads before every write.
@@ -69,7 +75,30 @@ impl Core {
             notifier: OnceLock::new(),
             seen: Mutex::new(HashMap::new()),
             caps: Mutex::new(HashMap::new()),
+            fresh_dirs: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn fresh_dirs(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, (std::time::Instant, pb::Attr)>> {
+        self.fresh_dirs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers a directory's attributes as returned with an entry change.
+    fn note_parent(&self, parent: Option<pb::Attr>) {
+        if let Some(p) = parent {
+            let mut m = self.fresh_dirs();
+            // Bounded: entries older than the TTL are useless anyway.
+            if m.len() > 4096 {
+                m.retain(|_, (t, _)| t.elapsed() < TTL);
+            }
+            m.insert(p.ino, (std::time::Instant::now(), p));
+        }
+    }
+
+    fn forget_dir(&self, ino: u64) {
+        self.fresh_dirs().remove(&ino);
     }
 
     fn caps(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Option<Vec<u8>>>> {
@@ -197,6 +226,14 @@ impl Core {
     }
 
     async fn getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
+        let fresh = self
+            .fresh_dirs()
+            .get(&ino)
+            .filter(|(t, _)| t.elapsed() < TTL)
+            .map(|(_, a)| a.clone());
+        if let Some(a) = fresh {
+            return Ok(self.to_fuse(&a));
+        }
         let r = self
             .meta("getattr", |mut c| async move {
                 c.get_attr(pb::GetAttrRequest { ino }).await
@@ -226,6 +263,7 @@ impl Core {
                 async move { c.create(req).await }
             })
             .await?;
+        self.note_parent(r.parent);
         r.attr.ok_or(Errno::EIO)
     }
 
@@ -240,6 +278,7 @@ impl Core {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
     ) -> Result<FileAttr, Errno> {
+        self.forget_dir(ino);
         let (atime, atime_now) = time_arg(atime);
         let (mtime, mtime_now) = time_arg(mtime);
         let req = pb::SetAttrRequest {
@@ -640,6 +679,7 @@ impl Filesystem for CairnFs {
                     })
                     .await?;
                 core.session.note_orphan(r.orphan);
+                core.note_parent(r.parent);
                 Ok::<_, Errno>(())
             }
             .await;
@@ -655,11 +695,14 @@ impl Filesystem for CairnFs {
         self.spawn(|core| async move {
             let r = async {
                 validate_name(&name).map_err(Errno::from)?;
-                core.meta("rmdir", |mut c| {
-                    let name = name.clone();
-                    async move { c.rmdir(pb::RmdirRequest { parent, name }).await }
-                })
-                .await
+                let r = core
+                    .meta("rmdir", |mut c| {
+                        let name = name.clone();
+                        async move { c.rmdir(pb::RmdirRequest { parent, name }).await }
+                    })
+                    .await?;
+                core.note_parent(r.parent);
+                Ok::<_, Errno>(())
             }
             .await;
             match r {
@@ -724,6 +767,8 @@ impl Filesystem for CairnFs {
                     session: core.session.id(),
                     open_inodes: core.keep_open(),
                 };
+                core.forget_dir(parent);
+                core.forget_dir(newparent);
                 let r = core
                     .meta("rename", |mut c| {
                         let req = req.clone();
@@ -766,6 +811,7 @@ impl Filesystem for CairnFs {
                         }
                     })
                     .await?;
+                core.note_parent(r.parent);
                 r.attr.ok_or(Errno::EIO)
             }
             .await;

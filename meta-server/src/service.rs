@@ -226,6 +226,22 @@ impl MetaServiceImpl {
         Ok(updates)
     }
 
+    /// Inode `ino` as this node's state machine has it now, without a read index: only for
+    /// the leader, right after a write of its own was applied (so it is at least that fresh).
+    fn local_attr(&self, ino: u64) -> Option<pb::Attr> {
+        self.node.fsm().get(ino).ok().map(|i| i.to_attr())
+    }
+
+    /// `reply` with the directory `parent` as it is after the write that produced it.
+    fn with_parent(
+        &self,
+        mut reply: Response<pb::AttrReply>,
+        parent: u64,
+    ) -> Response<pb::AttrReply> {
+        reply.get_mut().parent = self.local_attr(parent);
+        reply
+    }
+
     /// Current addresses of `servers` (registered records), by id.
     fn addrs_of(&self, servers: &[crate::fsm::ServerRecord]) -> HashMap<u64, String> {
         servers
@@ -465,6 +481,7 @@ fn check_chunk_ref(c: &pb::ChunkRef) -> Result<SlotChunk, Status> {
 fn attr_reply(i: &Inode) -> Response<pb::AttrReply> {
     Response::new(pb::AttrReply {
         attr: Some(i.to_attr()),
+        parent: None,
     })
 }
 
@@ -523,22 +540,25 @@ impl MetaService for MetaServiceImpl {
         } else if !r.symlink_target.is_empty() {
             return Err(invalid("only symlinks have a target"));
         }
-        self.write_attr(once(
-            id,
-            Command::Create {
-                parent: r.parent,
-                name: r.name,
-                kind,
-                mode: r.mode & 0o7777,
-                uid: r.uid,
-                gid: r.gid,
-                rdev: r.rdev,
-                symlink_target: r.symlink_target,
-                exclusive: r.exclusive,
-                now: Time::now(),
-            },
-        ))
-        .await
+        let parent = r.parent;
+        let reply = self
+            .write_attr(once(
+                id,
+                Command::Create {
+                    parent: r.parent,
+                    name: r.name,
+                    kind,
+                    mode: r.mode & 0o7777,
+                    uid: r.uid,
+                    gid: r.gid,
+                    rdev: r.rdev,
+                    symlink_target: r.symlink_target,
+                    exclusive: r.exclusive,
+                    now: Time::now(),
+                },
+            ))
+            .await?;
+        Ok(self.with_parent(reply, parent))
     }
 
     async fn link(&self, req: Request<pb::LinkRequest>) -> Result<Response<pb::AttrReply>, Status> {
@@ -547,16 +567,19 @@ impl MetaService for MetaServiceImpl {
         check_ino(r.ino, "ino")?;
         check_ino(r.new_parent, "new_parent")?;
         check_name(&r.new_name)?;
-        self.write_attr(once(
-            id,
-            Command::Link {
-                ino: r.ino,
-                new_parent: r.new_parent,
-                new_name: r.new_name,
-                now: Time::now(),
-            },
-        ))
-        .await
+        let parent = r.new_parent;
+        let reply = self
+            .write_attr(once(
+                id,
+                Command::Link {
+                    ino: r.ino,
+                    new_parent: r.new_parent,
+                    new_name: r.new_name,
+                    now: Time::now(),
+                },
+            ))
+            .await?;
+        Ok(self.with_parent(reply, parent))
     }
 
     async fn unlink(
@@ -568,6 +591,7 @@ impl MetaService for MetaServiceImpl {
         check_ino(r.parent, "parent")?;
         check_name(&r.name)?;
         let keep = check_keep(r.session, r.open_inodes)?;
+        let parent = r.parent;
         let reply = self
             .node
             .write(once(
@@ -582,6 +606,7 @@ impl MetaService for MetaServiceImpl {
             .await?;
         Ok(Response::new(pb::UnlinkReply {
             orphan: orphan_of(reply)?,
+            parent: self.local_attr(parent),
         }))
     }
 
@@ -593,6 +618,7 @@ impl MetaService for MetaServiceImpl {
         let r = req.into_inner();
         check_ino(r.parent, "parent")?;
         check_name(&r.name)?;
+        let parent = r.parent;
         self.node
             .write(once(
                 id,
@@ -603,7 +629,10 @@ impl MetaService for MetaServiceImpl {
                 },
             ))
             .await?;
-        Ok(Response::new(pb::UnlinkReply { orphan: 0 }))
+        Ok(Response::new(pb::UnlinkReply {
+            orphan: 0,
+            parent: self.local_attr(parent),
+        }))
     }
 
     async fn rename(
