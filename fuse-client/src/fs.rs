@@ -230,7 +230,7 @@ impl Core {
             .fresh_dirs()
             .get(&ino)
             .filter(|(t, _)| t.elapsed() < TTL)
-            .map(|(_, a)| a.clone());
+            .map(|(_, a)| *a);
         if let Some(a) = fresh {
             return Ok(self.to_fuse(&a));
         }
