@@ -411,6 +411,10 @@ fn t40_gc_deletes_overwritten_and_deleted_chunks_and_never_a_live_one() {
     }
 }
 
+/// A copy cut off by kill -9 of the mount leaves stored chunks no file references: those
+/// recorded in its upload session are kept while the session lives (so a rerun need not send
+/// them again) and collected once it expires (`--upload-ttl-secs`); any stored but never
+/// recorded are found by the inventory scan. Either way nothing is left behind.
 #[test]
 fn t50_chunks_of_an_upload_that_never_committed_are_collected() {
     init_tracing();
@@ -424,6 +428,8 @@ fn t50_chunks_of_an_upload_that_never_committed_are_collected() {
             "--gc-orphan-scan-secs",
             "1",
             "--gc-orphan-age-secs",
+            "2",
+            "--upload-ttl-secs",
             "2",
         ]
         .iter()
