@@ -829,7 +829,11 @@ impl Filesystem for CairnFs {
             let r = async {
                 core.open(ino).await?;
                 if flags & libc::O_TRUNC != 0 {
-                    core.truncate_on_open(ino, opener).await?;
+                    if let Err(e) = core.truncate_on_open(ino, opener).await {
+                        // The kernel sends no RELEASE for an open that failed.
+                        core.files.release(ino);
+                        return Err(e);
+                    }
                 }
                 Ok::<_, Errno>(())
             }
