@@ -856,12 +856,27 @@ fn t40_flock_is_cluster_wide_between_two_mounts() {
         Err(libc::EWOULDBLOCK)
     );
     drop(fa);
-    flock(&fb, libc::LOCK_EX | libc::LOCK_NB).unwrap_or_else(|e| {
-        panic!(
-            "A closed its descriptor, yet B cannot lock: {}",
-            errno_str(e)
-        )
-    });
+    // A flock belongs to the open file and goes with its FUSE RELEASE, which the kernel sends
+    // asynchronously after close() returned (unlike fcntl locks, dropped by the synchronous
+    // FLUSH): allow it a moment.
+    let closed = Instant::now();
+    loop {
+        match flock(&fb, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => break,
+            Err(libc::EWOULDBLOCK) if closed.elapsed() < Duration::from_secs(2) => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!(
+                "A closed its descriptor {:?} ago, yet B cannot lock: {}",
+                closed.elapsed(),
+                errno_str(e)
+            ),
+        }
+    }
+    println!(
+        "A's flock was free for B {:?} after A's close",
+        closed.elapsed()
+    );
 }
 
 /// POSIX byte-range locks (fcntl) are cluster-wide: a process on mount A write-locks [0,100)
