@@ -501,9 +501,11 @@ async fn record_loop(
     Ok(())
 }
 
-async fn list_uploads(meta: &MetaClient) -> anyhow::Result<Vec<pb::UploadInfo>> {
+/// Every upload session; `with_paths` also resolves their targets' paths (a scan of the whole
+/// namespace on the leader: only for showing them to a person).
+async fn list_uploads(meta: &MetaClient, with_paths: bool) -> anyhow::Result<Vec<pb::UploadInfo>> {
     Ok(meta
-        .call(|mut c| async move { c.list_uploads(pb::ListUploadsRequest {}).await })
+        .call(|mut c| async move { c.list_uploads(pb::ListUploadsRequest { with_paths }).await })
         .await
         .map_err(|s| meta_error("listing uploads", &s))?
         .uploads)
@@ -552,7 +554,7 @@ pub async fn put(
 
     // Ours: sessions of this source for this target. Resume the one with this exact label (same
     // size and mtime) based on the target's current version.
-    let ours: Vec<pb::UploadInfo> = list_uploads(&meta)
+    let ours: Vec<pb::UploadInfo> = list_uploads(&meta, false)
         .await?
         .into_iter()
         .filter(|u| {
@@ -1171,7 +1173,7 @@ pub fn table(rows: &[UploadRow]) -> String {
 pub async fn list(addrs: Vec<String>) -> anyhow::Result<Vec<UploadRow>> {
     let meta = meta_client(addrs)?;
     let now = unix_ms(Some(&cairn_common::time::now()));
-    let mut rows: Vec<UploadRow> = list_uploads(&meta)
+    let mut rows: Vec<UploadRow> = list_uploads(&meta, true)
         .await?
         .into_iter()
         .map(|u| UploadRow::from_info(u, now))

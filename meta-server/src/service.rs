@@ -1405,19 +1405,24 @@ impl MetaService for MetaServiceImpl {
 
     async fn list_uploads(
         &self,
-        _req: Request<pb::ListUploadsRequest>,
+        req: Request<pb::ListUploadsRequest>,
     ) -> Result<Response<pb::ListUploadsReply>, Status> {
+        let with_paths = req.into_inner().with_paths;
         self.node.linearizable_read().await?;
         let fsm = self.node.fsm();
         let all = fsm.uploads()?;
-        let inos = all
-            .iter()
-            .map(|(h, _)| match &h.target {
-                UploadTarget::Inode(ino) => *ino,
-                UploadTarget::Name { parent, .. } => *parent,
-            })
-            .collect();
-        let paths = crate::health::paths_of(fsm, inos)?;
+        let paths = if with_paths {
+            let inos = all
+                .iter()
+                .map(|(h, _)| match &h.target {
+                    UploadTarget::Inode(ino) => *ino,
+                    UploadTarget::Name { parent, .. } => *parent,
+                })
+                .collect();
+            crate::health::paths_of(fsm, inos)?
+        } else {
+            HashMap::new()
+        };
         let uploads = all
             .iter()
             .map(|(h, slots)| upload_info(h, slots, &paths))
