@@ -176,9 +176,21 @@ impl Core {
         Ok(())
     }
 
-    /// The inodes this mount has open, for an unlink or rename that may remove their last name.
-    fn keep_open(&self) -> Vec<u64> {
-        self.files.all().iter().map(|f| f.ino).collect()
+    /// The inodes this mount has open, for an unlink or rename that may remove the last name of
+    /// `parent`/`name`: all of them while there are few (no extra round trip); with more, only
+    /// the named inode if it is open (one lookup), so the request stays small and within the
+    /// cluster's bound however many files are open.
+    async fn keep_open(&self, parent: u64, name: &[u8]) -> Vec<u64> {
+        const LIST_ALL_MAX: usize = 1024;
+        let open = self.files.all();
+        if open.len() <= LIST_ALL_MAX {
+            return open.iter().map(|f| f.ino).collect();
+        }
+        match self.lookup(parent, name.to_vec()).await {
+            Ok(a) if self.files.get(a.ino).is_some() => vec![a.ino],
+            // Not open here, or no such name (the unlink itself reports that).
+            _ => Vec::new(),
+        }
     }
 
     fn fh(&self) -> u64 {
@@ -668,9 +680,9 @@ impl Filesystem for CairnFs {
                 validate_name(&name).map_err(Errno::from)?;
                 let req = pb::UnlinkRequest {
                     parent,
-                    name,
                     session: core.session.id(),
-                    open_inodes: core.keep_open(),
+                    open_inodes: core.keep_open(parent, &name).await,
+                    name,
                 };
                 let r = core
                     .meta("unlink", |mut c| {
@@ -758,6 +770,7 @@ impl Filesystem for CairnFs {
             let r = async {
                 validate_name(&name).map_err(Errno::from)?;
                 validate_name(&new_name).map_err(Errno::from)?;
+                let open_inodes = core.keep_open(newparent, &new_name).await;
                 let req = pb::RenameRequest {
                     parent,
                     name,
@@ -765,7 +778,7 @@ impl Filesystem for CairnFs {
                     new_name,
                     flags,
                     session: core.session.id(),
-                    open_inodes: core.keep_open(),
+                    open_inodes,
                 };
                 core.forget_dir(parent);
                 core.forget_dir(newparent);

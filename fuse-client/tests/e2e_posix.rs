@@ -1200,6 +1200,62 @@ fn t50_an_unlinked_open_file_lives_until_its_last_close() {
     assert!(std::fs::read(mnt.join("g")).unwrap() == new);
 }
 
+/// With more files open on the mount than an unlink lists (1024), the mount looks the name up
+/// and keeps exactly that file: an open file unlinked among 1 100 open ones stays readable, and
+/// unlinking a file that is not open deletes it at once.
+#[test]
+fn t51_unlinked_open_file_among_many_open_ones() {
+    init_tracing();
+    // This process holds 1 100 descriptors: raise its soft limit up to the hard one.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    assert!(
+        lim.rlim_max >= 1200,
+        "RLIMIT_NOFILE hard limit {} < 1200",
+        lim.rlim_max
+    );
+    lim.rlim_cur = lim.rlim_cur.max(1200);
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+
+    let mut c = Cluster::start(3, 3);
+    let mnt = c.mount();
+    let dir = mnt.join("many");
+    std::fs::create_dir(&dir).unwrap();
+    let files: Vec<File> = (0..1100)
+        .map(|i| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(dir.join(format!("f{i}")))
+                .unwrap()
+        })
+        .collect();
+    let mut kept = &files[7];
+    kept.write_all(b"still here").unwrap();
+    kept.sync_all().unwrap();
+    std::fs::remove_file(dir.join("f7")).unwrap();
+    let mut buf = vec![0u8; 10];
+    kept.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(
+        &buf, b"still here",
+        "an unlinked open file among 1 100 open ones"
+    );
+    assert_eq!(kept.metadata().unwrap().nlink(), 0);
+
+    std::fs::write(dir.join("closed"), b"x").unwrap();
+    std::fs::remove_file(dir.join("closed")).unwrap();
+    assert_eq!(
+        io_errno(std::fs::metadata(dir.join("closed"))),
+        Some(libc::ENOENT)
+    );
+    drop(files);
+}
+
 /// A directory of many entries, created by 16 threads on two mounts at once, lists exactly right
 /// with `ls -f`, `find` and readdir, on a mount that created them and on a third, cold mount.
 ///
