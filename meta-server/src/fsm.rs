@@ -680,22 +680,23 @@ impl Fsm {
             .transpose()?)
     }
 
-    /// Number of inodes (for statfs).
-    pub fn inode_count(&self) -> Result<u64, MetaError> {
+    /// Counter `name` (0 until first set).
+    fn read_counter(&self, name: &str) -> Result<u64, FsError> {
         Ok(self
-            .raw_get(CF_COUNTERS, INODE_COUNT.as_bytes())?
+            .raw_get(CF_COUNTERS, name.as_bytes())?
             .map(|v| decode_u64(&v))
             .transpose()?
             .unwrap_or(0))
     }
 
+    /// Number of inodes (for statfs).
+    pub fn inode_count(&self) -> Result<u64, MetaError> {
+        Ok(self.read_counter(INODE_COUNT)?)
+    }
+
     /// The current GC epoch: the ticket PrepareWrite hands out.
     pub fn gc_epoch(&self) -> Result<u64, MetaError> {
-        Ok(self
-            .raw_get(CF_COUNTERS, GC_EPOCH.as_bytes())?
-            .map(|v| decode_u64(&v))
-            .transpose()?
-            .unwrap_or(0))
+        Ok(self.read_counter(GC_EPOCH)?)
     }
 
     /// Up to `limit` unreferenced chunks that became so before `before` (or are being
@@ -998,12 +999,7 @@ impl<'a> Tx<'a> {
         if let Some(v) = self.counters.get(name) {
             return Ok(*v);
         }
-        let v = self
-            .fsm
-            .raw_get(CF_COUNTERS, name.as_bytes())?
-            .map(|v| decode_u64(&v))
-            .transpose()?
-            .unwrap_or(0);
+        let v = self.fsm.read_counter(name)?;
         self.counters.insert(name, v);
         Ok(v)
     }
