@@ -8,18 +8,31 @@
 //! - [`meta_client`]: a client for the metadata cluster that follows the Raft leader and retries
 //!   across leader changes.
 //! - [`chunk_client`]: a pool of connections to chunk servers.
-//! - [`time`]: conversions between `SystemTime` and the wire `Timestamp`.
+//! - [`time`]: [`Time`], wall-clock time as stored and sent, and its one conversion to and
+//!   from `SystemTime` and the wire `Timestamp`.
+//! - [`kind`]: [`Kind`], an inode's kind, and its one conversion to each encoding (wire,
+//!   directory entry byte, mode bits).
+//! - [`durable`]: the one durable-write helper (temp file, fsync, rename, directory fsync).
+//! - [`worker`]: the one shape of a background job ([`worker::Worker`]) and the task set that
+//!   starts and stops a process's tasks with a deadline.
+//! - [`rate`]: the byte-rate limiter of background I/O (scrub, repair).
 pub mod chunk;
 pub mod chunk_client;
+pub mod durable;
 pub mod error;
+pub mod kind;
 pub mod meta_client;
 pub mod name;
+pub mod rate;
 pub mod time;
+pub mod worker;
 
 pub use chunk::{ChunkId, BLOCK_SIZE, CHUNK_SIZE};
 pub use chunk_client::ChunkClients;
 pub use error::ErrorKind;
+pub use kind::Kind;
 pub use meta_client::MetaClient;
+pub use time::Time;
 
 /// The inode number of the root directory.
 pub const ROOT_INO: u64 = 1;
