@@ -1,34 +1,42 @@
-//! Registration with the metadata cluster and periodic heartbeats.
+//! Registration with the metadata cluster and periodic heartbeats, and the reports of corrupt
+//! copies: the two [`Worker`]s that talk to the metadata cluster.
 //!
-//! On start the server sends `RegisterChunkServer{uuid, addr}` until it succeeds (with
-//! backoff), keeps the returned id (and writes it to `server.id` for operators), then sends a
-//! `Heartbeat` with its capacity, chunk count and scrub figures every interval. Failures are logged and
-//! retried; a heartbeat answered `not-found` (the cluster no longer knows this id) triggers a
-//! new registration. [`MetaClient`] follows the Raft leader. The loop ends when `shutdown` is
-//! cancelled; it may be interrupted at any await point, as every step is idempotent.
+//! [`HeartbeatWorker`]: on start the server sends `RegisterChunkServer{uuid, addr}` until it
+//! succeeds (with backoff), keeps the returned id (and writes it to `server.id` for operators),
+//! then sends a `Heartbeat` with its capacity, chunk count and scrub figures every interval.
+//! Failures are logged and retried; a heartbeat answered `not-found` (the cluster no longer knows
+//! this id) triggers a new registration at once. [`MetaClient`] follows the Raft leader.
 //!
-//! [`BadReplicaReporter`] is the second worker of this module: it takes the copies the store
-//! found corrupt (a bounded queue fed by [`crate::store::FileStore::report_corruption_to`]) and
-//! sends `ReportBadReplica` for each, retrying with backoff, so the cluster stops placing reads
-//! on them. It too stops when `shutdown` is cancelled; reports still queued then are lost,
-//! which is harmless (clients that meet the missing copy report it too).
+//! [`BadReplicaReporter`]: it takes the copies the store found corrupt (a bounded queue fed by
+//! [`crate::store::FileStore::report_corruption_to`]) and sends `ReportBadReplica` for each,
+//! retrying with backoff, so the cluster stops placing reads on them. Reports still queued at
+//! shutdown are lost, which is harmless (clients that meet the missing copy report it too).
+//!
+//! Both stop at shutdown at their next await (the [`cairn_common::worker`] rule): every step
+//! they take is idempotent (a registration, a heartbeat, a report) or atomic on its own (the
+//! durable write of `server.id`).
 use crate::scrub::Scrub;
-use crate::store::{write_file_durably, ChunkStore, CorruptChunk};
+use crate::store::{ChunkStore, CorruptChunk};
+use cairn_common::durable;
+use cairn_common::worker::{Worker, WorkerState};
 use cairn_common::{ErrorKind, MetaClient};
 use cairn_proto::{HeartbeatRequest, RegisterChunkServerRequest, ReportBadReplicaRequest};
+use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 /// Reports of corrupt copies waiting to be sent; further ones are dropped (and logged).
 pub const BAD_REPLICA_QUEUE: usize = 1024;
-/// Longest pause between two attempts to send one report.
-const MAX_REPORT_BACKOFF: Duration = Duration::from_secs(5);
+/// Pause after a first failed attempt (registration, or one report), doubled after each further
+/// failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest pause between two attempts to register, or to send one report.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Everything the heartbeat loop needs.
+/// Everything the heartbeat worker needs.
 pub struct Heartbeat {
     pub meta: MetaClient,
     pub store: Arc<dyn ChunkStore>,
@@ -45,80 +53,44 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    /// Runs until `shutdown` is cancelled.
-    pub async fn run(self, shutdown: CancellationToken) {
-        'register: loop {
-            let Some(id) = self.register(&shutdown).await else {
-                return;
-            };
-            let mut ticker = tokio::time::interval(self.interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = ticker.tick() => {}
-                }
-                let sent = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    r = self.beat(id) => r,
-                };
-                match sent {
-                    Ok(()) => tracing::trace!(server_id = id, "heartbeat sent"),
-                    Err(e) if ErrorKind::from_status(&e) == ErrorKind::NotFound => {
-                        tracing::warn!(server_id = id, error = %e.message(), "metadata cluster does not know this server; registering again");
-                        continue 'register;
-                    }
-                    Err(e) => {
-                        tracing::warn!(server_id = id, error = %e.message(), "heartbeat failed; will retry")
-                    }
-                }
-            }
+    /// The worker that registers and then beats every [`Heartbeat::interval`].
+    pub fn worker(self) -> HeartbeatWorker {
+        HeartbeatWorker {
+            hb: self,
+            phase: Phase::Register {
+                backoff: FIRST_BACKOFF,
+            },
         }
     }
 
-    /// Registers until it succeeds; `None` on shutdown.
-    async fn register(&self, shutdown: &CancellationToken) -> Option<u64> {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let req = RegisterChunkServerRequest {
-                uuid: self.uuid.clone(),
-                addr: self.addr.clone(),
-            };
-            let r = tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                r = self.meta.call(|mut c| {
-                    let req = req.clone();
-                    async move { c.register_chunk_server(req).await }
-                }) => r,
-            };
-            match r {
-                Ok(reply) => {
-                    let id = reply.server_id;
-                    self.server_id.store(id, Ordering::Relaxed);
-                    tracing::info!(server_id = id, uuid = %self.uuid, addr = %self.addr, "registered with the metadata cluster");
-                    let path = self.id_file.clone();
-                    let written = tokio::task::spawn_blocking(move || {
-                        write_file_durably(&path, format!("{id}\n").as_bytes())
-                    })
-                    .await;
-                    // Informational only: the cluster maps our uuid to the id.
-                    match written {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::warn!(error = %e, "could not write server.id"),
-                        Err(e) => tracing::warn!(error = %e, "could not write server.id"),
-                    }
-                    return Some(id);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e.message(), retry_in = ?backoff, "registration failed; retrying");
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+    /// One registration attempt; on success the id is published (and written to `server.id`).
+    async fn register(&self) -> Result<u64, tonic::Status> {
+        let req = RegisterChunkServerRequest {
+            uuid: self.uuid.clone(),
+            addr: self.addr.clone(),
+        };
+        let reply = self
+            .meta
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.register_chunk_server(req).await }
+            })
+            .await?;
+        let id = reply.server_id;
+        self.server_id.store(id, Ordering::Relaxed);
+        tracing::info!(server_id = id, uuid = %self.uuid, addr = %self.addr, "registered with the metadata cluster");
+        let path = self.id_file.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            durable::write_atomically(&path, format!("{id}\n").as_bytes())
+        })
+        .await;
+        // Informational only: the cluster maps our uuid to the id.
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not write server.id"),
+            Err(e) => tracing::warn!(error = %e, "could not write server.id"),
         }
+        Ok(id)
     }
 
     async fn beat(&self, id: u64) -> Result<(), tonic::Status> {
@@ -146,12 +118,94 @@ impl Heartbeat {
     }
 }
 
-/// Tells the metadata cluster about local copies that failed verification.
+/// Where the heartbeat worker is.
+enum Phase {
+    /// Not registered: the next round registers; after a failure it waits `backoff`.
+    Register { backoff: Duration },
+    /// Registered as `id`: a heartbeat at every tick.
+    Beat {
+        id: u64,
+        ticker: tokio::time::Interval,
+    },
+}
+
+/// The heartbeat [`Worker`]: one round is one registration attempt or one heartbeat.
+pub struct HeartbeatWorker {
+    hb: Heartbeat,
+    phase: Phase,
+}
+
+impl Worker for HeartbeatWorker {
+    type Error = Infallible;
+
+    fn name(&self) -> String {
+        "heartbeat".into()
+    }
+
+    async fn work(&mut self) -> Result<WorkerState, Infallible> {
+        let id = match &self.phase {
+            Phase::Register { backoff } => {
+                match self.hb.register().await {
+                    Ok(id) => {
+                        let mut ticker = tokio::time::interval(self.hb.interval);
+                        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        // Idle: the ticker's first tick is immediate, so the first heartbeat
+                        // follows at once.
+                        self.phase = Phase::Beat { id, ticker };
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e.message(), retry_in = ?backoff, "registration failed; retrying");
+                    }
+                }
+                return Ok(WorkerState::Idle);
+            }
+            Phase::Beat { id, .. } => *id,
+        };
+        match self.hb.beat(id).await {
+            Ok(()) => tracing::trace!(server_id = id, "heartbeat sent"),
+            Err(e) if ErrorKind::from_status(&e) == ErrorKind::NotFound => {
+                tracing::warn!(server_id = id, error = %e.message(), "metadata cluster does not know this server; registering again");
+                self.phase = Phase::Register {
+                    backoff: FIRST_BACKOFF,
+                };
+                return Ok(WorkerState::Busy);
+            }
+            Err(e) => {
+                tracing::warn!(server_id = id, error = %e.message(), "heartbeat failed; will retry")
+            }
+        }
+        Ok(WorkerState::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        match &mut self.phase {
+            Phase::Register { backoff } => {
+                tokio::time::sleep(*backoff).await;
+                *backoff = (*backoff * 2).min(MAX_BACKOFF);
+            }
+            Phase::Beat { ticker, .. } => {
+                ticker.tick().await;
+            }
+        }
+    }
+}
+
+/// Tells the metadata cluster about local copies that failed verification: a [`Worker`] whose
+/// round sends the report at hand once.
 pub struct BadReplicaReporter {
     pub meta: MetaClient,
-    /// The id the heartbeat loop registered (0 until then; reports wait for it).
+    /// The id the heartbeat worker registered (0 until then; reports wait for it).
     pub server_id: Arc<AtomicU64>,
     pub reports: mpsc::Receiver<CorruptChunk>,
+    /// The report being sent, and the pause before its next attempt.
+    pending: Option<Pending>,
+    /// Every sender is gone: no report will come any more.
+    closed: bool,
+}
+
+struct Pending {
+    report: CorruptChunk,
+    backoff: Duration,
 }
 
 impl BadReplicaReporter {
@@ -165,76 +219,97 @@ impl BadReplicaReporter {
             meta,
             server_id,
             reports: rx,
+            pending: None,
+            closed: false,
         };
         (r, tx)
     }
 
-    /// Sends queued reports one at a time until `shutdown` is cancelled (or every sender is
-    /// gone). May be interrupted at any await point: a report is idempotent.
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        loop {
-            let report = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = self.reports.recv() => match r {
-                    Some(r) => r,
-                    None => return,
-                },
+    /// Sends `p`'s report once. True when it is done with (sent, or refused for good); false
+    /// when a transient failure calls for another attempt after `p.backoff`.
+    async fn send(&self, p: &Pending) -> bool {
+        let report = &p.report;
+        let id = self.server_id.load(Ordering::Relaxed);
+        let sent = if id == 0 {
+            Err(cairn_common::error::status(
+                ErrorKind::Unavailable,
+                "not registered with the metadata cluster yet",
+            ))
+        } else {
+            let req = ReportBadReplicaRequest {
+                server_id: id,
+                chunk_id: report.id.as_bytes().to_vec(),
+                reason: report.reason.clone(),
             };
-            if !self.send(&report, &shutdown).await {
-                return;
+            self.meta
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.report_bad_replica(req).await }
+                })
+                .await
+                .map(|_| ())
+        };
+        match sent {
+            Ok(()) => {
+                tracing::info!(server_id = id, chunk = %report.id, reason = %report.reason, "bad replica reported to the metadata cluster");
+                true
             }
+            Err(e) => match ErrorKind::from_status(&e) {
+                ErrorKind::Unavailable
+                | ErrorKind::Io
+                | ErrorKind::Internal
+                | ErrorKind::NotLeader => {
+                    tracing::warn!(server_id = id, chunk = %report.id, error = %e.message(), retry_in = ?p.backoff, "bad-replica report failed; retrying");
+                    false
+                }
+                // NotFound: the cluster does not know the chunk (e.g. it was never committed),
+                // so there is no replica to drop. Anything else will not change by retrying.
+                _ => {
+                    tracing::warn!(server_id = id, chunk = %report.id, error = %e.message(), "bad-replica report refused; dropped");
+                    true
+                }
+            },
         }
     }
+}
 
-    /// Sends one report, retrying transient failures with backoff. False on shutdown.
-    async fn send(&self, report: &CorruptChunk, shutdown: &CancellationToken) -> bool {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let id = self.server_id.load(Ordering::Relaxed);
-            let sent = if id == 0 {
-                Err(cairn_common::error::status(
-                    ErrorKind::Unavailable,
-                    "not registered with the metadata cluster yet",
-                ))
-            } else {
-                let req = ReportBadReplicaRequest {
-                    server_id: id,
-                    chunk_id: report.id.as_bytes().to_vec(),
-                    reason: report.reason.clone(),
-                };
-                tokio::select! {
-                    _ = shutdown.cancelled() => return false,
-                    r = self.meta.call(|mut c| {
-                        let req = req.clone();
-                        async move { c.report_bad_replica(req).await }
-                    }) => r.map(|_| ()),
-                }
-            };
-            match sent {
-                Ok(()) => {
-                    tracing::info!(server_id = id, chunk = %report.id, reason = %report.reason, "bad replica reported to the metadata cluster");
-                    return true;
-                }
-                Err(e) => match ErrorKind::from_status(&e) {
-                    ErrorKind::Unavailable
-                    | ErrorKind::Io
-                    | ErrorKind::Internal
-                    | ErrorKind::NotLeader => {
-                        tracing::warn!(server_id = id, chunk = %report.id, error = %e.message(), retry_in = ?backoff, "bad-replica report failed; retrying");
-                    }
-                    // NotFound: the cluster does not know the chunk (e.g. it was never committed),
-                    // so there is no replica to drop. Anything else will not change by retrying.
-                    _ => {
-                        tracing::warn!(server_id = id, chunk = %report.id, error = %e.message(), "bad-replica report refused; dropped");
-                        return true;
-                    }
-                },
+impl Worker for BadReplicaReporter {
+    type Error = Infallible;
+
+    fn name(&self) -> String {
+        "bad-replica reporter".into()
+    }
+
+    /// Sends the report at hand once (a report is idempotent, so a round may be dropped at any
+    /// await). Done once every sender is gone.
+    async fn work(&mut self) -> Result<WorkerState, Infallible> {
+        if self.closed {
+            return Ok(WorkerState::Done);
+        }
+        if let Some(p) = &self.pending {
+            if self.send(p).await {
+                self.pending = None;
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return false,
-                _ = tokio::time::sleep(backoff) => {}
+        }
+        Ok(WorkerState::Idle)
+    }
+
+    /// Waits out the backoff of a report being retried, or for the next report.
+    async fn wait_for_work(&mut self) {
+        match &mut self.pending {
+            Some(p) => {
+                tokio::time::sleep(p.backoff).await;
+                p.backoff = (p.backoff * 2).min(MAX_BACKOFF);
             }
-            backoff = (backoff * 2).min(MAX_REPORT_BACKOFF);
+            None => match self.reports.recv().await {
+                Some(report) => {
+                    self.pending = Some(Pending {
+                        report,
+                        backoff: FIRST_BACKOFF,
+                    })
+                }
+                None => self.closed = true,
+            },
         }
     }
 }

@@ -3,21 +3,29 @@
 //! Chunks are content-addressed (the id is the blake3 of the bytes, at most 4 MiB). Clients
 //! fan each chunk out to R servers themselves, so a server only stores and serves.
 //!
-//! - [`store`]: the on-disk chunk store behind the [`store::ChunkStore`] trait — chunk file
-//!   format (header with per-64 KiB-block blake3 hashes), the durable write path (temp, fsync,
-//!   rename, fsync dir), verified partial and whole-chunk reads, durable deletes, quarantine of
-//!   corrupt chunks, ENOSPC handling, crash recovery of `tmp/` at startup.
-//! - [`service`]: the `ChunkService` gRPC service: PutChunk / GetChunk / HasChunk / Info for
-//!   clients; ReplicateChunk / DeleteChunks / ScrubNow for the metadata cluster.
+//! - [`store`]: the [`store::ChunkStore`] trait, its errors and result types.
+//!   - [`store::format`]: the chunk file format — header with per-64 KiB-block blake3 hashes,
+//!     its encoding, verified reads of the header, of a block range and of a whole chunk.
+//!   - [`store::file_store`]: [`store::FileStore`], the store on a local disk — directory
+//!     layout, the durable write path (`write_chunk_durably`: temp, fsync, rename, fsync dir,
+//!     through [`cairn_common::durable`]), durable deletes, quarantine of corrupt chunks, ENOSPC
+//!     handling, crash recovery of `tmp/` at startup, the server identity.
+//!   - [`store::gc_marks`]: the garbage-collection marks that keep a put racing a collection
+//!     safe.
+//! - [`service`]: [`service::ChunkServiceImpl`], the `ChunkService` gRPC service: PutChunk /
+//!   GetChunk / HasChunk / Info for clients; ReplicateChunk / DeleteChunks / MarkChunks /
+//!   ListChunks / ScrubNow for the metadata cluster.
 //! - [`replicate`]: ReplicateChunk's fetch of a chunk from another replica, checked against the
 //!   chunk id before it is stored.
-//! - [`scrub`]: the background worker that re-verifies every stored chunk at a limited
-//!   bandwidth, quarantines and reports corrupt copies, and keeps the scrub figures.
-//! - [`heartbeat`]: registration with the metadata cluster and periodic heartbeats (with the
-//!   scrub figures), and the worker that reports corrupt copies (`ReportBadReplica`).
+//! - [`scrub`]: the scrub worker, which re-verifies every stored chunk at a limited bandwidth
+//!   (quarantine and reports are the store's), and the scrub figures.
+//! - [`heartbeat`]: the workers that talk to the metadata cluster — registration and periodic
+//!   heartbeats (with the scrub figures), and the reports of corrupt copies
+//!   (`ReportBadReplica`).
 //! - [`config`]: command-line flags / `CAIRN_CHUNK_*` environment.
-//! - [`start`] / [`RunningServer`]: runs a server in-process (used by `main.rs` and tests),
-//!   with a graceful shutdown that stops the workers and drains in-flight requests.
+//! - [`start`] / [`RunningServer`]: runs a server in-process (used by `main.rs` and tests): the
+//!   gRPC server, and the workers in one [`TaskSet`], with a graceful shutdown that stops the
+//!   workers and drains in-flight requests.
 pub mod config;
 pub mod heartbeat;
 pub mod replicate;
@@ -28,6 +36,7 @@ pub mod store;
 pub use config::Config;
 
 use anyhow::Context;
+use cairn_common::worker::TaskSet;
 use cairn_common::MetaClient;
 use cairn_proto::chunk_service_server::ChunkServiceServer;
 use scrub::Scrub;
@@ -38,7 +47,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use store::{FileStore, StoreOptions};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 /// HTTP/2 windows: a 4 MiB chunk flows without waiting for window updates.
@@ -47,6 +55,9 @@ const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Concurrent requests per connection; with [`cairn_proto::MAX_MESSAGE_BYTES`] this bounds
 /// the request memory one connection can pin.
 const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// How long shutdown waits for the workers. Each stops at its next await, so this is only
+/// reached by a worker stuck in a blocking call; it is then named in the log and aborted.
+const WORKERS_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A chunk server running in this process.
 pub struct RunningServer {
@@ -54,12 +65,11 @@ pub struct RunningServer {
     advertise: String,
     store: Arc<FileStore>,
     server_id: Arc<AtomicU64>,
-    shutdown: CancellationToken,
+    /// The scrub, and (with a metadata cluster) the heartbeat and the bad-replica reporter. The
+    /// set's token also stops the gRPC server from accepting connections.
+    workers: TaskSet,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
-    heartbeat: Option<JoinHandle<()>>,
-    reporter: Option<JoinHandle<()>>,
     scrub: Arc<Scrub>,
-    scrubber: Option<JoinHandle<()>>,
     drain: Duration,
 }
 
@@ -95,9 +105,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     };
 
     let server_id = Arc::new(AtomicU64::new(0));
-    let shutdown = CancellationToken::new();
+    let mut workers = TaskSet::new();
     let scrub = Scrub::new(config.scrub());
-    let svc = ChunkServiceServer::new(service::ChunkServer::new(
+    let svc = ChunkServiceServer::new(service::ChunkServiceImpl::new(
         store.clone(),
         server_id.clone(),
         scrub.clone(),
@@ -111,12 +121,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .add_service(svc)
-        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(incoming, workers.token().cancelled_owned());
     let server = tokio::spawn(serve);
 
-    let (heartbeat, reporter) = if config.meta.is_empty() {
+    if config.meta.is_empty() {
         tracing::warn!("no --meta given: running standalone, without registration or heartbeats");
-        (None, None)
     } else {
         let meta = MetaClient::new(config.meta.clone());
         let (reporter, sink) = heartbeat::BadReplicaReporter::new(meta.clone(), server_id.clone());
@@ -131,25 +140,20 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             server_id: server_id.clone(),
             id_file: config.data_dir.join("server.id"),
         };
-        (
-            Some(tokio::spawn(hb.run(shutdown.clone()))),
-            Some(tokio::spawn(reporter.run(shutdown.clone()))),
-        )
-    };
+        workers.spawn_worker(hb.worker());
+        workers.spawn_worker(reporter);
+    }
     // After the bad-replica sink is set, so corruption the scrub finds is reported.
-    let scrubber = tokio::spawn(scrub.worker(store.clone()).run(shutdown.clone()));
+    workers.spawn_worker(scrub.worker(store.clone()));
     tracing::info!(%addr, %advertise, uuid = %store.uuid(), "chunk server listening");
     Ok(RunningServer {
         addr,
         advertise,
         store,
         server_id,
-        shutdown,
+        workers,
         server,
-        heartbeat,
-        reporter,
         scrub,
-        scrubber: Some(scrubber),
         drain: config.drain_timeout(),
     })
 }
@@ -186,8 +190,7 @@ impl RunningServer {
         tokio::select! {
             _ = stop => self.shutdown().await,
             r = &mut self.server => {
-                self.shutdown.cancel();
-                self.stop_workers().await;
+                self.workers.shutdown(WORKERS_DEADLINE).await;
                 match r {
                     Ok(Ok(())) => anyhow::bail!("gRPC server stopped unexpectedly"),
                     Ok(Err(e)) => Err(e).context("gRPC server failed"),
@@ -197,30 +200,14 @@ impl RunningServer {
         }
     }
 
-    /// Waits for the heartbeat, bad-replica and scrub workers (`shutdown` must be cancelled).
-    /// Each returns promptly: the scrub at its next chunk (a verification in progress, one
-    /// chunk file read, is finished first).
-    async fn stop_workers(&mut self) {
-        for task in [
-            self.scrubber.take(),
-            self.heartbeat.take(),
-            self.reporter.take(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let _ = task.await;
-        }
-    }
-
     /// Stops accepting connections, the scrub and heartbeats, waits (up to the drain timeout)
     /// for in-flight requests — puts included — to finish, and returns.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         tracing::info!(addr = %self.addr, "chunk server shutting down");
-        // Sticky: once cancelled, no new connection is accepted, no heartbeat is sent and no
-        // scrub pass starts.
-        self.shutdown.cancel();
-        self.stop_workers().await;
+        // Sticky: the set's token is cancelled first, so no new connection is accepted, no
+        // heartbeat is sent and no scrub pass starts. Each worker stops at its next await
+        // (see `cairn_common::worker`); requests in flight are not workers and go on.
+        self.workers.shutdown(WORKERS_DEADLINE).await;
         match tokio::time::timeout(self.drain, &mut self.server).await {
             Ok(Ok(r)) => r.context("gRPC server failed")?,
             Ok(Err(e)) => return Err(e).context("gRPC server task failed"),

@@ -13,10 +13,11 @@
 //!
 //! # Bandwidth
 //!
-//! Every chunk read is charged to a token bucket ([`RateLimiter`]) filled at `--scrub-rate-mb`;
-//! the worker sleeps off any debt before it reads the next chunk. Over a pass the scrub so
-//! reads at most the configured rate (plus a burst of [`BURST`] worth), in reads of one chunk
-//! file (at most 4 MiB) at a time, and foreground I/O keeps the rest of the disk.
+//! Every chunk read is charged to a token bucket ([`RateLimiter`], the one limiter of background
+//! I/O) filled at `--scrub-rate-mb`; the worker sleeps off any debt before it reads the next
+//! chunk. Over a pass the scrub so reads at most the configured rate (plus a burst of
+//! [`cairn_common::rate::BURST`] worth), in reads of one chunk file (at most 4 MiB) at a time,
+//! and foreground I/O keeps the rest of the disk.
 //!
 //! # Schedule
 //!
@@ -26,9 +27,18 @@
 //!
 //! # Shutdown
 //!
-//! The worker checks `shutdown` between chunks and while it sleeps. A verification already
-//! running (one blocking read of at most one chunk file) is awaited, never abandoned, so
-//! nothing is quarantined after the worker returned. An interrupted pass is not counted.
+//! [`ScrubWorker`] is a [`Worker`] whose round is one pass; by the [`cairn_common::worker`]
+//! rule a pass is dropped at its next await on shutdown — while it waits for a listing, for a
+//! verification or out a rate-limit pause. What a dropped pass leaves is consistent:
+//!
+//! - the figures change only between awaits, one chunk at a time (`Scrub::record`), so they
+//!   hold every chunk whose verification was seen to end and nothing else;
+//! - `running` is cleared by the pass's guard when it is dropped, and the pass is not counted
+//!   (no `passes`, no `last_full_pass_unix_ms`, no pruning of the verification times);
+//! - a verification under way on a blocking thread cannot be cancelled: it finishes on its own.
+//!   If it finds the copy corrupt it quarantines it — one rename into `quarantine/` and two
+//!   directory fsyncs, complete on their own — and queues the report (lost if the reporter has
+//!   stopped, which is harmless); its result is simply not counted.
 //!
 //! # Figures
 //!
@@ -40,17 +50,16 @@
 //! ends, chunks not verified since start-up count as verified at 0, so the figure is 0: "not
 //! verified yet".
 use crate::store::{ChunkStore, Verification};
+use cairn_common::rate::RateLimiter;
+use cairn_common::worker::{Worker, WorkerState};
 use cairn_common::ChunkId;
 use cairn_proto::ScrubStats;
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-
-/// The credit the rate limiter can save up while idle, as time at the configured rate.
-pub const BURST: Duration = Duration::from_millis(100);
 
 /// Settings of the scrub (from `--scrub-*`, see [`crate::Config::scrub`]).
 #[derive(Debug, Clone)]
@@ -176,12 +185,15 @@ impl Scrub {
         self.lock().verified.remove(&id);
     }
 
-    /// The worker that runs the passes over `store`.
+    /// The worker that runs the passes over `store`: the first one
+    /// [`ScrubConfig::start_delay`] from now.
     pub fn worker(self: &Arc<Self>, store: Arc<dyn ChunkStore>) -> ScrubWorker {
         ScrubWorker {
             scrub: self.clone(),
             store,
             limiter: RateLimiter::new(self.config.rate_bytes),
+            next: deadline_after(self.config.start_delay),
+            due: false,
         }
     }
 
@@ -236,25 +248,25 @@ impl Scrub {
         }
     }
 
-    fn set_stopped(&self) {
-        self.lock().running = false;
+    /// Clears `running`; returns whether it was set.
+    fn set_stopped(&self) -> bool {
+        std::mem::take(&mut self.lock().running)
     }
 }
 
-/// Clears `running` when a pass ends without [`Scrub::end_pass`] (shutdown, panic).
-struct RunningGuard(Arc<Scrub>);
+/// Clears `running` when a pass ends without [`Scrub::end_pass`] (dropped at shutdown, or a
+/// panic).
+struct RunningGuard {
+    scrub: Arc<Scrub>,
+    pass: u64,
+}
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
-        self.0.set_stopped();
+        if self.scrub.set_stopped() {
+            tracing::info!(pass = self.pass, "scrub pass interrupted");
+        }
     }
-}
-
-/// How a pass ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PassEnd {
-    Finished,
-    Cancelled,
 }
 
 /// What one pass found, for its log line.
@@ -266,49 +278,58 @@ struct Tally {
     unreadable: u64,
 }
 
-/// The background worker; see the module docs.
+/// The background worker; see the module docs. One round ([`Worker::work`]) is one pass, run
+/// once [`Worker::wait_for_work`] found one due.
 pub struct ScrubWorker {
     scrub: Arc<Scrub>,
     store: Arc<dyn ChunkStore>,
     limiter: RateLimiter,
+    /// When the next pass is due unless one is requested first.
+    next: Instant,
+    /// The wait is over: the next round runs a pass.
+    due: bool,
 }
 
-impl ScrubWorker {
-    /// Runs passes on schedule or on request until `shutdown` is cancelled.
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut next = deadline_after(self.scrub.config.start_delay);
-        loop {
-            if !self.wait_for_work(next, &shutdown).await {
-                return;
-            }
-            if self.pass(&shutdown).await == PassEnd::Cancelled {
-                tracing::info!("scrub pass interrupted by shutdown");
-                return;
-            }
-            next = deadline_after(self.scrub.config.interval);
-        }
+impl Worker for ScrubWorker {
+    type Error = Infallible;
+
+    fn name(&self) -> String {
+        "scrub".into()
     }
 
-    /// Waits until `at` or until a pass is requested. False on shutdown.
-    async fn wait_for_work(&self, at: Instant, shutdown: &CancellationToken) -> bool {
+    async fn work(&mut self) -> Result<WorkerState, Infallible> {
+        if std::mem::take(&mut self.due) {
+            self.pass().await;
+            self.next = deadline_after(self.scrub.config.interval);
+        }
+        Ok(WorkerState::Idle)
+    }
+
+    /// Waits until the next pass is due or one is requested.
+    async fn wait_for_work(&mut self) {
         loop {
             if self.scrub.take_request() {
-                return true;
+                break;
             }
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return false,
-                _ = tokio::time::sleep_until(at) => return true,
+                _ = tokio::time::sleep_until(self.next) => break,
                 // A stale permit (its request already served) just loops back to waiting.
                 _ = self.scrub.wake.notified() => {}
             }
         }
+        self.due = true;
     }
+}
 
+impl ScrubWorker {
     /// One pass over every stored chunk.
-    async fn pass(&mut self, shutdown: &CancellationToken) -> PassEnd {
+    async fn pass(&mut self) {
         let pass = self.scrub.begin_pass();
-        let _running = RunningGuard(self.scrub.clone());
+        let _running = RunningGuard {
+            scrub: self.scrub.clone(),
+            pass,
+        };
         let started = Instant::now();
         tracing::info!(
             pass,
@@ -318,9 +339,6 @@ impl ScrubWorker {
         let mut tally = Tally::default();
         let mut complete = true;
         for shard in 0..=255u8 {
-            if shutdown.is_cancelled() {
-                return PassEnd::Cancelled;
-            }
             let store = self.store.clone();
             let ids = match tokio::task::spawn_blocking(move || store.list_shard(shard)).await {
                 Ok(Ok(ids)) => ids,
@@ -336,18 +354,9 @@ impl ScrubWorker {
                 }
             };
             for id in ids {
-                if shutdown.is_cancelled() {
-                    return PassEnd::Cancelled;
-                }
                 let bytes_read = self.verify_one(pass, id, &mut tally).await;
-                let pause = self.limiter.charge(bytes_read);
-                if !pause.is_zero() {
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.cancelled() => return PassEnd::Cancelled,
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                }
+                // Charged after the read; the debt is slept off before the next one.
+                self.limiter.take(bytes_read).await;
             }
         }
         self.scrub.end_pass(pass, complete);
@@ -361,11 +370,11 @@ impl ScrubWorker {
             elapsed = ?started.elapsed(),
             "scrub pass finished"
         );
-        PassEnd::Finished
     }
 
-    /// Verifies one chunk on a blocking thread; returns the bytes read. Awaited to the end
-    /// even on shutdown (see the module docs).
+    /// Verifies one chunk on a blocking thread and records what it found; returns the bytes
+    /// read. If the pass is dropped meanwhile, the verification finishes unrecorded (see the
+    /// module docs).
     async fn verify_one(&self, pass: u64, id: ChunkId, tally: &mut Tally) -> u64 {
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.verify(id)).await {
@@ -400,82 +409,9 @@ impl ScrubWorker {
     }
 }
 
-/// A token bucket: credit accrues at `rate` bytes per second up to [`BURST`] worth; reads are
-/// charged after they happen and may overdraw it, and the debt is the pause before the next
-/// read. Over any long stretch the bytes read are at most `rate × time + burst`.
-#[derive(Debug)]
-pub struct RateLimiter {
-    /// Bytes per second; 0: unlimited.
-    rate: u64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl RateLimiter {
-    pub fn new(rate: u64) -> RateLimiter {
-        RateLimiter {
-            rate,
-            burst: rate as f64 * BURST.as_secs_f64(),
-            tokens: 0.0,
-            last: Instant::now(),
-        }
-    }
-
-    /// Charges `bytes` just read; returns how long to pause before reading more.
-    pub fn charge(&mut self, bytes: u64) -> Duration {
-        self.charge_at(bytes, Instant::now())
-    }
-
-    /// [`RateLimiter::charge`] at time `now` (not before the previous charge).
-    fn charge_at(&mut self, bytes: u64, now: Instant) -> Duration {
-        if self.rate == 0 {
-            return Duration::ZERO;
-        }
-        let rate = self.rate as f64;
-        let earned = now.duration_since(self.last).as_secs_f64() * rate;
-        self.last = now;
-        self.tokens = (self.tokens + earned).min(self.burst) - bytes as f64;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / rate)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Reads at 4 MiB/s: 8 MiB in 1 MiB pieces, each read as soon as allowed, take 2 s.
-    #[test]
-    fn rate_limiter_holds_the_rate() {
-        const MIB: u64 = 1024 * 1024;
-        let close = |a: Duration, b: f64| (a.as_secs_f64() - b).abs() < 1e-6;
-        let start = Instant::now();
-        let mut l = RateLimiter::new(4 * MIB);
-        let mut now = start;
-        for _ in 0..8 {
-            now += l.charge_at(MIB, now);
-        }
-        assert!(close(now - start, 2.0), "{:?}", now - start);
-
-        // Small reads spaced wider than their cost never wait.
-        now += Duration::from_millis(250);
-        for _ in 0..4 {
-            now += Duration::from_millis(30);
-            assert_eq!(l.charge_at(MIB / 10, now), Duration::ZERO);
-        }
-
-        // Idle time earns at most the burst (100 ms worth): after a minute, 1 MiB costs its
-        // 250 ms less 100 ms.
-        now += Duration::from_secs(60);
-        assert!(close(l.charge_at(MIB, now), 0.15));
-
-        // 0 is unlimited.
-        assert_eq!(RateLimiter::new(0).charge(u64::MAX), Duration::ZERO);
-    }
 
     #[test]
     fn requests_wait_for_an_idle_scrub_and_figures_start_at_zero() {

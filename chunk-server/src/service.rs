@@ -39,7 +39,7 @@ pub const MAX_DELETE_IDS: usize = 1024;
 pub const MAX_LIST_IDS: usize = 4096;
 
 /// The chunk service of one server.
-pub struct ChunkServer {
+pub struct ChunkServiceImpl {
     store: Arc<dyn ChunkStore>,
     /// Id assigned by the metadata cluster (0 until registered); shared with the heartbeat.
     server_id: Arc<AtomicU64>,
@@ -53,13 +53,13 @@ pub struct ChunkServer {
     peers: ChunkClients,
 }
 
-impl ChunkServer {
+impl ChunkServiceImpl {
     pub fn new(
         store: Arc<dyn ChunkStore>,
         server_id: Arc<AtomicU64>,
         scrub: Arc<Scrub>,
-    ) -> ChunkServer {
-        ChunkServer {
+    ) -> ChunkServiceImpl {
+        ChunkServiceImpl {
             store,
             server_id,
             received_bytes: AtomicU64::new(0),
@@ -120,7 +120,7 @@ fn parse_ids(ids: &[Vec<u8>]) -> Result<Vec<ChunkId>, Status> {
 }
 
 #[tonic::async_trait]
-impl ChunkService for ChunkServer {
+impl ChunkService for ChunkServiceImpl {
     async fn put_chunk(
         &self,
         request: Request<PutChunkRequest>,

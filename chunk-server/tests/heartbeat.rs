@@ -1,4 +1,6 @@
 //! Registration and heartbeats against a fake metadata service on 127.0.0.1:0.
+mod support;
+
 use cairn_chunk_server::store::ChunkStore;
 use cairn_chunk_server::{start, Config};
 use cairn_common::error::{status, ErrorKind};
@@ -6,7 +8,8 @@ use cairn_common::ChunkId;
 use cairn_proto::meta_service_server::{MetaService, MetaServiceServer};
 use cairn_proto::*;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::{flip_byte, wait_for};
 use tonic::{Request, Response, Status};
 
 #[derive(Default)]
@@ -82,10 +85,7 @@ fake_meta_impl! {
         r: Request<RegisterChunkServerRequest>,
     ) -> Result<Response<RegisterChunkServerReply>, Status> {
         let mut rec = self.0.lock().unwrap();
-        if rec.fail_registrations > 0 {
-            rec.fail_registrations -= 1;
-            return Err(status(ErrorKind::Unavailable, "no leader yet"));
-        }
+        refuse_while(&mut rec.fail_registrations)?;
         rec.registrations.push(r.into_inner());
         Ok(Response::new(RegisterChunkServerReply {
             server_id: 41 + rec.registrations.len() as u64,
@@ -109,13 +109,19 @@ fake_meta_impl! {
         r: Request<ReportBadReplicaRequest>,
     ) -> Result<Response<ReportBadReplicaReply>, Status> {
         let mut rec = self.0.lock().unwrap();
-        if rec.fail_reports > 0 {
-            rec.fail_reports -= 1;
-            return Err(status(ErrorKind::Unavailable, "no leader yet"));
-        }
+        refuse_while(&mut rec.fail_reports)?;
         rec.bad_replicas.push(r.into_inner());
         Ok(Response::new(ReportBadReplicaReply {}))
     }
+}
+
+/// Refuses with `unavailable` (and counts one refusal down) while `refusals` is above 0.
+fn refuse_while(refusals: &mut usize) -> Result<(), Status> {
+    if *refusals > 0 {
+        *refusals -= 1;
+        return Err(status(ErrorKind::Unavailable, "no leader yet"));
+    }
+    Ok(())
 }
 
 /// Serves `fake` on 127.0.0.1:0; returns its address and the server task.
@@ -135,18 +141,8 @@ async fn serve_fake(fake: &FakeMeta) -> (std::net::SocketAddr, tokio::task::Join
 
 /// Flips one byte near the end of a chunk file (in the data, past the header).
 fn flip_last_byte(path: &std::path::Path) {
-    let mut b = std::fs::read(path).unwrap();
-    let n = b.len();
-    b[n - 2] ^= 0x5a;
-    std::fs::write(path, b).unwrap();
-}
-
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let n = std::fs::metadata(path).unwrap().len();
+    flip_byte(path, n - 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,13 +150,7 @@ async fn registers_heartbeats_reregisters_and_stops() {
     tracing::info!("--- a fake metadata service that refuses the first registrations");
     let fake = FakeMeta::default();
     fake.0.lock().unwrap().fail_registrations = 2;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let meta_addr = listener.local_addr().unwrap();
-    let meta_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(MetaServiceServer::new(fake.clone()))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+    let (meta_addr, meta_task) = serve_fake(&fake).await;
 
     tracing::info!("--- the chunk server registers (after retries) and persists its id");
     let dir = tempfile::tempdir().unwrap();

@@ -9,31 +9,18 @@ use cairn_chunk_server::store::{
     data_offset, ChunkStore, FileStore, PutOutcome, StoreOptions, StoreStats, VerifyReport,
 };
 use cairn_chunk_server::{start, Config};
+use cairn_common::worker::TaskSet;
 use cairn_common::{ChunkId, BLOCK_SIZE, CHUNK_SIZE};
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::*;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 const MIB: u64 = 1024 * 1024;
-
-/// Flips one bit of the byte at `at` of the file at `path`.
-fn flip_byte(path: &Path, at: u64) {
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
-    f.sync_all().unwrap();
-}
 
 /// Names of the files in `dir`.
 fn names(dir: &Path) -> Vec<String> {
@@ -324,8 +311,8 @@ async fn chunks_that_vanish_or_change_during_a_pass_are_not_errors() {
         interval: Duration::from_secs(3600),
         start_delay: Duration::from_secs(3600),
     });
-    let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(scrub.worker(store.clone()).run(shutdown.clone()));
+    let mut workers = TaskSet::new();
+    workers.spawn_worker(scrub.worker(store.clone()));
 
     tracing::info!("--- the pass completes and counts no corruption");
     assert!(scrub.request_pass());
@@ -341,8 +328,11 @@ async fn chunks_that_vanish_or_change_during_a_pass_are_not_errors() {
     assert!(names(store.inner.quarantine_dir()).is_empty());
     assert_eq!(store.inner.get(chunks[5].0, 0, 0).unwrap().0, chunks[5].1);
 
-    shutdown.cancel();
-    worker.await.unwrap();
+    let unclean = workers.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        unclean.is_empty(),
+        "the worker stops at shutdown: {unclean:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,4 +363,9 @@ async fn shutdown_during_a_pass_returns_promptly() {
     assert!(!s.running, "the worker has stopped");
     assert_eq!(s.passes, 0, "an interrupted pass is not a full pass");
     assert!(s.chunks_verified < 8);
+    assert_eq!(
+        s.bytes_verified,
+        s.chunks_verified * MIB,
+        "the dropped pass counted whole chunks only"
+    );
 }

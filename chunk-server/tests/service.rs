@@ -1,35 +1,20 @@
 //! The ChunkService over real gRPC on 127.0.0.1:0: round trips, refusals of bad input,
 //! corruption reported as `corrupt`, graceful shutdown, and DeleteChunks.
+mod support;
+
 use bytes::Bytes;
 use cairn_chunk_server::{start, Config};
 use cairn_common::error::ErrorKind;
 use cairn_common::{ChunkId, CHUNK_SIZE};
 use cairn_proto::chunk_service_client::ChunkServiceClient;
-use cairn_proto::{
-    ChunkServerInfoRequest, DeleteChunksRequest, GetChunkRequest, HasChunkRequest, PutChunkRequest,
-};
+use cairn_proto::{DeleteChunksRequest, GetChunkRequest, HasChunkRequest, PutChunkRequest};
+use support::data;
 use tonic::transport::Channel;
 use tonic::Code;
 
-fn data(seed: &str, len: usize) -> Bytes {
-    let mut buf = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(seed.as_bytes())
-        .finalize_xof()
-        .fill(&mut buf);
-    Bytes::from(buf)
-}
-
+/// A client allowed to send far more than the server accepts, to test the server.
 async fn client(addr: std::net::SocketAddr) -> ChunkServiceClient<Channel> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    // The client is allowed to send far more than the server accepts, to test the server.
-    ChunkServiceClient::new(ch)
-        .max_encoding_message_size(64 * 1024 * 1024)
-        .max_decoding_message_size(64 * 1024 * 1024)
+    support::client_with_limit(addr, 64 * 1024 * 1024).await
 }
 
 fn put(id: &ChunkId, data: &Bytes) -> PutChunkRequest {
@@ -37,6 +22,19 @@ fn put(id: &ChunkId, data: &Bytes) -> PutChunkRequest {
         id: id.as_bytes().to_vec(),
         data: data.clone(),
     }
+}
+
+/// A GetChunk of `[offset, offset + len)` of the chunk with (raw) id `id`.
+fn get_req(id: &[u8], offset: u64, len: u64) -> GetChunkRequest {
+    GetChunkRequest {
+        id: id.to_vec(),
+        offset,
+        len,
+    }
+}
+
+fn has_req(id: &[u8]) -> HasChunkRequest {
+    HasChunkRequest { id: id.to_vec() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,30 +53,20 @@ async fn chunks_round_trip_and_bad_requests_are_refused() {
     let r = c.put_chunk(put(&id, &d)).await.unwrap().into_inner();
     assert!(r.already_present);
     let got = c
-        .get_chunk(GetChunkRequest {
-            id: id.as_bytes().to_vec(),
-            offset: 0,
-            len: 0,
-        })
+        .get_chunk(get_req(id.as_bytes(), 0, 0))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(got.stored_len, CHUNK_SIZE as u64);
     assert_eq!(got.data, d);
     let got = c
-        .get_chunk(GetChunkRequest {
-            id: id.as_bytes().to_vec(),
-            offset: 65_530,
-            len: 77,
-        })
+        .get_chunk(get_req(id.as_bytes(), 65_530, 77))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(got.data, d.slice(65_530..65_607));
     let has = c
-        .has_chunk(HasChunkRequest {
-            id: id.as_bytes().to_vec(),
-        })
+        .has_chunk(has_req(id.as_bytes()))
         .await
         .unwrap()
         .into_inner();
@@ -96,16 +84,9 @@ async fn chunks_round_trip_and_bad_requests_are_refused() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert_eq!(ErrorKind::from_status(&e), ErrorKind::InvalidArgument);
-    let e = c
-        .get_chunk(GetChunkRequest {
-            id: bad.clone(),
-            offset: 0,
-            len: 0,
-        })
-        .await
-        .unwrap_err();
+    let e = c.get_chunk(get_req(&bad, 0, 0)).await.unwrap_err();
     assert_eq!(ErrorKind::from_status(&e), ErrorKind::InvalidArgument);
-    let e = c.has_chunk(HasChunkRequest { id: bad }).await.unwrap_err();
+    let e = c.has_chunk(has_req(&bad)).await.unwrap_err();
     assert_eq!(ErrorKind::from_status(&e), ErrorKind::InvalidArgument);
 
     // --- data that does not match its id is refused
@@ -141,31 +122,19 @@ async fn chunks_round_trip_and_bad_requests_are_refused() {
     // --- missing chunk and bad range
     let missing = ChunkId::of(b"missing");
     let e = c
-        .get_chunk(GetChunkRequest {
-            id: missing.as_bytes().to_vec(),
-            offset: 0,
-            len: 0,
-        })
+        .get_chunk(get_req(missing.as_bytes(), 0, 0))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     assert_eq!(ErrorKind::from_status(&e), ErrorKind::NotFound);
     let e = c
-        .get_chunk(GetChunkRequest {
-            id: id.as_bytes().to_vec(),
-            offset: CHUNK_SIZE as u64 - 1,
-            len: 2,
-        })
+        .get_chunk(get_req(id.as_bytes(), CHUNK_SIZE as u64 - 1, 2))
         .await
         .unwrap_err();
     assert_eq!(ErrorKind::from_status(&e), ErrorKind::InvalidArgument);
 
     // --- Info counts chunks and received bytes (all PutChunk data, refused puts included)
-    let info = c
-        .info(ChunkServerInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = support::info(&mut c).await;
     assert_eq!(info.chunk_count, 1);
     assert_eq!(info.server_id, 0, "standalone server is not registered");
     assert!(info.capacity_bytes > 0);
@@ -178,20 +147,11 @@ async fn chunks_round_trip_and_bad_requests_are_refused() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
-    let e = c
-        .get_chunk(GetChunkRequest {
-            id: id.as_bytes().to_vec(),
-            offset: 0,
-            len: 0,
-        })
-        .await
-        .unwrap_err();
+    let e = c.get_chunk(get_req(id.as_bytes(), 0, 0)).await.unwrap_err();
     assert_eq!(e.code(), Code::DataLoss);
     assert_eq!(ErrorKind::from_status(&e), ErrorKind::Corrupt);
     let has = c
-        .has_chunk(HasChunkRequest {
-            id: id.as_bytes().to_vec(),
-        })
+        .has_chunk(has_req(id.as_bytes()))
         .await
         .unwrap()
         .into_inner();
@@ -270,20 +230,9 @@ async fn delete_chunks_removes_files_durably_and_ignores_absent_ids() {
     assert!(!server.store().chunk_path(a).exists());
     assert!(!server.store().chunk_path(b).exists());
     assert!(server.store().chunk_path(keep).exists());
-    let info = c
-        .info(ChunkServerInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = support::info(&mut c).await;
     assert_eq!(info.chunk_count, 1);
-    let e = c
-        .get_chunk(GetChunkRequest {
-            id: a.as_bytes().to_vec(),
-            offset: 0,
-            len: 0,
-        })
-        .await
-        .unwrap_err();
+    let e = c.get_chunk(get_req(a.as_bytes(), 0, 0)).await.unwrap_err();
     assert_eq!(ErrorKind::from_status(&e), ErrorKind::NotFound);
 
     // --- deleting again is not an error; an empty request deletes nothing

@@ -1,5 +1,7 @@
 //! The chunk store: a conformance suite every `ChunkStore` backend must pass, and fault
 //! scenarios against the file store (crash before rename, flipped bytes, full disk).
+mod support;
+
 use bytes::Bytes;
 use cairn_chunk_server::store::{
     data_offset, ChunkStore, FileStore, PutOutcome, StoreError, StoreOptions, Verification,
@@ -7,24 +9,10 @@ use cairn_chunk_server::store::{
 };
 use cairn_common::{ChunkId, BLOCK_SIZE, CHUNK_SIZE};
 use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// `len` deterministic pseudo-random bytes derived from `seed`.
-fn data(seed: &str, len: usize) -> Bytes {
-    let mut buf = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(seed.as_bytes())
-        .finalize_xof()
-        .fill(&mut buf);
-    Bytes::from(buf)
-}
-
-fn chunk(seed: &str, len: usize) -> (ChunkId, Bytes) {
-    let d = data(seed, len);
-    (ChunkId::of(&d), d)
-}
+use support::{chunk, data, flip_byte};
 
 fn count_files(dir: &Path) -> usize {
     fs::read_dir(dir).map(|rd| rd.count()).unwrap_or(0)
@@ -253,21 +241,6 @@ fn crash_before_rename_leaves_no_visible_chunk() {
     // The client retries the put: it succeeds normally.
     assert_eq!(store.put(id, d.clone()).unwrap(), PutOutcome::Stored);
     assert_eq!(store.get(id, 0, 0).unwrap().0, d);
-}
-
-/// Flips one byte at `at` in the file at `path`.
-fn flip_byte(path: &Path, at: u64) {
-    let mut f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    f.seek(SeekFrom::Start(at)).unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact(&mut b).unwrap();
-    f.seek(SeekFrom::Start(at)).unwrap();
-    f.write_all(&[b[0] ^ 0x01]).unwrap();
-    f.sync_all().unwrap();
 }
 
 #[test]

@@ -81,6 +81,8 @@ pub async fn run<W: Worker>(mut worker: W, shutdown: CancellationToken) {
 pub struct TaskSet {
     shutdown: CancellationToken,
     tasks: Vec<(String, JoinHandle<()>)>,
+    /// The span every task runs in (a node's span, when several run in one process).
+    span: tracing::Span,
 }
 
 impl Default for TaskSet {
@@ -91,9 +93,15 @@ impl Default for TaskSet {
 
 impl TaskSet {
     pub fn new() -> TaskSet {
+        TaskSet::in_span(tracing::Span::none())
+    }
+
+    /// A set whose tasks all run in `span`.
+    pub fn in_span(span: tracing::Span) -> TaskSet {
         TaskSet {
             shutdown: CancellationToken::new(),
             tasks: Vec::new(),
+            span,
         }
     }
 
@@ -108,7 +116,7 @@ impl TaskSet {
         name: impl Into<String>,
         task: impl Future<Output = ()> + Send + 'static,
     ) {
-        let handle = tokio::spawn(task);
+        let handle = tokio::spawn(tracing::Instrument::instrument(task, self.span.clone()));
         self.tasks.push((name.into(), handle));
     }
 

@@ -1,13 +1,14 @@
 //! Admin commands: `cairn fsck`, `cairn scrub`, `cairn chunk drain`.
+use crate::meta::Meta;
 use crate::status;
-use cairn_common::{ChunkClients, MetaClient};
+use cairn_common::ChunkClients;
 use cairn_proto as pb;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
-fn client(addrs: Vec<String>, timeout: Duration) -> anyhow::Result<MetaClient> {
+fn client(addrs: Vec<String>, timeout: Duration) -> anyhow::Result<Meta> {
     anyhow::ensure!(!addrs.is_empty(), "no meta server addresses given (--meta)");
-    Ok(MetaClient::with_timeouts(
+    Ok(Meta::with_timeouts(
         addrs,
         timeout,
         timeout.max(Duration::from_secs(1)),
@@ -106,7 +107,7 @@ pub async fn fsck(
 ) -> anyhow::Result<FsckReport> {
     let meta = client(addrs, timeout)?;
     let reply = meta
-        .call(|mut c| async move { c.fsck(pb::FsckRequest { max_files }).await })
+        .fsck(max_files)
         .await
         .map_err(|s| anyhow::anyhow!("fsck failed: {}", s.message()))?;
     Ok(FsckReport::from(reply))
@@ -162,15 +163,8 @@ pub async fn drain(
     timeout: Duration,
 ) -> anyhow::Result<String> {
     let meta = client(addrs.clone(), timeout)?;
-    let req = pb::DrainRequest {
-        server: server.clone(),
-        drain: !undo,
-    };
     let reply = meta
-        .call(|mut c| {
-            let r = req.clone();
-            async move { c.drain(r).await }
-        })
+        .drain(&server, !undo)
         .await
         .map_err(|s| anyhow::anyhow!("drain {server}: {}", s.message()))?;
     let id = reply.server_id;

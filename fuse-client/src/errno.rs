@@ -1,8 +1,9 @@
 //! The one mapping from Cairn errors to the errno a FUSE reply carries.
 //!
-//! Internal helpers return `Result<T, Errno>`; only the `Filesystem` methods in `fs.rs` call
-//! `reply.error(e.0)`. A `tonic::Status` becomes an errno through the `cairn-error` kind it
-//! carries (`ErrorKind::from_status(..).errno()`), nowhere else.
+//! Internal helpers return `Result<T, Errno>`; only the reply helper of the mount
+//! (`fs::reply::FuseReply`) turns one into `reply.error(..)`. A `tonic::Status` becomes an errno
+//! through the `cairn-error` kind it carries (`ErrorKind::from_status(..).errno()`), nowhere
+//! else.
 use cairn_common::ErrorKind;
 use tonic::Status;
 
@@ -37,6 +38,21 @@ impl From<&Status> for Errno {
 impl From<Status> for Errno {
     fn from(s: Status) -> Errno {
         Errno::from(&s)
+    }
+}
+
+/// A failed metadata call of the mount as its errno: `.or_errno("lookup")`, logged at debug
+/// level with the operation (the kernel's caller sees only the errno).
+pub trait OrErrno<T> {
+    fn or_errno(self, op: &'static str) -> Result<T, Errno>;
+}
+
+impl<T> OrErrno<T> for Result<T, Status> {
+    fn or_errno(self, op: &'static str) -> Result<T, Errno> {
+        self.map_err(|s| {
+            tracing::debug!(op, error = %s.message(), "meta call failed");
+            Errno::from(&s)
+        })
     }
 }
 

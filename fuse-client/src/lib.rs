@@ -1,25 +1,37 @@
 //! `cairn`: the FUSE client and admin commands of the Cairn file system.
 //!
-//! - [`fs`]: fuser's `Filesystem`: every request runs on the tokio runtime; metadata calls go to
-//!   the Raft leader through `cairn_common::MetaClient`.
-//! - [`data::writer`]: per-inode dirty buffers, chunk uploads with client fan-out replication
-//!   (pipelined, bounded), commit of a new file version on flush/fsync/close.
-//! - [`data::reader`]: verified whole-chunk reads with replica failover and an LRU chunk cache.
-//! - [`data::slots`]: the pure offset/slot arithmetic both use.
+//! The mount:
+//! - [`mount`]: `cairn mount` — mounting, signal handling, draining dirty files, unmounting,
+//!   and the mount's background tasks.
+//! - [`fs`]: fuser's `Filesystem` as thin adapters onto the mount's operations (`fs::Core`),
+//!   grouped by area (namespace, files, directories, xattrs, locks, attribute conversion); the
+//!   one reply helper turns each operation's `Result<T, Errno>` into the FUSE reply.
+//! - [`mount_session`]: this mount's session in the cluster (owner of its locks and of files
+//!   kept open after unlink), renewed in the background by a worker.
+//! - [`data`]: file data. The write side is [`data::open_file`] (per-inode dirty buffers and
+//!   write-back state), [`data::upload`] (chunk uploads with client fan-out replication,
+//!   placement retries, the upload session) and [`data::commit`] (the committed version and
+//!   `CommitWrite` with conflict handling); the read side is [`data::read_plan`] (what a read
+//!   of a byte range is made of) and [`data::reader`] (verified whole-chunk reads with replica
+//!   failover and an LRU chunk cache); [`data::slots`] is the pure offset/slot arithmetic.
+//! - [`procs`]: process ids behind FUSE requests (which close may commit a file, whether a lock
+//!   waiter was interrupted).
+//!
+//! Shared by the mount and the commands:
+//! - [`meta`]: every metadata call as a typed method on one client ([`meta::Meta`]).
 //! - [`errno`]: the one mapping from wire errors to errno.
-//! - [`procs`]: process ids behind FUSE requests (which close may commit a file).
-//! - [`session`]: this mount's session in the cluster (owner of its locks and of files kept
-//!   open after unlink), renewed in the background.
-//! - [`mount`]: `cairn mount` (mount, signal handling, drain, unmount).
-//! - [`status`]: `cairn status [--json]`.
+//!
+//! The other commands:
+//! - [`status`]: `cairn status [--json]` (the cluster report).
 //! - [`admin`]: `cairn fsck`, `cairn scrub [--now]`, `cairn chunk drain`.
 //! - [`transfer`]: `cairn put`, `cairn get` (resumable copies) and `cairn uploads list|abort`.
 pub mod admin;
 pub mod data;
 pub mod errno;
 pub mod fs;
+pub mod meta;
 pub mod mount;
+pub mod mount_session;
 pub mod procs;
-pub mod session;
 pub mod status;
 pub mod transfer;

@@ -3,12 +3,16 @@
 //! silently: flush every dirty file, unmount, then flush whatever arrived in between.
 use crate::data::DataPlane;
 use crate::fs::{CairnFs, Core};
-use crate::session::Session;
+use crate::meta::Meta;
+use crate::mount_session::{MountSession, Renewal};
 use anyhow::Context;
-use cairn_common::MetaClient;
+use cairn_common::worker::TaskSet;
 use fuser::MountOption;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// How long the mount's background tasks get to stop at exit.
+const TASK_DEADLINE: Duration = Duration::from_secs(5);
 
 pub struct MountConfig {
     pub mountpoint: PathBuf,
@@ -51,37 +55,33 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
         .build()
         .context("start the tokio runtime")?;
 
-    let meta = MetaClient::new(cfg.meta.clone());
+    let meta = Meta::new(cfg.meta.clone());
     // Fail early and clearly when the cluster cannot be reached at all.
-    rt.block_on(meta.call(|mut c| async move {
-        c.get_attr(cairn_proto::GetAttrRequest {
-            ino: cairn_common::ROOT_INO,
-        })
-        .await
-    }))
-    .map_err(|s| {
-        anyhow::anyhow!(
-            "cannot reach the Cairn cluster at {}: {}",
-            cfg.meta.join(","),
-            s.message()
-        )
-    })?;
+    rt.block_on(meta.get_attr(cairn_common::ROOT_INO))
+        .map_err(|s| {
+            anyhow::anyhow!(
+                "cannot reach the Cairn cluster at {}: {}",
+                cfg.meta.join(","),
+                s.message()
+            )
+        })?;
 
     let session = rt
-        .block_on(Session::open(
+        .block_on(MountSession::open(
             meta.clone(),
             &mountpoint.display().to_string(),
         ))
         .map_err(|s| anyhow::anyhow!("cannot open a mount session: {}", s.message()))?;
-    let renewal = {
+    // The mount's background tasks: the session renewal.
+    let mut tasks = TaskSet::new();
+    {
         let _guard = rt.enter();
-        session.spawn_renewal()
-    };
+        tasks.spawn_worker(Renewal::new(session.clone()));
+    }
     let dp = DataPlane::new(meta);
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let _ = dp
         .writer_label
-        .set(format!("{}:{}", host.trim(), mountpoint.display()));
+        .set(format!("{}:{}", session.host(), mountpoint.display()));
     let core = Core::new(dp, session.clone());
     let fs = CairnFs::new(core.clone(), rt.handle().clone());
     let mut options = vec![
@@ -137,7 +137,7 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
     // Writes that raced with the first drain.
     let failed = failed + rt.block_on(core.drain());
     // Only now that nothing can use them: release this mount's locks and open unlinked files.
-    renewal.abort();
+    rt.block_on(tasks.shutdown(TASK_DEADLINE));
     rt.block_on(session.close());
     rt.shutdown_timeout(Duration::from_secs(5));
     anyhow::ensure!(

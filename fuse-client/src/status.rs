@@ -1,6 +1,7 @@
-//! `cairn status [--json]`: the leader's view of the cluster.
-use cairn_common::MetaClient;
-use cairn_proto::{ClusterStatusReply, ClusterStatusRequest};
+//! `cairn status [--json]`: the leader's view of the cluster ([`ClusterReport`]), as JSON or a
+//! table.
+use crate::meta::Meta;
+use cairn_proto::ClusterStatusReply;
 use serde::Serialize;
 use std::time::Duration;
 
@@ -59,8 +60,9 @@ pub struct Repair {
     pub gc_collected: u64,
 }
 
+/// The cluster as `cairn status` shows it (also its `--json` shape).
 #[derive(Debug, Serialize, PartialEq)]
-pub struct Status {
+pub struct ClusterReport {
     pub meta: Vec<MetaNode>,
     pub chunk_servers: Vec<ChunkServer>,
     pub leader_id: u64,
@@ -68,9 +70,9 @@ pub struct Status {
     pub repair: Repair,
 }
 
-impl From<ClusterStatusReply> for Status {
-    fn from(r: ClusterStatusReply) -> Status {
-        Status {
+impl From<ClusterStatusReply> for ClusterReport {
+    fn from(r: ClusterStatusReply) -> ClusterReport {
+        ClusterReport {
             meta: r
                 .meta
                 .into_iter()
@@ -128,17 +130,14 @@ impl From<ClusterStatusReply> for Status {
 }
 
 /// Asks the leader for the cluster status, giving up after `timeout`.
-pub async fn fetch(addrs: Vec<String>, timeout: Duration) -> anyhow::Result<Status> {
+pub async fn fetch(addrs: Vec<String>, timeout: Duration) -> anyhow::Result<ClusterReport> {
     anyhow::ensure!(!addrs.is_empty(), "no meta server addresses given (--meta)");
     let list = addrs.join(",");
-    let meta = MetaClient::with_timeouts(addrs, timeout, timeout.min(Duration::from_secs(3)));
-    let reply = meta
-        .call(|mut c| async move { c.cluster_status(ClusterStatusRequest {}).await })
-        .await
-        .map_err(|s| {
-            anyhow::anyhow!("cannot reach the Cairn cluster at {list}: {}", s.message())
-        })?;
-    Ok(Status::from(reply))
+    let meta = Meta::with_timeouts(addrs, timeout, timeout.min(Duration::from_secs(3)));
+    let reply = meta.cluster_status().await.map_err(|s| {
+        anyhow::anyhow!("cannot reach the Cairn cluster at {list}: {}", s.message())
+    })?;
+    Ok(ClusterReport::from(reply))
 }
 
 pub fn human(bytes: u64) -> String {
@@ -157,7 +156,7 @@ pub fn human(bytes: u64) -> String {
 }
 
 /// The human-readable table.
-pub fn table(s: &Status) -> String {
+pub fn table(s: &ClusterReport) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "meta nodes (leader {}, replication {})\n",
@@ -273,8 +272,8 @@ mod tests {
     use super::*;
     use cairn_proto::{ChunkServerStatus, MetaNodeStatus};
 
-    fn sample() -> Status {
-        Status::from(ClusterStatusReply {
+    fn sample() -> ClusterReport {
+        ClusterReport::from(ClusterStatusReply {
             meta: vec![MetaNodeStatus {
                 id: 1,
                 addr: "127.0.0.1:7001".into(),

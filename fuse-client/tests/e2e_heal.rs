@@ -3,7 +3,7 @@
 //! trimmed, a drained server is emptied, and `cairn fsck` tells the state of the data.
 mod e2e_harness;
 
-use e2e_harness::{init_tracing, sh, write_random_file, Cluster, Opts};
+use e2e_harness::{init_tracing, sh, wait_until, write_random_file, Cluster, Opts};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -105,14 +105,6 @@ fn total_scrub_corruptions(c: &Cluster) -> u64 {
                 .unwrap_or(0)
         })
         .unwrap_or(0)
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //! else under `~/.cache/cairn/tools/bin`; a missing tool fails the test, it never skips it.
 mod e2e_harness;
 
-use e2e_harness::{bin_dir, init_tracing, sh, Cluster, Opts};
+use e2e_harness::{bin_dir, init_tracing, sh, wait_until, Cluster, Opts};
 use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -141,18 +141,6 @@ fn strip_ansi(s: &str) -> String {
         }
     }
     out
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(
-            t0.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    t0.elapsed()
 }
 
 /// Every chunk file on any of the cluster's three chunk servers.

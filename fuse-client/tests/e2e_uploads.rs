@@ -7,7 +7,9 @@ mod e2e_harness;
 
 use cairn_common::{ChunkClients, ChunkId, MetaClient};
 use cairn_proto::{ChunkServerInfoRequest, GetUploadRequest};
-use e2e_harness::{bin_dir, init_tracing, lazy_unmount, sh, write_random_file, Cluster, Opts};
+use e2e_harness::{
+    bin_dir, init_tracing, lazy_unmount, sh, wait_until, write_random_file, Cluster, Opts,
+};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -154,14 +156,6 @@ fn number_after(text: &str, word: &str) -> u64 {
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no number after {word:?} in {text:?}"))
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn mib_per_s(bytes: u64, took: Duration) -> f64 {

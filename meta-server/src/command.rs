@@ -1,108 +1,157 @@
-//! The commands replicated through the Raft log, and their results.
+//! The commands replicated through the Raft log, and their results: the format of a log entry,
+//! in one place.
 //!
-//! Each [`Command`] is one log entry and is applied by [`crate::fsm::Fsm::apply`] as one RocksDB
-//! write batch, so it takes effect entirely or not at all. Commands carry everything their
-//! effect depends on (including `now`, stamped by the leader when it proposes them), so every
-//! replica computes the same state.
+//! Each [`Command`] is one log entry (a [`Batch`] or [`Once`] wraps others in the same entry)
+//! and is applied by [`crate::fsm::Fsm::apply`] as one RocksDB write batch, so it takes effect
+//! entirely or not at all. Every command is a struct of its own; the state machine module of
+//! its area applies it (`fsm/namespace.rs` applies [`Rename`], `fsm/uploads.rs` applies
+//! [`CommitUpload`], …). Commands carry everything their effect depends on (including `now`,
+//! stamped by the leader when it proposes them), so every replica computes the same state.
 use cairn_common::error::ErrorKind;
 use cairn_common::ChunkId;
 use serde::{Deserialize, Serialize};
 
-/// Seconds and nanoseconds since the Unix epoch.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Time {
-    pub secs: i64,
-    pub nanos: u32,
-}
-
-impl From<cairn_proto::Timestamp> for Time {
-    fn from(t: cairn_proto::Timestamp) -> Time {
-        Time {
-            secs: t.secs,
-            nanos: t.nanos,
-        }
-    }
-}
-
-impl From<Time> for cairn_proto::Timestamp {
-    fn from(t: Time) -> cairn_proto::Timestamp {
-        cairn_proto::Timestamp {
-            secs: t.secs,
-            nanos: t.nanos,
-        }
-    }
-}
-
-impl Time {
-    /// The wall clock now (the leader stamps commands with it).
-    pub fn now() -> Time {
-        cairn_common::time::now().into()
-    }
-
-    /// The wall clock `d` ago (the epoch if that is earlier).
-    pub fn ago(d: std::time::Duration) -> Time {
-        Time::from_system(
-            std::time::SystemTime::now()
-                .checked_sub(d)
-                .unwrap_or(std::time::UNIX_EPOCH),
-        )
-    }
-
-    /// `t` as a `Time` (times before the epoch become the epoch).
-    pub fn from_system(t: std::time::SystemTime) -> Time {
-        let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        Time {
-            secs: d.as_secs() as i64,
-            nanos: d.subsec_nanos(),
-        }
-    }
-}
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Kind {
-    Regular,
-    Directory,
-    Symlink,
-    Fifo,
-    Socket,
-    CharDevice,
-    BlockDevice,
-}
-
-impl Kind {
-    /// The kind a wire `FileKind` names; `None` for `UNSPECIFIED` and unknown values.
-    pub fn from_proto(k: i32) -> Option<Kind> {
-        use cairn_proto::FileKind as F;
-        Some(match F::try_from(k).ok()? {
-            F::Unspecified => return None,
-            F::Regular => Kind::Regular,
-            F::Directory => Kind::Directory,
-            F::Symlink => Kind::Symlink,
-            F::Fifo => Kind::Fifo,
-            F::Socket => Kind::Socket,
-            F::CharDevice => Kind::CharDevice,
-            F::BlockDevice => Kind::BlockDevice,
-        })
-    }
-
-    pub fn to_proto(self) -> cairn_proto::FileKind {
-        use cairn_proto::FileKind as F;
-        match self {
-            Kind::Regular => F::Regular,
-            Kind::Directory => F::Directory,
-            Kind::Symlink => F::Symlink,
-            Kind::Fifo => F::Fifo,
-            Kind::Socket => F::Socket,
-            Kind::CharDevice => F::CharDevice,
-            Kind::BlockDevice => F::BlockDevice,
-        }
-    }
-}
+pub use cairn_common::{Kind, Time};
 
 /// Linux `renameat2` flag: fail if the target exists.
 pub const RENAME_NOREPLACE: u32 = 1;
 /// Linux `renameat2` flag: atomically swap source and target (both must exist).
 pub const RENAME_EXCHANGE: u32 = 2;
+/// setxattr flag: fail if the attribute exists.
+pub const XATTR_CREATE: u32 = 1;
+/// setxattr flag: fail if the attribute does not exist.
+pub const XATTR_REPLACE: u32 = 2;
+
+/// One log entry's command. Each variant names the struct that holds its arguments (see the
+/// struct for what it does).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    // Namespace (fsm/namespace.rs) and attributes (fsm/inodes.rs).
+    Create(Create),
+    Link(Link),
+    Unlink(Unlink),
+    Rmdir(Rmdir),
+    Rename(Rename),
+    SetAttr(SetAttr),
+    // File content (fsm/content.rs).
+    CommitWrite(CommitWrite),
+    // Chunk servers and replicas (fsm/servers.rs).
+    RegisterChunkServer(RegisterChunkServer),
+    DropReplica(DropReplica),
+    AddReplica(AddReplica),
+    RemoveReplica(RemoveReplica),
+    SetDraining(SetDraining),
+    // Garbage collection (fsm/gc.rs).
+    GcBegin(GcBegin),
+    GcSwept(GcSwept),
+    GcPrune(GcPrune),
+    GcOrphans(GcOrphans),
+    // Exactly-once request ids (fsm/requests.rs) and batches (fsm/mod.rs).
+    Once(Once),
+    PruneRequests(PruneRequests),
+    Batch(Batch),
+    // Extended attributes (fsm/xattrs.rs).
+    SetXattr(SetXattr),
+    RemoveXattr(RemoveXattr),
+    // Mount sessions and their orphans (fsm/sessions.rs).
+    OpenSession(OpenSession),
+    RenewSession(RenewSession),
+    CloseSession(CloseSession),
+    ReleaseOrphan(ReleaseOrphan),
+    // Advisory locks (fsm/locks.rs).
+    SetLock(SetLock),
+    ReleaseLocks(ReleaseLocks),
+    // Upload sessions (fsm/uploads.rs).
+    OpenUpload(OpenUpload),
+    RecordUpload(RecordUpload),
+    AbortUpload(AbortUpload),
+    CommitUpload(CommitUpload),
+}
+
+// --- namespace -------------------------------------------------------------------------------
+
+/// mkdir, mknod, create, symlink.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Create {
+    pub parent: u64,
+    pub name: Vec<u8>,
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub symlink_target: Vec<u8>,
+    /// Fail with EEXIST if the name exists (else an existing regular file is returned).
+    pub exclusive: bool,
+    pub now: Time,
+}
+
+/// A new hard link `new_parent`/`new_name` to `ino`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub ino: u64,
+    pub new_parent: u64,
+    pub new_name: Vec<u8>,
+    pub now: Time,
+}
+
+/// Removes a non-directory name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Unlink {
+    pub parent: u64,
+    pub name: Vec<u8>,
+    pub now: Time,
+    /// The caller's session and the inodes it has open (see [`Keep`]).
+    #[serde(default)]
+    pub keep: Keep,
+}
+
+/// Removes an empty directory.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Rmdir {
+    pub parent: u64,
+    pub name: Vec<u8>,
+    pub now: Time,
+}
+
+/// rename(2) / renameat2(2).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Rename {
+    pub parent: u64,
+    pub name: Vec<u8>,
+    pub new_parent: u64,
+    pub new_name: Vec<u8>,
+    /// [`RENAME_NOREPLACE`], [`RENAME_EXCHANGE`].
+    pub flags: u32,
+    pub now: Time,
+    /// For a replaced target, as in [`Unlink`].
+    #[serde(default)]
+    pub keep: Keep,
+}
+
+/// chmod, chown, utimens, truncate: each field that is set changes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SetAttr {
+    pub ino: u64,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Time>,
+    pub mtime: Option<Time>,
+    pub now: Time,
+}
+
+/// Which inodes an unlink or rename must keep when their last name goes: those the calling
+/// mount (`session`) still has open. They stay, with nlink 0, as orphans of the session until it
+/// releases them (last close) or ends.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Keep {
+    pub session: u64,
+    pub open: Vec<u64>,
+}
+
+// --- file content ----------------------------------------------------------------------------
 
 /// One non-hole slot of a file: which chunk holds slot `index`'s bytes.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,251 +175,192 @@ pub struct SlotUpdate {
     pub ticket: u64,
 }
 
+/// Commits a new version of a file's content (see `CommitWriteRequest` in the proto).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub enum Command {
-    /// mkdir, mknod, create, symlink.
-    Create {
-        parent: u64,
-        name: Vec<u8>,
-        kind: Kind,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-        rdev: u32,
-        symlink_target: Vec<u8>,
-        exclusive: bool,
-        now: Time,
-    },
-    Link {
-        ino: u64,
-        new_parent: u64,
-        new_name: Vec<u8>,
-        now: Time,
-    },
-    Unlink {
-        parent: u64,
-        name: Vec<u8>,
-        now: Time,
-        /// The caller's session and the inodes it has open (see [`Keep`]).
-        #[serde(default)]
-        keep: Keep,
-    },
-    Rmdir {
-        parent: u64,
-        name: Vec<u8>,
-        now: Time,
-    },
-    Rename {
-        parent: u64,
-        name: Vec<u8>,
-        new_parent: u64,
-        new_name: Vec<u8>,
-        /// RENAME_NOREPLACE = 1, RENAME_EXCHANGE = 2.
-        flags: u32,
-        now: Time,
-        /// For a replaced target, as in `Unlink`.
-        #[serde(default)]
-        keep: Keep,
-    },
-    SetAttr {
-        ino: u64,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<Time>,
-        mtime: Option<Time>,
-        now: Time,
-    },
-    /// Commit a new version of a file's content (see `CommitWriteRequest` in the proto).
-    CommitWrite {
-        ino: u64,
-        base_version: u64,
-        size: u64,
-        updates: Vec<SlotUpdate>,
-        mtime: Option<Time>,
-        now: Time,
-        /// The upload session the chunks were recorded in (0: none); it ends with the commit.
-        #[serde(default)]
-        upload: u64,
-    },
-    /// Register a chunk server (idempotent per uuid) and record its current address.
-    RegisterChunkServer {
-        uuid: String,
-        addr: String,
-    },
-    /// `server`'s copy of chunk `id` failed verification: stop listing it as a replica
-    /// (idempotent). The chunk record and its reference count are kept; the chunk is queued
-    /// in `repair` so it can be brought back to full replication.
-    DropReplica {
-        id: ChunkId,
-        server: u64,
-        now: Time,
-    },
-    /// Repair copied chunk `id` to `server` (verified on receipt, durable there): list it as a
-    /// replica (idempotent) and clear the chunk's `repair` entry.
-    AddReplica {
-        id: ChunkId,
-        server: u64,
-    },
-    /// `server`'s copy of `id` is surplus (the chunk has enough healthy replicas elsewhere): stop
-    /// listing it, before the copy is deleted. Refused when it would leave no replica listed.
-    RemoveReplica {
-        id: ChunkId,
-        server: u64,
-    },
-    /// Mark a chunk server draining (no new chunks; repair moves its replicas away) or not.
-    SetDraining {
-        server: u64,
-        draining: bool,
-    },
-    /// Garbage collection: start collecting those of `ids` that are still unreferenced, in a
-    /// new GC epoch. From then on a commit may reference them only with a ticket of this epoch
-    /// or later (its upload happened after the chunk servers marked their copies).
-    GcBegin {
-        ids: Vec<ChunkId>,
-        now: Time,
-    },
-    /// Garbage collection: `servers` deleted (or no longer hold) their copies of `id`. When no
-    /// listed copy is left the record becomes a tombstone in `gone`.
-    GcSwept {
-        id: ChunkId,
-        servers: Vec<u64>,
-        now: Time,
-    },
-    /// Forget tombstones older than `before`; commits whose tickets predate them are refused.
-    GcPrune {
-        before: Time,
-    },
-    /// Garbage collection of copies the cluster never knew (uploads that were never
-    /// committed): in a new GC epoch, give each of `ids` that has no chunk record a tombstone,
-    /// so a commit of an upload placed before now is refused. Returns the ids accepted.
-    GcOrphans {
-        ids: Vec<ChunkId>,
-        now: Time,
-    },
-    /// Apply `cmd` at most once for request id (`client`, `seq`): if that id already succeeded,
-    /// return its recorded reply instead (the client retried after losing the reply).
-    Once {
-        client: u64,
-        seq: u64,
-        now: Time,
-        cmd: Box<Command>,
-    },
-    /// Forget request ids recorded before `before` (clients stop retrying long before).
-    PruneRequests {
-        before: Time,
-    },
-    /// Apply these in order as one entry: all or nothing; the reply is the last one's.
-    Batch {
-        cmds: Vec<Command>,
-    },
-    /// setxattr(2). `flags`: [`XATTR_CREATE`], [`XATTR_REPLACE`].
-    SetXattr {
-        ino: u64,
-        name: Vec<u8>,
-        value: Vec<u8>,
-        flags: u32,
-        now: Time,
-    },
-    RemoveXattr {
-        ino: u64,
-        name: Vec<u8>,
-        now: Time,
-    },
-    /// A mount starts: it will own locks and orphans. Replies `Session`.
-    OpenSession {
-        host: String,
-        mountpoint: String,
-        pid: u32,
-        now: Time,
-    },
-    RenewSession {
-        session: u64,
-        now: Time,
-    },
-    /// Ends a session: drops its locks and deletes its orphans. With `idle_before` (expiry by
-    /// the leader), only if the session was last renewed before then: a renewal wins the race.
-    CloseSession {
-        session: u64,
-        idle_before: Option<Time>,
-        now: Time,
-    },
-    /// The last handle of an orphan of `session` closed: delete the inode (idempotent).
-    ReleaseOrphan {
-        session: u64,
-        ino: u64,
-        now: Time,
-    },
-    /// Take, change or drop (`LockType::Unlock`) an advisory lock on a byte range. Refused with
-    /// `WouldBlock` when another owner holds a conflicting lock.
-    SetLock {
-        ino: u64,
-        session: u64,
-        owner: u64,
-        lock: LockRange,
-    },
-    /// Drop every lock `owner` of `session` holds on `ino`.
-    ReleaseLocks {
-        ino: u64,
-        session: u64,
-        owner: u64,
-    },
-    /// Start an upload session for a new version of `target`. Replies `Upload`.
-    OpenUpload {
-        target: UploadTarget,
-        base_version: u64,
-        label: String,
-        host: String,
-        now: Time,
-    },
-    /// Chunks durable on their replicas join upload `upload` (which holds a reference to each).
-    RecordUpload {
-        upload: u64,
-        updates: Vec<SlotUpdate>,
-        now: Time,
-    },
-    /// Drop an upload and its references. With `idle_before` (expiry), only if no chunk was
-    /// recorded since then.
-    AbortUpload {
-        upload: u64,
-        idle_before: Option<Time>,
-        now: Time,
-    },
-    /// The file named by the upload's target gets exactly the recorded slots and `size`:
-    /// created (base version 0) or replaced (still at the base version). Ends the upload.
-    CommitUpload {
-        upload: u64,
-        size: u64,
-        mtime: Option<Time>,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-        now: Time,
-    },
+pub struct CommitWrite {
+    pub ino: u64,
+    pub base_version: u64,
+    pub size: u64,
+    pub updates: Vec<SlotUpdate>,
+    pub mtime: Option<Time>,
+    pub now: Time,
+    /// The upload session the chunks were recorded in (0: none); it ends with the commit.
+    #[serde(default)]
+    pub upload: u64,
 }
 
-/// What an upload session will replace.
+// --- chunk servers and replicas --------------------------------------------------------------
+
+/// Registers a chunk server (idempotent per uuid) and records its current address.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub enum UploadTarget {
-    /// An existing file (writes through a mount).
-    Inode(u64),
-    /// A name, which may not exist yet (`cairn put`).
-    Name { parent: u64, name: Vec<u8> },
+pub struct RegisterChunkServer {
+    pub uuid: String,
+    pub addr: String,
 }
 
-/// setxattr flag: fail if the attribute exists.
-pub const XATTR_CREATE: u32 = 1;
-/// setxattr flag: fail if the attribute does not exist.
-pub const XATTR_REPLACE: u32 = 2;
+/// `server`'s copy of chunk `id` failed verification: stop listing it as a replica
+/// (idempotent). The chunk record and its reference count are kept; the chunk is queued in
+/// `repair` so it can be brought back to full replication.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DropReplica {
+    pub id: ChunkId,
+    pub server: u64,
+    pub now: Time,
+}
 
-/// Which inodes an unlink or rename must keep when their last name goes: those the calling
-/// mount (`session`) still has open. They stay, with nlink 0, as orphans of the session until it
-/// releases them (last close) or ends.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
-pub struct Keep {
+/// Repair copied chunk `id` to `server` (verified on receipt, durable there): list it as a
+/// replica (idempotent) and clear the chunk's `repair` entry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct AddReplica {
+    pub id: ChunkId,
+    pub server: u64,
+}
+
+/// `server`'s copy of `id` is surplus (the chunk has enough healthy replicas elsewhere): stop
+/// listing it, before the copy is deleted. Refused when it would leave no replica listed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RemoveReplica {
+    pub id: ChunkId,
+    pub server: u64,
+}
+
+/// Marks a chunk server draining (no new chunks; repair moves its replicas away) or not.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SetDraining {
+    pub server: u64,
+    pub draining: bool,
+}
+
+// --- garbage collection ----------------------------------------------------------------------
+
+/// Starts collecting those of `ids` that are still unreferenced, in a new GC epoch. From then
+/// on a commit may reference them only with a ticket of this epoch or later (its upload
+/// happened after the chunk servers marked their copies).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct GcBegin {
+    pub ids: Vec<ChunkId>,
+    pub now: Time,
+}
+
+/// `servers` deleted (or no longer hold) their copies of `id`. When no listed copy is left the
+/// record becomes a tombstone in `gone`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct GcSwept {
+    pub id: ChunkId,
+    pub servers: Vec<u64>,
+    pub now: Time,
+}
+
+/// Forgets tombstones older than `before`; commits whose tickets predate them are refused.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct GcPrune {
+    pub before: Time,
+}
+
+/// Garbage collection of copies the cluster never knew (uploads that were never committed): in
+/// a new GC epoch, gives each of `ids` that has no chunk record a tombstone, so a commit of an
+/// upload placed before now is refused. Replies the ids accepted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct GcOrphans {
+    pub ids: Vec<ChunkId>,
+    pub now: Time,
+}
+
+// --- request ids and batches -----------------------------------------------------------------
+
+/// Applies `cmd` at most once for request id (`client`, `seq`): if that id already succeeded,
+/// its recorded reply is returned instead (the client retried after losing the reply).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Once {
+    pub client: u64,
+    pub seq: u64,
+    pub now: Time,
+    pub cmd: Box<Command>,
+}
+
+/// Forgets request ids recorded before `before` (clients stop retrying long before).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PruneRequests {
+    pub before: Time,
+}
+
+/// Applies `cmds` in order as one entry: all or nothing; the reply is the last one's.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub cmds: Vec<Command>,
+}
+
+// --- extended attributes ---------------------------------------------------------------------
+
+/// setxattr(2). `flags`: [`XATTR_CREATE`], [`XATTR_REPLACE`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SetXattr {
+    pub ino: u64,
+    pub name: Vec<u8>,
+    pub value: Vec<u8>,
+    pub flags: u32,
+    pub now: Time,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RemoveXattr {
+    pub ino: u64,
+    pub name: Vec<u8>,
+    pub now: Time,
+}
+
+// --- mount sessions and orphans --------------------------------------------------------------
+
+/// A mount starts: it will own locks and orphans. Replies [`Reply::Session`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct OpenSession {
+    pub host: String,
+    pub mountpoint: String,
+    pub pid: u32,
+    pub now: Time,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RenewSession {
     pub session: u64,
-    pub open: Vec<u64>,
+    pub now: Time,
+}
+
+/// Ends a session: drops its locks and deletes its orphans. With `idle_before` (expiry by the
+/// leader), only if the session was last renewed before then: a renewal wins the race.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CloseSession {
+    pub session: u64,
+    pub idle_before: Option<Time>,
+    pub now: Time,
+}
+
+/// The last handle of an orphan of `session` closed: delete the inode (idempotent).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ReleaseOrphan {
+    pub session: u64,
+    pub ino: u64,
+    pub now: Time,
+}
+
+// --- advisory locks --------------------------------------------------------------------------
+
+/// Takes, changes or drops ([`LockType::Unlock`]) an advisory lock on a byte range. Refused
+/// with `WouldBlock` when another owner holds a conflicting lock.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SetLock {
+    pub ino: u64,
+    pub session: u64,
+    pub owner: u64,
+    pub lock: LockRange,
+}
+
+/// Drops every lock `owner` of `session` holds on `ino`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ReleaseLocks {
+    pub ino: u64,
+    pub session: u64,
+    pub owner: u64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -388,6 +378,59 @@ pub struct LockRange {
     pub end: u64,
     pub pid: u32,
 }
+
+// --- upload sessions -------------------------------------------------------------------------
+
+/// Starts an upload session for a new version of `target`. Replies [`Reply::Upload`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct OpenUpload {
+    pub target: UploadTarget,
+    pub base_version: u64,
+    pub label: String,
+    pub host: String,
+    pub now: Time,
+}
+
+/// Chunks durable on their replicas join upload `upload` (which holds a reference to each).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RecordUpload {
+    pub upload: u64,
+    pub updates: Vec<SlotUpdate>,
+    pub now: Time,
+}
+
+/// Drops an upload and its references. With `idle_before` (expiry), only if no chunk was
+/// recorded since then.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct AbortUpload {
+    pub upload: u64,
+    pub idle_before: Option<Time>,
+    pub now: Time,
+}
+
+/// The file named by the upload's target gets exactly the recorded slots and `size`: created
+/// (base version 0) or replaced (still at the base version). Ends the upload.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CommitUpload {
+    pub upload: u64,
+    pub size: u64,
+    pub mtime: Option<Time>,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub now: Time,
+}
+
+/// What an upload session will replace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum UploadTarget {
+    /// An existing file (writes through a mount).
+    Inode(u64),
+    /// A name, which may not exist yet (`cairn put`).
+    Name { parent: u64, name: Vec<u8> },
+}
+
+// --- results ---------------------------------------------------------------------------------
 
 /// What a successfully applied command returns.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

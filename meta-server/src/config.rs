@@ -1,5 +1,5 @@
 //! Configuration of one meta node: command-line flags (clap, each with a `CAIRN_META_*` env var).
-use crate::network::SNAPSHOT_CHUNK_BYTES;
+use crate::raft::network::SNAPSHOT_CHUNK_BYTES;
 use crate::service::ServiceConfig;
 use clap::Parser;
 use std::collections::BTreeSet;
@@ -282,7 +282,6 @@ impl Config {
             interval: Duration::from_millis(self.repair_interval_ms),
             rate_bytes: self.repair_rate_mb.saturating_mul(1 << 20),
             concurrency: self.repair_concurrency,
-            heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms),
         }
     }
 
@@ -293,7 +292,6 @@ impl Config {
             horizon: Duration::from_secs(self.gc_ticket_horizon_secs),
             orphan_scan: Duration::from_secs(self.gc_orphan_scan_secs),
             orphan_age: Duration::from_secs(self.gc_orphan_age_secs),
-            heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms),
         }
     }
 
@@ -301,9 +299,13 @@ impl Config {
         ServiceConfig {
             replication: self.replication,
             min_replication: self.min_replication,
-            heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms),
             session_ttl: Duration::from_secs(self.session_ttl_secs),
         }
+    }
+
+    /// A chunk server with no heartbeat for this long is down.
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms)
     }
 }
 

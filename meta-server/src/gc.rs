@@ -1,7 +1,7 @@
 //! The garbage collector: deletes chunks no file references any more, after a grace period.
 //!
 //! Runs on every meta node and acts only on a leader that has held office for longer than the
-//! heartbeat timeout (like repair). Each round takes up to [`ROUND`] chunks that have been
+//! heartbeat timeout (like repair, behind [`LeaderOnly`]). Each round takes up to [`ROUND`] chunks that have been
 //! unreferenced for longer than `--gc-grace-secs` (or whose collection is under way) and:
 //!
 //! 1. asks every up server listing a copy to **mark** it (`MarkChunks`);
@@ -36,17 +36,17 @@
 //!
 //! Tombstones are pruned after `--gc-ticket-horizon-secs` (1 day); commits whose tickets are
 //! older than the pruned epochs are refused (an upload left uncommitted for a day).
-use crate::command::{Command, Reply, Time};
+use crate::command::{Command, GcBegin, GcOrphans, GcPrune, GcSwept, PruneRequests, Reply, Time};
 use crate::error::MetaError;
+use crate::leader::{LeaderOnly, LeaderState};
 use crate::node::MetaNode;
-use crate::placement::Placement;
+use cairn_common::worker::{Worker, WorkerState};
 use cairn_common::{ChunkClients, ChunkId};
 use cairn_proto as pb;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// Most chunks one round handles.
 const ROUND: usize = 1000;
@@ -65,8 +65,6 @@ pub struct GcConfig {
     pub orphan_scan: Duration,
     /// How old an unknown copy must be to count as an abandoned upload.
     pub orphan_age: Duration,
-    /// The liveness timeout: a new leader waits this long before collecting.
-    pub heartbeat_timeout: Duration,
 }
 
 /// What the collector did since this node started leading.
@@ -78,65 +76,96 @@ pub struct GcStats {
     pub failures: AtomicU64,
 }
 
+impl GcStats {
+    /// Chunks and orphan copies collected, together.
+    pub fn collected_total(&self) -> u64 {
+        self.collected.load(Ordering::Relaxed) + self.orphans_collected.load(Ordering::Relaxed)
+    }
+}
+
 pub struct Collector {
-    pub node: Arc<MetaNode>,
-    pub placement: Arc<Placement>,
-    pub cfg: GcConfig,
-    pub stats: Arc<GcStats>,
-    pub chunks: ChunkClients,
+    node: Arc<MetaNode>,
+    leader: Arc<LeaderState>,
+    cfg: GcConfig,
+    chunks: ChunkClients,
+    last_prune: Option<Instant>,
+    last_orphan_scan: Option<Instant>,
 }
 
 impl Collector {
-    pub async fn run(self, shutdown: CancellationToken) {
-        let settle = self.cfg.heartbeat_timeout + Duration::from_secs(1);
-        let mut last_prune: Option<Instant> = None;
-        let mut last_orphan_scan: Option<Instant> = None;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(self.cfg.interval) => {}
-            }
-            let Some(since) = self.node.leader_since() else {
-                continue;
-            };
-            if since.elapsed() < settle {
-                continue;
-            }
-            let round = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = self.round() => r,
-            };
-            if let Err(e) = round {
-                self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "gc round failed; retrying on the next one");
-            }
-            if last_orphan_scan.is_none_or(|t| t.elapsed() >= self.cfg.orphan_scan) {
-                last_orphan_scan = Some(Instant::now());
-                let scan = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    r = self.collect_orphans() => r,
-                };
-                if let Err(e) = scan {
-                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "gc: orphan scan failed; retrying on the next one");
-                }
-            }
-            if last_prune.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                last_prune = Some(Instant::now());
-                let before = Time::ago(self.cfg.horizon);
-                if let Err(e) = self.node.write(Command::GcPrune { before }).await {
-                    tracing::warn!(error = %e, "gc: pruning tombstones failed");
-                }
-                // Clients retry a call for 30 s at most: request ids older than 10 minutes
-                // will never be seen again.
-                let before = Time::ago(REQUEST_ID_TTL);
-                if let Err(e) = self.node.write(Command::PruneRequests { before }).await {
-                    tracing::warn!(error = %e, "gc: pruning request ids failed");
-                }
-            }
-        }
+    /// The worker, gated to a settled leader.
+    pub fn worker(
+        node: Arc<MetaNode>,
+        leader: Arc<LeaderState>,
+        cfg: GcConfig,
+    ) -> LeaderOnly<Collector> {
+        let settle = leader.settle_time();
+        let collector = Collector {
+            node: node.clone(),
+            leader,
+            cfg,
+            chunks: ChunkClients::new(),
+            last_prune: None,
+            last_orphan_scan: None,
+        };
+        LeaderOnly::new(node, settle, collector)
     }
 
+    fn stats(&self) -> &GcStats {
+        &self.leader.gc
+    }
+}
+
+impl Worker for Collector {
+    type Error = MetaError;
+
+    fn name(&self) -> String {
+        "gc".into()
+    }
+
+    /// A round; the orphan scan when it is due (hourly); pruning of old tombstones and request
+    /// ids every minute. Each step's failure is counted and logged; the others still run.
+    async fn work(&mut self) -> Result<WorkerState, MetaError> {
+        if let Err(e) = self.round().await {
+            self.stats().failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "gc round failed; retrying on the next one");
+        }
+        if self
+            .last_orphan_scan
+            .is_none_or(|t| t.elapsed() >= self.cfg.orphan_scan)
+        {
+            self.last_orphan_scan = Some(Instant::now());
+            if let Err(e) = self.collect_orphans().await {
+                self.stats().failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "gc: orphan scan failed; retrying on the next one");
+            }
+        }
+        if self
+            .last_prune
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+        {
+            self.last_prune = Some(Instant::now());
+            let before = Time::ago(self.cfg.horizon);
+            if let Err(e) = self.node.write(Command::GcPrune(GcPrune { before })).await {
+                tracing::warn!(error = %e, "gc: pruning tombstones failed");
+            }
+            // Clients retry a call for 30 s at most: request ids older than 10 minutes
+            // will never be seen again.
+            let before = Time::ago(REQUEST_ID_TTL);
+            let prune = Command::PruneRequests(PruneRequests { before });
+            if let Err(e) = self.node.write(prune).await {
+                tracing::warn!(error = %e, "gc: pruning request ids failed");
+            }
+        }
+        Ok(WorkerState::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(self.cfg.interval).await
+    }
+}
+
+impl Collector {
     /// One round: mark, begin, delete marked, record.
     pub async fn round(&self) -> Result<(), MetaError> {
         let fsm = self.node.fsm();
@@ -145,18 +174,14 @@ impl Collector {
         if candidates.is_empty() {
             return Ok(());
         }
-        let addrs: HashMap<u64, String> = fsm
-            .servers()?
-            .into_iter()
-            .map(|s| (s.id, self.placement.current_addr(s.id, &s.addr)))
-            .collect();
+        let addrs = self.leader.addrs(&fsm.servers()?);
         let now = Instant::now();
 
         // 1. Mark on every up server listing a copy.
         let mut per_server: BTreeMap<u64, Vec<ChunkId>> = BTreeMap::new();
         for (id, rec) in &candidates {
             for s in &rec.replicas {
-                if self.placement.is_up(*s, now) {
+                if self.leader.placement.is_up(*s, now) {
                     per_server.entry(*s).or_default().push(*id);
                 }
             }
@@ -183,10 +208,10 @@ impl Collector {
         let ids: Vec<ChunkId> = candidates.iter().map(|(id, _)| *id).collect();
         let (epoch, accepted) = match self
             .node
-            .write(Command::GcBegin {
+            .write(Command::GcBegin(GcBegin {
                 ids,
                 now: Time::now(),
-            })
+            }))
             .await?
         {
             Reply::GcBegun { epoch, ids } => (epoch, ids),
@@ -223,14 +248,14 @@ impl Collector {
         // 4. Record the deletions.
         for (id, servers) in swept {
             self.node
-                .write(Command::GcSwept {
+                .write(Command::GcSwept(GcSwept {
                     id,
                     servers,
                     now: Time::now(),
-                })
+                }))
                 .await?;
             if self.node.fsm().gone(&id)?.is_some() {
-                self.stats.collected.fetch_add(1, Ordering::Relaxed);
+                self.stats().collected.fetch_add(1, Ordering::Relaxed);
             }
         }
         tracing::info!(epoch, chunks = accepted.len(), "gc: round done");
@@ -242,13 +267,14 @@ impl Collector {
     /// epoch, refusing commits of older uploads), delete what is still marked.
     pub async fn collect_orphans(&self) -> Result<(), MetaError> {
         let now = Instant::now();
+        let placement = &self.leader.placement;
         let servers: Vec<(u64, String)> = self
             .node
             .fsm()
             .servers()?
             .into_iter()
-            .filter(|s| self.placement.is_up(s.id, now))
-            .map(|s| (s.id, self.placement.current_addr(s.id, &s.addr)))
+            .filter(|s| placement.is_up(s.id, now))
+            .map(|s| (s.id, placement.current_addr(s.id, &s.addr)))
             .collect();
         for (server, addr) in servers {
             let mut after = Vec::new();
@@ -301,10 +327,10 @@ impl Collector {
             .map_err(|s| MetaError::Storage(format!("mark on server {server}: {}", s.message())))?;
         let accepted = match self
             .node
-            .write(Command::GcOrphans {
+            .write(Command::GcOrphans(GcOrphans {
                 ids,
                 now: Time::now(),
-            })
+            }))
             .await?
         {
             Reply::GcBegun { ids, .. } => ids,
@@ -322,7 +348,7 @@ impl Collector {
             .await
             .map_err(|s| MetaError::Storage(format!("delete on server {server}: {}", s.message())))?
             .into_inner();
-        self.stats
+        self.stats()
             .orphans_collected
             .fetch_add(r.deleted, Ordering::Relaxed);
         tracing::info!(

@@ -1,40 +1,47 @@
 //! cairn-meta: Cairn's metadata service, a Raft cluster (openraft) on RocksDB.
 //!
-//! - [`config`]: command-line flags of a node and the openraft settings derived from them.
-//! - [`types`]: the openraft type configuration (entries carry a [`command::Command`]).
-//! - [`store`]: the single RocksDB instance — Raft log and vote ([`store::log`]) and the state
-//!   machine wrapper with snapshots ([`store::state_machine`]).
-//! - [`fsm`]: the namespace state machine itself (inodes, dentries, chunks, chunk servers).
-//! - [`command`]: the replicated commands and their results.
-//! - [`network`] / [`raft_service`]: Raft RPCs between meta nodes over gRPC (client / server).
-//! - [`node`]: [`node::MetaNode`], the handle services use to propose writes and do linearizable
+//! The replicated state:
+//! - [`command`]: the commands replicated through the Raft log and their results — the log
+//!   entry format, in one place.
+//! - [`fsm`]: the namespace state machine: each area (namespace, content, chunks, GC, servers,
+//!   xattrs, locks, sessions, uploads, request ids) applies its own commands and owns its
 //!   reads.
-//! - [`service`]: the client-facing `MetaService`; [`placement`]: chunk-server liveness and
-//!   replica placement.
-//! - [`repair`]: the leader's worker that re-replicates under-replicated chunks (server to
-//!   server) and trims surplus copies; [`gc`]: the leader's garbage collector (mark, epoch,
-//!   marked delete); [`health`]: fsck, namespace against chunk inventory; [`sessions`]: the
-//!   leader's reaper of mount sessions that stopped renewing (their locks and orphans).
+//! - [`store`]: the single RocksDB instance under openraft: the log and vote ([`store::log`]),
+//!   the state machine adapter ([`store::state_machine`]) and snapshots ([`store::snapshot`]).
+//! - [`raft`]: the openraft type configuration and Raft RPCs between meta nodes over gRPC.
+//! - [`node`]: [`node::MetaNode`], the handle to propose writes and do linearizable reads.
+//!
+//! Serving and running the cluster:
+//! - [`service`]: the client-facing `MetaService`, one module per area of RPCs.
+//! - [`leader`]: what only the leader keeps in memory (chunk-server liveness and placement,
+//!   scrub figures, repair and GC figures), the one placement rule, and the leader gate of the
+//!   workers; [`placement`]: the liveness table and weighted replica sampling.
+//! - Workers (leader only, `cairn_common::worker` shape): [`repair`] re-replicates
+//!   under-replicated chunks and trims surplus copies; [`gc`] collects unreferenced chunks
+//!   (mark, epoch, marked delete); [`reaper`] expires dead mount sessions and idle uploads.
+//! - [`fsck`]: the namespace checked against the chunk inventory.
+//! - [`config`]: a node's flags; [`error`]: the meta server's error type and its one mapping to
+//!   the wire.
 //!
 //! [`start`] runs a node inside the current tokio runtime (tests use it with `127.0.0.1:0`);
 //! [`run`] is what the `cairn-meta` binary calls.
 pub mod command;
 pub mod config;
 pub mod error;
+pub mod fsck;
 pub mod fsm;
 pub mod gc;
-pub mod health;
-pub mod network;
+pub mod leader;
 pub mod node;
 pub mod placement;
-pub mod raft_service;
+pub mod raft;
+pub mod reaper;
 pub mod repair;
 pub mod service;
-pub mod sessions;
 pub mod store;
-pub mod types;
 
 use anyhow::Context;
+use cairn_common::worker::TaskSet;
 use cairn_proto::meta_service_server::MetaServiceServer;
 use cairn_proto::raft_service_server::RaftServiceServer;
 use config::Config;
@@ -58,14 +65,6 @@ pub struct RunningNode {
     pub node: Arc<MetaNode>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
-}
-
-/// Background workers of a node, stopped before Raft shuts down.
-struct Workers {
-    shutdown: tokio_util::sync::CancellationToken,
-    repair: JoinHandle<()>,
-    gc: JoinHandle<()>,
-    sessions: JoinHandle<()>,
 }
 
 impl RunningNode {
@@ -111,10 +110,10 @@ pub async fn start_with_listener(
         store::StateMachineStore::new(db.clone(), fsm.clone(), config.data_dir.join("snapshot"))
             .context("open snapshot store")?;
     let raft_config = Arc::new(config.raft_config().map_err(anyhow::Error::msg)?);
-    let raft = types::Raft::new(
+    let raft = raft::Raft::new(
         config.id,
         raft_config,
-        network::NetworkFactory::new(config.id),
+        raft::network::NetworkFactory::new(config.id),
         log_store,
         sm_store,
     )
@@ -128,42 +127,31 @@ pub async fn start_with_listener(
         raft.clone(),
     ));
 
-    let raft_svc = RaftServiceServer::new(raft_service::RaftServiceImpl::new(raft.clone()))
+    let raft_svc = RaftServiceServer::new(raft::service::RaftServiceImpl::new(raft.clone()))
         .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);
-    let meta_impl = service::MetaServiceImpl::new(node.clone(), config.service_config());
-    let workers = {
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let repairer = repair::Repairer {
-            node: node.clone(),
-            placement: meta_impl.placement(),
-            cfg: config.repair_config(),
-            stats: meta_impl.repair_stats(),
-            kick: meta_impl.repair_kick(),
-            chunks: cairn_common::ChunkClients::new(),
-        };
-        let repair = tokio::spawn(repairer.run(shutdown.clone()).instrument(span.clone()));
-        let collector = gc::Collector {
-            node: node.clone(),
-            placement: meta_impl.placement(),
-            cfg: config.gc_config(),
-            stats: meta_impl.gc_stats(),
-            chunks: cairn_common::ChunkClients::new(),
-        };
-        let gc = tokio::spawn(collector.run(shutdown.clone()).instrument(span.clone()));
-        let reaper = sessions::Reaper {
-            node: node.clone(),
-            ttl: std::time::Duration::from_secs(config.session_ttl_secs),
-            upload_ttl: std::time::Duration::from_secs(config.upload_ttl_secs),
-        };
-        let sessions = tokio::spawn(reaper.run(shutdown.clone()).instrument(span.clone()));
-        Workers {
-            shutdown,
-            repair,
-            gc,
-            sessions,
-        }
-    };
+    // The leader-only state has one owner, shared by the service and the workers.
+    let leader = leader::LeaderState::new(node.clone(), config.heartbeat_timeout());
+    let meta_impl =
+        service::MetaServiceImpl::new(node.clone(), config.service_config(), leader.clone());
+    let mut workers = TaskSet::in_span(span.clone());
+    workers.spawn_worker(repair::Repairer::worker(
+        node.clone(),
+        leader.clone(),
+        config.repair_config(),
+    ));
+    workers.spawn_worker(gc::Collector::worker(
+        node.clone(),
+        leader.clone(),
+        config.gc_config(),
+    ));
+    let (session_reaper, upload_reaper) = reaper::workers(
+        &node,
+        Duration::from_secs(config.session_ttl_secs),
+        Duration::from_secs(config.upload_ttl_secs),
+    );
+    workers.spawn_worker(session_reaper);
+    workers.spawn_worker(upload_reaper);
     let meta_svc = MetaServiceServer::new(meta_impl)
         .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);
@@ -204,16 +192,8 @@ pub async fn start_with_listener(
                     }
                 }
             };
-            workers.shutdown.cancel();
-            if let Err(e) = workers.repair.await {
-                tracing::error!(error = %e, "repair worker panicked");
-            }
-            if let Err(e) = workers.gc.await {
-                tracing::error!(error = %e, "gc worker panicked");
-            }
-            if let Err(e) = workers.sessions.await {
-                tracing::error!(error = %e, "session reaper panicked");
-            }
+            // Workers stop at their next await; every step they take is one atomic command.
+            workers.shutdown(drain_deadline).await;
             tracing::info!("grpc server stopped; shutting raft down");
             if let Err(e) = task_raft.shutdown().await {
                 tracing::error!(error = %e, "raft shutdown");
@@ -239,7 +219,7 @@ pub async fn start_with_listener(
 
 /// Initializes the cluster with `config.peers` if this node has never been initialized. Every
 /// node may do this with the same membership: openraft treats identical initial logs as one.
-async fn bootstrap(raft: &types::Raft, config: &Config) -> anyhow::Result<()> {
+async fn bootstrap(raft: &raft::Raft, config: &Config) -> anyhow::Result<()> {
     if raft.is_initialized().await.context("read raft state")? {
         return Ok(());
     }

@@ -2,7 +2,7 @@
 use crate::command::{Command, Reply};
 use crate::error::MetaError;
 use crate::fsm::Fsm;
-use crate::types::{Node, NodeId, Raft};
+use crate::raft::{Node, NodeId, Raft};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::ServerState;
 use std::sync::{Arc, Mutex};

@@ -1,16 +1,16 @@
 //! The repair worker: keeps every referenced chunk at its replication factor.
 //!
 //! It runs on every meta node and acts only on the leader, and only once the leader has held
-//! office for longer than the heartbeat timeout: the liveness table ([`Placement`]) lives in the
-//! leader's memory, and a new leader must hear every server's heartbeat before it may conclude
+//! office for longer than the heartbeat timeout (it runs behind [`LeaderOnly`]): the liveness
+//! table ([`Placement`](crate::placement::Placement)) lives in the leader's memory, and a new leader must hear every server's heartbeat before it may conclude
 //! that a replica is gone (otherwise every election would look like a mass failure).
 //!
 //! Each scan pages through the whole chunk table and classifies every referenced chunk by its
 //! listed replicas:
 //! - *healthy* replicas are on servers that are up and not draining;
 //! - fewer healthy replicas than the factor: **under-replicated** (none at all: **missing**). The
-//!   chunk is copied server to server: the target (placed like a new chunk, never on a server
-//!   that already lists it) fetches it from a surviving replica with `ReplicateChunk`, verifies
+//!   chunk is copied server to server: the target (placed by the one placement rule,
+//!   [`LeaderState::place_new_copies`]) fetches it from a surviving replica with `ReplicateChunk`, verifies
 //!   the bytes against the chunk id and stores them durably; only then does the worker commit
 //!   `AddReplica`. The most endangered chunks go first, and copies are rate-limited.
 //! - more replicas on up servers than needed, or a replica on a draining server once the healthy
@@ -22,11 +22,13 @@
 //! Chunks with no references are garbage and left to GC. Failures are counted and retried on
 //! the next scan; nothing here is durable state (the chunk table is the work list), so a leader
 //! change or a crash only costs a rescan.
-use crate::command::Command;
+use crate::command::{AddReplica, Command, RemoveReplica};
 use crate::error::MetaError;
-use crate::fsm::ChunkRecord;
+use crate::fsm::{ChunkRecord, ServerRecord};
+use crate::leader::{LeaderOnly, LeaderState};
 use crate::node::MetaNode;
-use crate::placement::Placement;
+use cairn_common::rate::RateLimiter;
+use cairn_common::worker::{Worker, WorkerState};
 use cairn_common::{ChunkClients, ChunkId};
 use cairn_proto as pb;
 use futures::StreamExt;
@@ -34,8 +36,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 /// Chunk records read per page of a scan.
 const SCAN_PAGE: usize = 1024;
@@ -53,8 +53,6 @@ pub struct RepairConfig {
     pub rate_bytes: u64,
     /// Copies in flight at once.
     pub concurrency: usize,
-    /// The liveness timeout: a new leader waits this long (plus a margin) before repairing.
-    pub heartbeat_timeout: Duration,
 }
 
 /// Figures for `cairn status` and fsck; updated by the worker, read by the service.
@@ -166,52 +164,65 @@ enum Task {
 }
 
 pub struct Repairer {
-    pub node: Arc<MetaNode>,
-    pub placement: Arc<Placement>,
-    pub cfg: RepairConfig,
-    pub stats: Arc<RepairStats>,
-    /// Notified to scan at once (after a drain request).
-    pub kick: Arc<Notify>,
-    pub chunks: ChunkClients,
+    node: Arc<MetaNode>,
+    leader: Arc<LeaderState>,
+    cfg: RepairConfig,
+    chunks: ChunkClients,
 }
 
 impl Repairer {
-    /// Scans every `interval` while this node leads, until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let settle = self.cfg.heartbeat_timeout + Duration::from_secs(1);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(self.cfg.interval) => {}
-                _ = self.kick.notified() => {}
-            }
-            let Some(since) = self.node.leader_since() else {
-                continue;
-            };
-            if since.elapsed() < settle {
-                // Not every server has had the chance to heartbeat this leader yet.
-                continue;
-            }
-            let scan = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = self.scan_and_repair() => r,
-            };
-            if let Err(e) = scan {
-                self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "repair scan failed; retrying on the next one");
-            }
-        }
+    /// The worker, gated to a settled leader.
+    pub fn worker(
+        node: Arc<MetaNode>,
+        leader: Arc<LeaderState>,
+        cfg: RepairConfig,
+    ) -> LeaderOnly<Repairer> {
+        let settle = leader.settle_time();
+        let repairer = Repairer {
+            node: node.clone(),
+            leader,
+            cfg,
+            chunks: ChunkClients::new(),
+        };
+        LeaderOnly::new(node, settle, repairer)
+    }
+}
+
+impl Worker for Repairer {
+    type Error = MetaError;
+
+    fn name(&self) -> String {
+        "repair".into()
     }
 
+    async fn work(&mut self) -> Result<WorkerState, MetaError> {
+        if let Err(e) = self.scan_and_repair().await {
+            self.leader.repair.failures.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        Ok(WorkerState::Idle)
+    }
+
+    /// Every `interval`, or at once when a drain asks for a scan.
+    async fn wait_for_work(&mut self) {
+        tokio::select! {
+            _ = tokio::time::sleep(self.cfg.interval) => {}
+            _ = self.leader.repair_kicked() => {}
+        }
+    }
+}
+
+impl Repairer {
     /// One scan of the chunk table, then the copies and removals it planned.
     pub async fn scan_and_repair(&self) -> Result<(), MetaError> {
         let fsm = self.node.fsm();
-        let servers: BTreeMap<u64, crate::fsm::ServerRecord> =
-            fsm.servers()?.into_iter().map(|s| (s.id, s)).collect();
+        let server_list = fsm.servers()?;
+        let servers: BTreeMap<u64, &ServerRecord> = server_list.iter().map(|s| (s.id, s)).collect();
+        let placement = &self.leader.placement;
         let now = Instant::now();
-        let up = |id: u64| self.placement.is_up(id, now);
+        let up = |id: u64| placement.is_up(id, now);
         let draining = |id: u64| servers.get(&id).is_some_and(|s| s.draining);
-        let free = |id: u64| self.placement.get(id).map_or(0, |s| s.load.free_bytes);
+        let free = |id: u64| placement.get(id).map_or(0, |s| s.load.free_bytes);
 
         let mut summary = ScanSummary::default();
         let mut tasks = Vec::new();
@@ -255,7 +266,12 @@ impl Repairer {
             tokio::task::yield_now().await;
         }
         summary.finished_unix_ms = unix_ms();
-        *self.stats.last.lock().unwrap_or_else(|e| e.into_inner()) = summary;
+        *self
+            .leader
+            .repair
+            .last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = summary;
         if tasks.is_empty() {
             return Ok(());
         }
@@ -265,19 +281,11 @@ impl Repairer {
             Task::Trim { .. } => usize::MAX,
         });
         tracing::info!(tasks = tasks.len(), "repair: starting");
-        let addrs: HashMap<u64, String> = servers
-            .values()
-            .map(|s| (s.id, self.placement.current_addr(s.id, &s.addr)))
-            .collect();
-        let draining_ids: Vec<u64> = servers
-            .values()
-            .filter(|s| s.draining)
-            .map(|s| s.id)
-            .collect();
+        let addrs = self.leader.addrs(&server_list);
         let limiter = RateLimiter::new(self.cfg.rate_bytes);
         futures::stream::iter(tasks)
             .for_each_concurrent(self.cfg.concurrency.max(1), |t| {
-                let (addrs, draining_ids, limiter) = (&addrs, &draining_ids, &limiter);
+                let (addrs, server_list, limiter) = (&addrs, &server_list, &limiter);
                 async move {
                     if !self.node.is_leader() {
                         return;
@@ -286,13 +294,13 @@ impl Repairer {
                         Task::Copy {
                             id, rec, sources, ..
                         } => {
-                            self.copy(id, &rec, &sources, addrs, draining_ids, limiter)
+                            self.copy(id, &rec, &sources, addrs, server_list, limiter)
                                 .await
                         }
                         Task::Trim { id, remove } => self.trim(id, &remove, addrs).await,
                     };
                     if let Err(e) = r {
-                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        self.leader.repair.failures.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %e, "repair task failed; retrying on the next scan");
                     }
                 }
@@ -308,18 +316,19 @@ impl Repairer {
         rec: &ChunkRecord,
         sources: &[u64],
         addrs: &HashMap<u64, String>,
-        draining: &[u64],
+        servers: &[ServerRecord],
         limiter: &RateLimiter,
     ) -> Result<(), String> {
         let now = Instant::now();
+        let draining = |id: &u64| servers.iter().any(|s| s.id == *id && s.draining);
         let healthy = sources
             .iter()
-            .filter(|s| !draining.contains(s) && self.placement.is_up(**s, now))
+            .filter(|s| !draining(s) && self.leader.placement.is_up(**s, now))
             .count();
         let need = self.cfg.replication.saturating_sub(healthy);
-        let mut forbid: Vec<u64> = rec.replicas.clone();
-        forbid.extend_from_slice(draining);
-        let targets = self.placement.place_forbidding(need, &[], &forbid);
+        let targets = self
+            .leader
+            .place_new_copies(need, &rec.replicas, servers, &[]);
         if targets.is_empty() {
             return Err(format!("chunk {id}: no server can take another replica"));
         }
@@ -347,11 +356,12 @@ impl Repairer {
                 })?;
             // DURABILITY: listed only after the target stored a verified copy durably.
             self.node
-                .write(Command::AddReplica { id, server: target })
+                .write(Command::AddReplica(AddReplica { id, server: target }))
                 .await
                 .map_err(|e| format!("chunk {id}: list replica on {target}: {e}"))?;
-            self.stats.copied.fetch_add(1, Ordering::Relaxed);
-            self.stats
+            self.leader.repair.copied.fetch_add(1, Ordering::Relaxed);
+            self.leader
+                .repair
                 .bytes_copied
                 .fetch_add(rec.stored_len as u64, Ordering::Relaxed);
             tracing::info!(chunk = %id, target, "repair: replica copied");
@@ -370,7 +380,7 @@ impl Repairer {
             // Unlist first: from the moment the entry commits, no reader is sent to the copy,
             // so deleting it cannot fail a read that would not fall back to another replica.
             self.node
-                .write(Command::RemoveReplica { id, server })
+                .write(Command::RemoveReplica(RemoveReplica { id, server }))
                 .await
                 .map_err(|e| format!("chunk {id}: unlist replica on {server}: {e}"))?;
             let Some(addr) = addrs.get(&server) else {
@@ -389,42 +399,10 @@ impl Repairer {
                         s.message()
                     )
                 })?;
-            self.stats.removed.fetch_add(1, Ordering::Relaxed);
+            self.leader.repair.removed.fetch_add(1, Ordering::Relaxed);
             tracing::info!(chunk = %id, server, "repair: surplus replica removed");
         }
         Ok(())
-    }
-}
-
-/// A token bucket over bytes, shared by the concurrent copies of one scan.
-struct RateLimiter {
-    rate: u64,
-    next_free: tokio::sync::Mutex<Instant>,
-}
-
-impl RateLimiter {
-    fn new(rate_bytes: u64) -> RateLimiter {
-        RateLimiter {
-            rate: rate_bytes,
-            next_free: tokio::sync::Mutex::new(Instant::now()),
-        }
-    }
-
-    /// Waits until `bytes` more may be sent without exceeding the rate.
-    async fn take(&self, bytes: u64) {
-        if self.rate == 0 {
-            return;
-        }
-        let wait = {
-            let mut next = self.next_free.lock().await;
-            let now = Instant::now();
-            let start = (*next).max(now);
-            *next = start + Duration::from_secs_f64(bytes as f64 / self.rate as f64);
-            start - now
-        };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
     }
 }
 
@@ -494,24 +472,5 @@ mod tests {
         );
         // A copy on a down server is neither healthy nor removed.
         assert_eq!(judge_with(&[1, 2, 3, 4], &[1, 2, 3], &[]), Verdict::Healthy);
-    }
-
-    #[tokio::test]
-    async fn the_rate_limiter_spaces_out_copies() {
-        let l = RateLimiter::new(8 << 20);
-        let t0 = Instant::now();
-        for _ in 0..3 {
-            l.take(4 << 20).await;
-        }
-        // 12 MiB at 8 MiB/s: the first 4 MiB go at once, the rest need >= 1 s.
-        assert!(
-            t0.elapsed() >= Duration::from_millis(950),
-            "{:?}",
-            t0.elapsed()
-        );
-        let unlimited = RateLimiter::new(0);
-        let t1 = Instant::now();
-        unlimited.take(1 << 40).await;
-        assert!(t1.elapsed() < Duration::from_millis(50));
     }
 }

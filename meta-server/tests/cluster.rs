@@ -5,7 +5,7 @@
 //! again returns the id it got the first time, which proves the state survived. At the end of a
 //! scenario every node's replicated state (the `STATE_CFS` column families) is compared byte for
 //! byte.
-use cairn_meta_server::command::{Command, Reply};
+use cairn_meta_server::command::{self as cmd, Command, Reply};
 use cairn_meta_server::config::{Config, Peer};
 use cairn_meta_server::error::MetaError;
 use cairn_meta_server::fsm::STATE_CFS;
@@ -144,10 +144,10 @@ impl Cluster {
     }
 
     async fn register(&self, uuid: &str) -> u64 {
-        let cmd = Command::RegisterChunkServer {
+        let cmd = Command::RegisterChunkServer(cmd::RegisterChunkServer {
             uuid: uuid.to_string(),
             addr: format!("127.0.0.1:{}", 9000 + uuid.len()),
-        };
+        });
         match self.write(cmd).await {
             Reply::ServerId(id) => id,
             other => panic!("unexpected reply {other:?}"),
@@ -228,10 +228,10 @@ async fn t10_elect_write_failover_restart() {
     let follower = *c.nodes.keys().find(|id| **id != leader).unwrap();
     match c.nodes[&follower]
         .node
-        .write(Command::RegisterChunkServer {
+        .write(Command::RegisterChunkServer(cmd::RegisterChunkServer {
             uuid: "x".into(),
             addr: "a:1".into(),
-        })
+        }))
         .await
     {
         Err(MetaError::NotLeader { leader: Some(addr) }) => {

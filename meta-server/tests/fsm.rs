@@ -3,8 +3,8 @@
 use cairn_common::error::ErrorKind;
 use cairn_common::{ChunkId, CHUNK_SIZE, ROOT_INO};
 use cairn_meta_server::command::{
-    Command, CommandResult, Keep, Kind, LockRange, LockType, Reply, SlotChunk, SlotUpdate, Time,
-    UploadTarget, RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE,
+    self as cmd, Command, CommandResult, Keep, Kind, LockRange, LockType, Reply, SlotChunk,
+    SlotUpdate, Time, UploadTarget, RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE,
 };
 use cairn_meta_server::fsm::{Fsm, Inode, STATE_CFS};
 use rocksdb::{Options, WriteBatch, DB};
@@ -17,6 +17,8 @@ struct H {
     db: Arc<DB>,
     fsm: Fsm,
     clock: i64,
+    /// The log index of the next command.
+    index: u64,
 }
 
 fn open_db(path: &std::path::Path) -> Arc<DB> {
@@ -36,6 +38,7 @@ impl H {
             db,
             fsm,
             clock: 1_000,
+            index: 0,
         }
     }
 
@@ -51,7 +54,8 @@ impl H {
     /// must leave the batch empty.
     fn apply(&mut self, cmd: Command) -> CommandResult {
         let mut b = WriteBatch::default();
-        let r = self.fsm.apply(&cmd, &mut b);
+        self.index += 1;
+        let r = self.fsm.apply(&cmd, self.index, &mut b);
         if r.is_err() {
             assert!(
                 b.is_empty(),
@@ -76,7 +80,7 @@ impl H {
         } else {
             Vec::new()
         };
-        match self.apply(Command::Create {
+        match self.apply(Command::Create(cmd::Create {
             parent,
             name: name.as_bytes().to_vec(),
             kind,
@@ -87,7 +91,7 @@ impl H {
             symlink_target: target,
             exclusive: true,
             now,
-        }) {
+        })) {
             Ok(Reply::Attr(i)) => Ok(i),
             Ok(r) => panic!("unexpected reply {r:?}"),
             Err(e) => Err(e.kind),
@@ -116,30 +120,30 @@ impl H {
 
     fn unlink(&mut self, parent: u64, name: &str) -> Result<(), ErrorKind> {
         let now = self.now();
-        self.apply(Command::Unlink {
+        self.apply(Command::Unlink(cmd::Unlink {
             parent,
             name: name.as_bytes().to_vec(),
             now,
             keep: Keep::default(),
-        })
+        }))
         .map(|_| ())
         .map_err(|e| e.kind)
     }
 
     fn rmdir(&mut self, parent: u64, name: &str) -> Result<(), ErrorKind> {
         let now = self.now();
-        self.apply(Command::Rmdir {
+        self.apply(Command::Rmdir(cmd::Rmdir {
             parent,
             name: name.as_bytes().to_vec(),
             now,
-        })
+        }))
         .map(|_| ())
         .map_err(|e| e.kind)
     }
 
     fn rename(&mut self, p: u64, n: &str, np: u64, nn: &str, flags: u32) -> Result<(), ErrorKind> {
         let now = self.now();
-        self.apply(Command::Rename {
+        self.apply(Command::Rename(cmd::Rename {
             parent: p,
             name: n.as_bytes().to_vec(),
             new_parent: np,
@@ -147,7 +151,7 @@ impl H {
             flags,
             now,
             keep: Keep::default(),
-        })
+        }))
         .map(|_| ())
         .map_err(|e| e.kind)
     }
@@ -170,7 +174,7 @@ impl H {
         updates: Vec<SlotUpdate>,
     ) -> Result<Inode, ErrorKind> {
         let now = self.now();
-        match self.apply(Command::CommitWrite {
+        match self.apply(Command::CommitWrite(cmd::CommitWrite {
             ino,
             base_version,
             size,
@@ -178,7 +182,7 @@ impl H {
             mtime: None,
             now,
             upload: 0,
-        }) {
+        })) {
             Ok(Reply::Attr(i)) => Ok(i),
             Ok(r) => panic!("unexpected reply {r:?}"),
             Err(e) => Err(e.kind),
@@ -187,7 +191,7 @@ impl H {
 
     fn truncate(&mut self, ino: u64, size: u64) -> Inode {
         let now = self.now();
-        match self.apply(Command::SetAttr {
+        match self.apply(Command::SetAttr(cmd::SetAttr {
             ino,
             mode: None,
             uid: None,
@@ -196,7 +200,7 @@ impl H {
             atime: None,
             mtime: None,
             now,
-        }) {
+        })) {
             Ok(Reply::Attr(i)) => i,
             r => panic!("unexpected {r:?}"),
         }
@@ -252,7 +256,7 @@ fn root_exists_and_reopen_keeps_state() {
     assert_eq!(fsm.inode_count().unwrap(), 1);
     let mut b = WriteBatch::default();
     fsm.apply(
-        &Command::Create {
+        &Command::Create(cmd::Create {
             parent: ROOT_INO,
             name: b"f".to_vec(),
             kind: Kind::Regular,
@@ -263,7 +267,8 @@ fn root_exists_and_reopen_keeps_state() {
             symlink_target: vec![],
             exclusive: true,
             now: Time { secs: 5, nanos: 0 },
-        },
+        }),
+        1,
         &mut b,
     )
     .unwrap();
@@ -312,7 +317,7 @@ fn create_kinds_and_lookup() {
     assert_eq!(h.lookup(d.ino, "link").unwrap().ino, l.ino);
     assert!(h.lookup(ROOT_INO, "nope").is_none());
     assert_eq!(h.fsm.inode_count().unwrap(), 5);
-    let attr = f.to_attr();
+    let attr = cairn_proto::Attr::from(&f);
     assert_eq!(attr.ino, f.ino);
     assert_eq!(attr.kind, cairn_proto::FileKind::Regular as i32);
 }
@@ -348,7 +353,7 @@ fn create_refusals_change_nothing() {
     assert_eq!(h.create(999, "x", Kind::Regular), Err(ErrorKind::NotFound));
     assert_eq!(h.create(f.ino, "x", Kind::Regular), Err(ErrorKind::NotDir));
     let now = h.now();
-    let empty_target = h.err(Command::Create {
+    let empty_target = h.err(Command::Create(cmd::Create {
         parent: ROOT_INO,
         name: b"s".to_vec(),
         kind: Kind::Symlink,
@@ -359,7 +364,7 @@ fn create_refusals_change_nothing() {
         symlink_target: vec![],
         exclusive: true,
         now,
-    });
+    }));
     assert_eq!(empty_target, ErrorKind::InvalidArgument);
     assert_eq!(h.fsm.inode_count().unwrap(), 2);
     assert_eq!(h.names(ROOT_INO), vec!["f"]);
@@ -367,7 +372,7 @@ fn create_refusals_change_nothing() {
     // open(O_CREAT) without O_EXCL returns the existing file.
     let now = h.now();
     let r = h
-        .apply(Command::Create {
+        .apply(Command::Create(cmd::Create {
             parent: ROOT_INO,
             name: b"f".to_vec(),
             kind: Kind::Regular,
@@ -378,13 +383,13 @@ fn create_refusals_change_nothing() {
             symlink_target: vec![],
             exclusive: false,
             now,
-        })
+        }))
         .unwrap();
     assert_eq!(r, Reply::Attr(f.clone()));
     // ... but not when the existing entry is a directory.
     h.mkdir(ROOT_INO, "d");
     let now = h.now();
-    let e = h.err(Command::Create {
+    let e = h.err(Command::Create(cmd::Create {
         parent: ROOT_INO,
         name: b"d".to_vec(),
         kind: Kind::Regular,
@@ -395,7 +400,7 @@ fn create_refusals_change_nothing() {
         symlink_target: vec![],
         exclusive: false,
         now,
-    });
+    }));
     assert_eq!(e, ErrorKind::AlreadyExists);
 }
 
@@ -445,12 +450,12 @@ fn hard_links_and_unlink() {
     h.commit(f.ino, 100, vec![upd(0, c, &[1, 2])]).unwrap();
     let now = h.now();
     let r = h
-        .apply(Command::Link {
+        .apply(Command::Link(cmd::Link {
             ino: f.ino,
             new_parent: d.ino,
             new_name: b"g".to_vec(),
             now,
-        })
+        }))
         .unwrap();
     let Reply::Attr(linked) = r else { panic!() };
     assert_eq!(linked.nlink, 2);
@@ -458,26 +463,26 @@ fn hard_links_and_unlink() {
     assert_eq!(h.lookup(d.ino, "g").unwrap().ino, f.ino);
     // Linking a directory, onto an existing name, or a missing inode is refused.
     let now = h.now();
-    let e = h.err(Command::Link {
+    let e = h.err(Command::Link(cmd::Link {
         ino: d.ino,
         new_parent: ROOT_INO,
         new_name: b"d2".to_vec(),
         now,
-    });
+    }));
     assert_eq!(e, ErrorKind::NotPermitted);
-    let e = h.err(Command::Link {
+    let e = h.err(Command::Link(cmd::Link {
         ino: f.ino,
         new_parent: ROOT_INO,
         new_name: b"d".to_vec(),
         now,
-    });
+    }));
     assert_eq!(e, ErrorKind::AlreadyExists);
-    let e = h.err(Command::Link {
+    let e = h.err(Command::Link(cmd::Link {
         ino: 4242,
         new_parent: ROOT_INO,
         new_name: b"x".to_vec(),
         now,
-    });
+    }));
     assert_eq!(e, ErrorKind::NotFound);
 
     assert_eq!(h.unlink(ROOT_INO, "d"), Err(ErrorKind::IsDir));
@@ -543,12 +548,12 @@ fn rename_moves_and_replaces() {
     // Onto itself; between two links of one file: nothing changes.
     h.rename(b.ino, "i", b.ino, "i", 0).unwrap();
     let now = h.now();
-    h.apply(Command::Link {
+    h.apply(Command::Link(cmd::Link {
         ino: f.ino,
         new_parent: ROOT_INO,
         new_name: b"f-link".to_vec(),
         now,
-    })
+    }))
     .unwrap();
     h.rename(b.ino, "i", ROOT_INO, "f-link", 0).unwrap();
     assert_eq!(h.lookup(b.ino, "i").unwrap().ino, f.ino);
@@ -668,7 +673,7 @@ fn setattr_and_truncate() {
     let f = h.file(ROOT_INO, "f");
     let now = h.now();
     let r = h
-        .apply(Command::SetAttr {
+        .apply(Command::SetAttr(cmd::SetAttr {
             ino: f.ino,
             mode: Some(0o4755),
             uid: Some(7),
@@ -677,7 +682,7 @@ fn setattr_and_truncate() {
             atime: Some(Time { secs: 1, nanos: 2 }),
             mtime: Some(Time { secs: 3, nanos: 4 }),
             now,
-        })
+        }))
         .unwrap();
     let Reply::Attr(i) = r else { panic!() };
     assert_eq!((i.mode, i.uid, i.gid), (0o4755, 7, 8));
@@ -727,7 +732,7 @@ fn setattr_and_truncate() {
 
     let d = h.mkdir(ROOT_INO, "d");
     let now = h.now();
-    let e = h.err(Command::SetAttr {
+    let e = h.err(Command::SetAttr(cmd::SetAttr {
         ino: d.ino,
         mode: None,
         uid: None,
@@ -736,9 +741,9 @@ fn setattr_and_truncate() {
         atime: None,
         mtime: None,
         now,
-    });
+    }));
     assert_eq!(e, ErrorKind::IsDir);
-    let e = h.err(Command::SetAttr {
+    let e = h.err(Command::SetAttr(cmd::SetAttr {
         ino: 999,
         mode: Some(0),
         uid: None,
@@ -747,7 +752,7 @@ fn setattr_and_truncate() {
         atime: None,
         mtime: None,
         now,
-    });
+    }));
     assert_eq!(e, ErrorKind::NotFound);
 }
 
@@ -867,9 +872,11 @@ fn commit_write_versions_and_chunk_refs() {
 #[test]
 fn chunk_server_registration_is_idempotent() {
     let mut h = H::new();
-    let reg = |uuid: &str, addr: &str| Command::RegisterChunkServer {
-        uuid: uuid.into(),
-        addr: addr.into(),
+    let reg = |uuid: &str, addr: &str| {
+        Command::RegisterChunkServer(cmd::RegisterChunkServer {
+            uuid: uuid.into(),
+            addr: addr.into(),
+        })
     };
     assert_eq!(
         h.apply(reg("u1", "127.0.0.1:1")).unwrap(),
@@ -898,10 +905,10 @@ fn chunk_server_registration_is_idempotent() {
 fn drop_replica_removes_only_that_replica() {
     let mut h = H::new();
     for i in 1..=3 {
-        h.apply(Command::RegisterChunkServer {
+        h.apply(Command::RegisterChunkServer(cmd::RegisterChunkServer {
             uuid: format!("u{i}"),
             addr: format!("127.0.0.1:{i}"),
-        })
+        }))
         .unwrap();
     }
     let f = h.file(ROOT_INO, "f");
@@ -912,7 +919,7 @@ fn drop_replica_removes_only_that_replica() {
     let version = h.get(f.ino).version;
     let drop = |h: &mut H, id: ChunkId, server: u64| {
         let now = h.now();
-        h.apply(Command::DropReplica { id, server, now })
+        h.apply(Command::DropReplica(cmd::DropReplica { id, server, now }))
     };
 
     tracing::info!("--- dropping a replica keeps the record and its references");
@@ -963,10 +970,10 @@ fn drop_replica_removes_only_that_replica() {
 fn repair_adds_and_trims_replicas_and_drains_servers() {
     let mut h = H::new();
     for i in 1..=4 {
-        h.apply(Command::RegisterChunkServer {
+        h.apply(Command::RegisterChunkServer(cmd::RegisterChunkServer {
             uuid: format!("u{i}"),
             addr: format!("127.0.0.1:{i}"),
-        })
+        }))
         .unwrap();
     }
     let f = h.file(ROOT_INO, "f");
@@ -974,24 +981,24 @@ fn repair_adds_and_trims_replicas_and_drains_servers() {
     h.commit(f.ino, 1000, vec![upd(0, a, &[1, 2, 3])]).unwrap();
     let version = h.get(f.ino).version;
     let now = h.now();
-    h.apply(Command::DropReplica {
+    h.apply(Command::DropReplica(cmd::DropReplica {
         id: a.id,
         server: 2,
         now,
-    })
+    }))
     .unwrap();
     assert_eq!(h.fsm.repair_queue().unwrap().len(), 1);
 
     tracing::info!("--- a repaired copy is listed, sorted, and clears the repair entry");
-    h.apply(Command::AddReplica {
+    h.apply(Command::AddReplica(cmd::AddReplica {
         id: a.id,
         server: 4,
-    })
+    }))
     .unwrap();
-    h.apply(Command::AddReplica {
+    h.apply(Command::AddReplica(cmd::AddReplica {
         id: a.id,
         server: 4,
-    })
+    }))
     .unwrap();
     let rec = h.fsm.chunk(&a.id).unwrap().unwrap();
     assert_eq!((rec.replicas, rec.refs), (vec![1, 3, 4], 1));
@@ -999,27 +1006,27 @@ fn repair_adds_and_trims_replicas_and_drains_servers() {
     assert_eq!(h.get(f.ino).version, version, "the file is untouched");
 
     tracing::info!("--- a surplus copy is unlisted; the last one never is");
-    h.apply(Command::RemoveReplica {
+    h.apply(Command::RemoveReplica(cmd::RemoveReplica {
         id: a.id,
         server: 1,
-    })
+    }))
     .unwrap();
-    h.apply(Command::RemoveReplica {
+    h.apply(Command::RemoveReplica(cmd::RemoveReplica {
         id: a.id,
         server: 1,
-    })
+    }))
     .unwrap();
-    h.apply(Command::RemoveReplica {
+    h.apply(Command::RemoveReplica(cmd::RemoveReplica {
         id: a.id,
         server: 3,
-    })
+    }))
     .unwrap();
     assert_eq!(h.fsm.chunk(&a.id).unwrap().unwrap().replicas, vec![4]);
     assert_eq!(
-        h.apply(Command::RemoveReplica {
+        h.apply(Command::RemoveReplica(cmd::RemoveReplica {
             id: a.id,
             server: 4
-        })
+        }))
         .unwrap_err()
         .kind,
         ErrorKind::Conflict
@@ -1029,22 +1036,22 @@ fn repair_adds_and_trims_replicas_and_drains_servers() {
     tracing::info!("--- refusals change nothing");
     let unknown = ChunkId::of(b"never stored");
     for cmd in [
-        Command::AddReplica {
+        Command::AddReplica(cmd::AddReplica {
             id: unknown,
             server: 1,
-        },
-        Command::RemoveReplica {
+        }),
+        Command::RemoveReplica(cmd::RemoveReplica {
             id: unknown,
             server: 1,
-        },
+        }),
     ] {
         assert_eq!(h.apply(cmd).unwrap_err().kind, ErrorKind::NotFound);
     }
     assert_eq!(
-        h.apply(Command::AddReplica {
+        h.apply(Command::AddReplica(cmd::AddReplica {
             id: a.id,
             server: 9
-        })
+        }))
         .unwrap_err()
         .kind,
         ErrorKind::InvalidArgument
@@ -1052,29 +1059,29 @@ fn repair_adds_and_trims_replicas_and_drains_servers() {
     assert_eq!(h.fsm.chunk(&unknown).unwrap(), None);
 
     tracing::info!("--- draining is a flag on the server that survives re-registration");
-    h.apply(Command::SetDraining {
+    h.apply(Command::SetDraining(cmd::SetDraining {
         server: 2,
         draining: true,
-    })
+    }))
     .unwrap();
-    h.apply(Command::RegisterChunkServer {
+    h.apply(Command::RegisterChunkServer(cmd::RegisterChunkServer {
         uuid: "u2".into(),
         addr: "127.0.0.1:22".into(),
-    })
+    }))
     .unwrap();
     let s2 = h.fsm.server(2).unwrap().unwrap();
     assert_eq!((s2.draining, s2.addr.as_str()), (true, "127.0.0.1:22"));
-    h.apply(Command::SetDraining {
+    h.apply(Command::SetDraining(cmd::SetDraining {
         server: 2,
         draining: false,
-    })
+    }))
     .unwrap();
     assert!(!h.fsm.server(2).unwrap().unwrap().draining);
     assert_eq!(
-        h.apply(Command::SetDraining {
+        h.apply(Command::SetDraining(cmd::SetDraining {
             server: 9,
             draining: true
-        })
+        }))
         .unwrap_err()
         .kind,
         ErrorKind::NotFound
@@ -1139,10 +1146,10 @@ fn upd_t(index: u64, c: SlotChunk, replicas: &[u64], ticket: u64) -> SlotUpdate 
 fn gc_collects_only_garbage_and_refuses_uploads_older_than_the_collection() {
     let mut h = H::new();
     for i in 1..=3 {
-        h.apply(Command::RegisterChunkServer {
+        h.apply(Command::RegisterChunkServer(cmd::RegisterChunkServer {
             uuid: format!("u{i}"),
             addr: format!("127.0.0.1:{i}"),
-        })
+        }))
         .unwrap();
     }
     let f = h.file(ROOT_INO, "f");
@@ -1155,10 +1162,10 @@ fn gc_collects_only_garbage_and_refuses_uploads_older_than_the_collection() {
     tracing::info!("--- GcBegin accepts only unreferenced chunks and opens epoch 1");
     let now = h.now();
     let r = h
-        .apply(Command::GcBegin {
+        .apply(Command::GcBegin(cmd::GcBegin {
             ids: vec![a.id, b.id, ChunkId::of(b"unknown")],
             now,
-        })
+        }))
         .unwrap();
     assert_eq!(
         r,
@@ -1185,11 +1192,11 @@ fn gc_collects_only_garbage_and_refuses_uploads_older_than_the_collection() {
 
     tracing::info!("--- half swept: server 1 deleted its copy");
     let now = h.now();
-    h.apply(Command::GcSwept {
+    h.apply(Command::GcSwept(cmd::GcSwept {
         id: a.id,
         servers: vec![1],
         now,
-    })
+    }))
     .unwrap();
     assert_eq!(h.fsm.chunk(&a.id).unwrap().unwrap().replicas, vec![2, 3]);
 
@@ -1211,11 +1218,11 @@ fn gc_collects_only_garbage_and_refuses_uploads_older_than_the_collection() {
         .iter()
         .all(|(id, _)| *id != a.id));
     let now = h.now();
-    h.apply(Command::GcSwept {
+    h.apply(Command::GcSwept(cmd::GcSwept {
         id: a.id,
         servers: vec![2, 3],
         now,
-    })
+    }))
     .unwrap();
     assert_eq!(
         h.fsm.chunk(&a.id).unwrap().unwrap().replicas,
@@ -1227,21 +1234,21 @@ fn gc_collects_only_garbage_and_refuses_uploads_older_than_the_collection() {
     h.unlink(ROOT_INO, "g").unwrap();
     let now = h.now();
     let Reply::GcBegun { epoch, ids } = h
-        .apply(Command::GcBegin {
+        .apply(Command::GcBegin(cmd::GcBegin {
             ids: vec![a.id],
             now,
-        })
+        }))
         .unwrap()
     else {
         panic!("not GcBegun")
     };
     assert_eq!((epoch, ids), (2, vec![a.id]));
     let now = h.now();
-    h.apply(Command::GcSwept {
+    h.apply(Command::GcSwept(cmd::GcSwept {
         id: a.id,
         servers: vec![2],
         now,
-    })
+    }))
     .unwrap();
     assert_eq!(h.fsm.chunk(&a.id).unwrap(), None);
     assert_eq!(h.fsm.gone(&a.id).unwrap().map(|g| g.epoch), Some(2));
@@ -1262,20 +1269,21 @@ fn gc_collects_only_garbage_and_refuses_uploads_older_than_the_collection() {
     );
     h.unlink(ROOT_INO, "k").unwrap();
     let now = h.now();
-    h.apply(Command::GcBegin {
+    h.apply(Command::GcBegin(cmd::GcBegin {
         ids: vec![a.id],
         now,
-    })
+    }))
     .unwrap();
     let now = h.now();
-    h.apply(Command::GcSwept {
+    h.apply(Command::GcSwept(cmd::GcSwept {
         id: a.id,
         servers: vec![1],
         now,
-    })
+    }))
     .unwrap();
     let later = h.now();
-    h.apply(Command::GcPrune { before: later }).unwrap();
+    h.apply(Command::GcPrune(cmd::GcPrune { before: later }))
+        .unwrap();
     assert_eq!(h.fsm.gone(&a.id).unwrap(), None);
     let m = h.file(ROOT_INO, "m");
     let c = chunk("never seen before", 100);
@@ -1292,20 +1300,20 @@ fn gc_collects_only_garbage_and_refuses_uploads_older_than_the_collection() {
 #[test]
 fn gc_orphans_tombstone_unknown_chunks_only() {
     let mut h = H::new();
-    h.apply(Command::RegisterChunkServer {
+    h.apply(Command::RegisterChunkServer(cmd::RegisterChunkServer {
         uuid: "u1".into(),
         addr: "127.0.0.1:1".into(),
-    })
+    }))
     .unwrap();
     let f = h.file(ROOT_INO, "f");
     let (known, orphan) = (chunk("known", 10), chunk("orphan", 10));
     h.commit(f.ino, 10, vec![upd(0, known, &[1])]).unwrap();
     let now = h.now();
     let r = h
-        .apply(Command::GcOrphans {
+        .apply(Command::GcOrphans(cmd::GcOrphans {
             ids: vec![known.id, orphan.id],
             now,
-        })
+        }))
         .unwrap();
     assert_eq!(
         r,
@@ -1334,11 +1342,11 @@ fn a_request_id_makes_a_mutation_exactly_once() {
     let mut h = H::new();
     let once = |h: &mut H, seq: u64, name: &str| {
         let now = h.now();
-        h.apply(Command::Once {
+        h.apply(Command::Once(cmd::Once {
             client: 5,
             seq,
             now,
-            cmd: Box::new(Command::Create {
+            cmd: Box::new(Command::Create(cmd::Create {
                 parent: ROOT_INO,
                 name: name.as_bytes().to_vec(),
                 kind: Kind::Regular,
@@ -1349,8 +1357,8 @@ fn a_request_id_makes_a_mutation_exactly_once() {
                 symlink_target: vec![],
                 exclusive: true,
                 now,
-            }),
-        })
+            })),
+        }))
     };
     let first = once(&mut h, 1, "f").unwrap();
     let retry = once(&mut h, 1, "f").unwrap();
@@ -1366,7 +1374,8 @@ fn a_request_id_makes_a_mutation_exactly_once() {
     once(&mut h, 2, "f").unwrap();
 
     let later = h.now();
-    h.apply(Command::PruneRequests { before: later }).unwrap();
+    h.apply(Command::PruneRequests(cmd::PruneRequests { before: later }))
+        .unwrap();
     assert_eq!(
         once(&mut h, 1, "f").unwrap_err().kind,
         ErrorKind::AlreadyExists,
@@ -1378,14 +1387,14 @@ fn a_request_id_makes_a_mutation_exactly_once() {
 #[test]
 fn a_batch_is_all_or_nothing() {
     let mut h = H::new();
-    h.apply(Command::RegisterChunkServer {
+    h.apply(Command::RegisterChunkServer(cmd::RegisterChunkServer {
         uuid: "u1".into(),
         addr: "127.0.0.1:1".into(),
-    })
+    }))
     .unwrap();
     let f = h.file(ROOT_INO, "f");
     let now = h.now();
-    let commit = Command::CommitWrite {
+    let commit = Command::CommitWrite(cmd::CommitWrite {
         ino: f.ino,
         base_version: f.version,
         size: 10,
@@ -1393,21 +1402,23 @@ fn a_batch_is_all_or_nothing() {
         mtime: None,
         now,
         upload: 0,
-    };
-    let chmod = |ino: u64| Command::SetAttr {
-        ino,
-        mode: Some(0o600),
-        uid: None,
-        gid: None,
-        size: None,
-        atime: None,
-        mtime: None,
-        now,
+    });
+    let chmod = |ino: u64| {
+        Command::SetAttr(cmd::SetAttr {
+            ino,
+            mode: Some(0o600),
+            uid: None,
+            gid: None,
+            size: None,
+            atime: None,
+            mtime: None,
+            now,
+        })
     };
     let e = h
-        .apply(Command::Batch {
+        .apply(Command::Batch(cmd::Batch {
             cmds: vec![commit.clone(), chmod(999_999)],
-        })
+        }))
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::NotFound);
     assert_eq!(
@@ -1416,9 +1427,9 @@ fn a_batch_is_all_or_nothing() {
         "the commit before the failure is undone"
     );
     let r = h
-        .apply(Command::Batch {
+        .apply(Command::Batch(cmd::Batch {
             cmds: vec![commit, chmod(f.ino)],
-        })
+        }))
         .unwrap();
     let Reply::Attr(i) = r else { panic!("{r:?}") };
     assert_eq!((i.size, i.mode, i.version), (10, 0o600, f.version + 1));
@@ -1429,12 +1440,12 @@ fn a_batch_is_all_or_nothing() {
 impl H {
     fn open_session(&mut self) -> u64 {
         let now = self.now();
-        match self.apply(Command::OpenSession {
+        match self.apply(Command::OpenSession(cmd::OpenSession {
             host: "h".into(),
             mountpoint: "/mnt".into(),
             pid: 1,
             now,
-        }) {
+        })) {
             Ok(Reply::Session(id)) => id,
             other => panic!("open session: {other:?}"),
         }
@@ -1448,7 +1459,7 @@ impl H {
         typ: LockType,
         r: (u64, u64),
     ) -> CommandResult {
-        self.apply(Command::SetLock {
+        self.apply(Command::SetLock(cmd::SetLock {
             ino,
             session,
             owner,
@@ -1458,18 +1469,18 @@ impl H {
                 end: r.1,
                 pid: owner as u32,
             },
-        })
+        }))
     }
 
     fn xattr_set(&mut self, ino: u64, name: &str, v: &[u8], flags: u32) -> Result<(), ErrorKind> {
         let now = self.now();
-        self.apply(Command::SetXattr {
+        self.apply(Command::SetXattr(cmd::SetXattr {
             ino,
             name: name.as_bytes().to_vec(),
             value: v.to_vec(),
             flags,
             now,
-        })
+        }))
         .map(|_| ())
         .map_err(|e| e.kind)
     }
@@ -1533,11 +1544,11 @@ fn locks_conflict_across_owners_split_and_die_with_their_session() {
         .is_some());
     // A session that ended owns nothing and cannot lock.
     let now = h.now();
-    h.apply(Command::CloseSession {
+    h.apply(Command::CloseSession(cmd::CloseSession {
         session: a,
         idle_before: None,
         now,
-    })
+    }))
     .unwrap();
     assert!(h
         .fsm
@@ -1549,11 +1560,11 @@ fn locks_conflict_across_owners_split_and_die_with_their_session() {
         ErrorKind::NotFound
     );
     // Release by owner (close of a descriptor).
-    h.apply(Command::ReleaseLocks {
+    h.apply(Command::ReleaseLocks(cmd::ReleaseLocks {
         ino: f,
         session: b,
         owner: 7,
-    })
+    }))
     .unwrap();
     let c2 = h.open_session();
     h.lock(f, c2, 3, Write, (0, u64::MAX)).unwrap();
@@ -1566,13 +1577,14 @@ fn a_renewed_session_survives_a_stale_expiry() {
     let s = h.open_session();
     let decided = h.now();
     let now = h.now();
-    h.apply(Command::RenewSession { session: s, now }).unwrap();
+    h.apply(Command::RenewSession(cmd::RenewSession { session: s, now }))
+        .unwrap();
     let now = h.now();
-    h.apply(Command::CloseSession {
+    h.apply(Command::CloseSession(cmd::CloseSession {
         session: s,
         idle_before: Some(decided),
         now,
-    })
+    }))
     .unwrap();
     assert_eq!(
         h.fsm.sessions().unwrap().len(),
@@ -1581,16 +1593,16 @@ fn a_renewed_session_survives_a_stale_expiry() {
     );
     let later = h.now();
     let now = h.now();
-    h.apply(Command::CloseSession {
+    h.apply(Command::CloseSession(cmd::CloseSession {
         session: s,
         idle_before: Some(later),
         now,
-    })
+    }))
     .unwrap();
     assert!(h.fsm.sessions().unwrap().is_empty());
     let now = h.now();
     assert_eq!(
-        h.err(Command::RenewSession { session: s, now }),
+        h.err(Command::RenewSession(cmd::RenewSession { session: s, now })),
         ErrorKind::NotFound
     );
 }
@@ -1606,7 +1618,7 @@ fn an_open_file_outlives_its_last_name() {
     h.commit(f, 10, vec![upd(0, c, &[1, 2])]).unwrap();
     let now = h.now();
     let r = h
-        .apply(Command::Unlink {
+        .apply(Command::Unlink(cmd::Unlink {
             parent: ROOT_INO,
             name: b"f".to_vec(),
             now,
@@ -1614,7 +1626,7 @@ fn an_open_file_outlives_its_last_name() {
                 session: s,
                 open: vec![f],
             },
-        })
+        }))
         .unwrap();
     assert_eq!(r, Reply::Unlinked { orphan: f });
     assert!(h.lookup(ROOT_INO, "f").is_none());
@@ -1629,30 +1641,30 @@ fn an_open_file_outlives_its_last_name() {
     h.commit(f, 20, vec![]).unwrap();
     let now = h.now();
     assert_eq!(
-        h.err(Command::Link {
+        h.err(Command::Link(cmd::Link {
             ino: f,
             new_parent: ROOT_INO,
             new_name: b"g".to_vec(),
             now
-        }),
+        })),
         ErrorKind::NotFound
     );
     let now = h.now();
-    h.apply(Command::ReleaseOrphan {
+    h.apply(Command::ReleaseOrphan(cmd::ReleaseOrphan {
         session: s,
         ino: f,
         now,
-    })
+    }))
     .unwrap();
     assert!(!h.exists(f));
     assert!(h.in_gc(&c.id), "released: its chunks are garbage");
     // Idempotent.
     let now = h.now();
-    h.apply(Command::ReleaseOrphan {
+    h.apply(Command::ReleaseOrphan(cmd::ReleaseOrphan {
         session: s,
         ino: f,
         now,
-    })
+    }))
     .unwrap();
 
     // Rename over an open file; then the session ends (mount died) and takes the orphan along.
@@ -1660,7 +1672,7 @@ fn an_open_file_outlives_its_last_name() {
     let x = h.file(ROOT_INO, "x").ino;
     let now = h.now();
     let r = h
-        .apply(Command::Rename {
+        .apply(Command::Rename(cmd::Rename {
             parent: ROOT_INO,
             name: b"x".to_vec(),
             new_parent: ROOT_INO,
@@ -1671,17 +1683,17 @@ fn an_open_file_outlives_its_last_name() {
                 session: s,
                 open: vec![g],
             },
-        })
+        }))
         .unwrap();
     assert_eq!(r, Reply::Unlinked { orphan: g });
     assert_eq!(h.lookup(ROOT_INO, "g").unwrap().ino, x);
     assert!(h.exists(g));
     let now = h.now();
-    h.apply(Command::CloseSession {
+    h.apply(Command::CloseSession(cmd::CloseSession {
         session: s,
         idle_before: None,
         now,
-    })
+    }))
     .unwrap();
     assert!(!h.exists(g));
     assert_eq!(h.fsm.orphan_count().unwrap(), 0);
@@ -1690,7 +1702,7 @@ fn an_open_file_outlives_its_last_name() {
     let y = h.file(ROOT_INO, "y").ino;
     let now = h.now();
     let r = h
-        .apply(Command::Unlink {
+        .apply(Command::Unlink(cmd::Unlink {
             parent: ROOT_INO,
             name: b"y".to_vec(),
             now,
@@ -1698,7 +1710,7 @@ fn an_open_file_outlives_its_last_name() {
                 session: s,
                 open: vec![y],
             },
-        })
+        }))
         .unwrap();
     assert_eq!(r, Reply::Unlinked { orphan: 0 });
     assert!(!h.exists(y));
@@ -1746,19 +1758,19 @@ fn xattrs_follow_the_linux_rules() {
     );
     let now = h.now();
     assert_eq!(
-        h.err(Command::RemoveXattr {
+        h.err(Command::RemoveXattr(cmd::RemoveXattr {
             ino: f,
             name: b"user.zz".to_vec(),
             now
-        }),
+        })),
         ErrorKind::NoData
     );
     let now = h.now();
-    h.apply(Command::RemoveXattr {
+    h.apply(Command::RemoveXattr(cmd::RemoveXattr {
         ino: f,
         name: b"user.a".to_vec(),
         now,
-    })
+    }))
     .unwrap();
     assert_eq!(h.fsm.xattr_names(f).unwrap(), vec![b"trusted.t".to_vec()]);
     // Deleting the file deletes its attributes; a new inode never inherits them.
@@ -1773,13 +1785,13 @@ fn xattrs_follow_the_linux_rules() {
 impl H {
     fn open_upload(&mut self, target: UploadTarget, base_version: u64) -> Result<u64, ErrorKind> {
         let now = self.now();
-        match self.apply(Command::OpenUpload {
+        match self.apply(Command::OpenUpload(cmd::OpenUpload {
             target,
             base_version,
             label: "test".into(),
             host: "h".into(),
             now,
-        }) {
+        })) {
             Ok(Reply::Upload(id)) => Ok(id),
             Ok(r) => panic!("unexpected reply {r:?}"),
             Err(e) => Err(e.kind),
@@ -1788,18 +1800,18 @@ impl H {
 
     fn record(&mut self, upload: u64, updates: Vec<SlotUpdate>) -> Result<(), ErrorKind> {
         let now = self.now();
-        self.apply(Command::RecordUpload {
+        self.apply(Command::RecordUpload(cmd::RecordUpload {
             upload,
             updates,
             now,
-        })
+        }))
         .map(|_| ())
         .map_err(|e| e.kind)
     }
 
     fn commit_upload(&mut self, upload: u64, size: u64) -> Result<Inode, ErrorKind> {
         let now = self.now();
-        match self.apply(Command::CommitUpload {
+        match self.apply(Command::CommitUpload(cmd::CommitUpload {
             upload,
             size,
             mtime: None,
@@ -1807,7 +1819,7 @@ impl H {
             uid: 7,
             gid: 8,
             now,
-        }) {
+        })) {
             Ok(Reply::Attr(i)) => Ok(i),
             Ok(r) => panic!("unexpected reply {r:?}"),
             Err(e) => Err(e.kind),
@@ -1882,11 +1894,11 @@ fn an_upload_replaces_a_file_only_at_its_base_version() {
     assert_eq!(h.get(f).slots.len(), 2);
     // Abort: the upload's chunk is garbage now; the file's are not.
     let now = h.now();
-    h.apply(Command::AbortUpload {
+    h.apply(Command::AbortUpload(cmd::AbortUpload {
         upload: up,
         idle_before: None,
         now,
-    })
+    }))
     .unwrap();
     assert!(h.in_gc(&new0.id));
     assert!(!h.in_gc(&old0.id));
@@ -1912,17 +1924,17 @@ fn an_upload_replaces_a_file_only_at_its_base_version() {
     let decided = h.now();
     h.record(up, vec![upd(0, old0, &[1, 2])]).unwrap();
     let now = h.now();
-    h.apply(Command::AbortUpload {
+    h.apply(Command::AbortUpload(cmd::AbortUpload {
         upload: up,
         idle_before: Some(decided),
         now,
-    })
+    }))
     .unwrap();
     assert_eq!(h.fsm.uploads().unwrap().len(), 1);
     // A mount's commit that names its upload ends it and keeps the chunks via the file.
     let v = h.get(f).version;
     let now = h.now();
-    h.apply(Command::CommitWrite {
+    h.apply(Command::CommitWrite(cmd::CommitWrite {
         ino: f,
         base_version: v,
         size: 10,
@@ -1930,7 +1942,7 @@ fn an_upload_replaces_a_file_only_at_its_base_version() {
         mtime: None,
         now,
         upload: up,
-    })
+    }))
     .unwrap();
     assert!(h.fsm.uploads().unwrap().is_empty());
     assert_eq!(h.refs(&old0.id), Some(1));

@@ -1,7 +1,7 @@
 //! openraft's storage conformance suite against our RocksDB log store and state machine.
 use cairn_meta_server::fsm::Fsm;
+use cairn_meta_server::raft::{StorageError, TypeConfig};
 use cairn_meta_server::store::{open_db, LogStore, StateMachineStore};
-use cairn_meta_server::types::{StorageError, TypeConfig};
 use openraft::testing::{StoreBuilder, Suite};
 use std::sync::Arc;
 use tempfile::TempDir;

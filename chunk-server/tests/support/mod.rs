@@ -1,9 +1,12 @@
-//! Helpers shared by the scrub and replication tests.
+//! Helpers shared by the chunk server's tests: deterministic chunks, rot, a gRPC client, and
+//! polling.
 #![allow(dead_code)]
 use bytes::Bytes;
 use cairn_common::ChunkId;
 use cairn_proto::chunk_service_client::ChunkServiceClient;
 use cairn_proto::{ChunkServerInfoReply, ChunkServerInfoRequest, ScrubStats};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
@@ -22,15 +25,38 @@ pub fn chunk(seed: &str, len: usize) -> (ChunkId, Bytes) {
     (ChunkId::of(&d), d)
 }
 
+/// Flips one bit of the byte at `at` of the file at `path` (and syncs it).
+pub fn flip_byte(path: &Path, at: u64) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x01], at).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// A client of the chunk server at `addr`, with the message limits the servers use.
 pub async fn client(addr: std::net::SocketAddr) -> ChunkServiceClient<Channel> {
+    client_with_limit(addr, cairn_proto::MAX_MESSAGE_BYTES).await
+}
+
+/// A client of the chunk server at `addr` that sends and receives messages of up to `limit`
+/// bytes.
+pub async fn client_with_limit(
+    addr: std::net::SocketAddr,
+    limit: usize,
+) -> ChunkServiceClient<Channel> {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
         .await
         .unwrap();
     ChunkServiceClient::new(ch)
-        .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
-        .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(limit)
+        .max_decoding_message_size(limit)
 }
 
 pub async fn info(c: &mut ChunkServiceClient<Channel>) -> ChunkServerInfoReply {

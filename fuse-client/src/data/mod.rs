@@ -1,15 +1,31 @@
-//! File data: the chunked write path (`writer`) and the verified read path (`reader`), on top of
-//! the pure slot arithmetic in `slots`.
+//! File data: the chunked write path and the verified read path, on top of the pure slot
+//! arithmetic in [`slots`].
+//!
+//! Write side:
+//! - [`open_file`]: the state of a file open on this mount (dirty slot buffers, uploads in
+//!   flight, the sticky write-back error, deferred `O_TRUNC`) and the registry of open files;
+//! - [`upload`]: storing one chunk on its replicas (client fan-out, placement retries) and
+//!   recording it in the file's upload session;
+//! - [`commit`]: the committed version a writer starts from and `CommitWrite` of a new one,
+//!   with conflict handling.
+//!
+//! Read side:
+//! - [`read_plan`]: what a read of a byte range is made of (this mount's data, committed
+//!   chunks, holes) and assembling it;
+//! - [`reader`]: verified whole-chunk fetches with replica failover and an LRU chunk cache.
 //!
 //! [`DataPlane`] is what both share: the meta client, the chunk-server connection pool, the
 //! servers that failed recently (tried last on reads, excluded on writes), the chunk cache and
 //! the global bound on uploads in flight.
+pub mod commit;
+pub mod open_file;
+pub mod read_plan;
 pub mod reader;
 pub mod slots;
-pub mod writer;
+pub mod upload;
 
+use crate::meta::Meta;
 use cairn_common::chunk_client::ChunkClients;
-use cairn_common::MetaClient;
 use cairn_proto::ChunkLocation;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,7 +44,7 @@ pub const CHUNK_CACHE_BYTES: usize = 64 * 1024 * 1024;
 const FAILED_SERVER_MEMORY: Duration = Duration::from_secs(30);
 
 pub struct DataPlane {
-    pub meta: MetaClient,
+    pub meta: Meta,
     pub chunks: ChunkClients,
     pub cache: reader::ChunkCache,
     pub upload_slots: Arc<Semaphore>,
@@ -40,7 +56,7 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    pub fn new(meta: MetaClient) -> Arc<DataPlane> {
+    pub fn new(meta: Meta) -> Arc<DataPlane> {
         Arc::new(DataPlane {
             meta,
             chunks: ChunkClients::new(),

@@ -1,4 +1,4 @@
-//! The verified read path.
+//! The verified read path: fetching whole chunks from their replicas.
 //!
 //! A chunk is always fetched whole and checked against its id (blake3 of its bytes) before any
 //! of it is used: a replica that returns wrong, short or no data is skipped and the next replica
@@ -8,17 +8,17 @@
 //! memory, and the next chunk is prefetched while the current one is read.
 //!
 //! Concurrent readers of the same chunk share one fetch (the pending fetch is in the cache).
+//! What a read of a file range is made of is planned in [`super::read_plan`].
 //!
 //! A replica that reports its copy corrupt, or returns bytes that fail the check, is reported to
 //! the metadata cluster (`ReportBadReplica`) in the background, so it stops being listed; the
 //! read goes on with the next replica without waiting for the report. Such a server is not
 //! marked as failed: it answered, only that one copy is bad.
-use super::slots;
 use super::DataPlane;
 use crate::errno::Errno;
 use bytes::Bytes;
 use cairn_common::{ChunkId, ErrorKind};
-use cairn_proto::{ChunkLocation, GetChunkRequest, ReportBadReplicaRequest};
+use cairn_proto::{ChunkLocation, GetChunkRequest};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -38,17 +38,17 @@ pub struct StoredChunk {
     pub locations: Arc<[ChunkLocation]>,
 }
 
-/// One piece of a read, in file order.
-#[derive(Debug, Clone)]
-pub enum Piece {
-    Zeros(usize),
-    Data(Bytes),
-    /// `[off, off + len)` of a stored chunk; the range lies within the chunk's `len`.
-    Chunk {
-        chunk: StoredChunk,
-        off: usize,
-        len: usize,
-    },
+#[cfg(test)]
+impl StoredChunk {
+    /// A chunk whose content id is that of `tag`, of `len` bytes, on no replica.
+    pub fn for_test(tag: &[u8], len: u32) -> StoredChunk {
+        StoredChunk {
+            id: ChunkId::of(tag),
+            len,
+            stored_len: len,
+            locations: Arc::from(Vec::new()),
+        }
+    }
 }
 
 type Fetch = Shared<BoxFuture<'static, Result<Bytes, Errno>>>;
@@ -161,17 +161,9 @@ pub fn report_bad_replica(dp: &Arc<DataPlane>, server_id: u64, id: ChunkId, reas
     }
     let dp = dp.clone();
     tokio::spawn(async move {
-        let req = ReportBadReplicaRequest {
-            server_id,
-            chunk_id: id.as_bytes().to_vec(),
-            reason,
-        };
         let r = dp
             .meta
-            .call(|mut c| {
-                let req = req.clone();
-                async move { c.report_bad_replica(req).await }
-            })
+            .report_bad_replica(server_id, id.as_bytes(), &reason)
             .await;
         match r {
             Ok(_) => tracing::info!(chunk = %id, server = server_id, "bad replica reported"),
@@ -306,48 +298,12 @@ async fn fetch_from_replicas(dp: Arc<DataPlane>, chunk: StoredChunk) -> Result<B
     Err(Errno::EIO)
 }
 
-/// Runs a read plan: fetches the chunks it needs (concurrently) and assembles the bytes.
-pub async fn execute(dp: &Arc<DataPlane>, pieces: Vec<Piece>) -> Result<Vec<u8>, Errno> {
-    let fetches = pieces.iter().map(|p| async move {
-        match p {
-            Piece::Chunk { chunk, .. } => fetch_chunk(dp, chunk).await.map(Some),
-            _ => Ok(None),
-        }
-    });
-    let fetched = futures::future::try_join_all(fetches).await?;
-    let total: usize = pieces
-        .iter()
-        .map(|p| match p {
-            Piece::Zeros(n) => *n,
-            Piece::Data(d) => d.len(),
-            Piece::Chunk { len, .. } => *len,
-        })
-        .sum();
-    let mut out = Vec::with_capacity(total);
-    for (p, data) in pieces.iter().zip(fetched) {
-        match (p, data) {
-            (Piece::Zeros(n), _) => out.resize(out.len() + n, 0),
-            (Piece::Data(d), _) => out.extend_from_slice(d),
-            (Piece::Chunk { off, len, .. }, Some(data)) => {
-                slots::read_padded(&data, *off, *len, &mut out)
-            }
-            (Piece::Chunk { .. }, None) => return Err(Errno::EIO),
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn stored(data: &[u8]) -> StoredChunk {
-        StoredChunk {
-            id: ChunkId::of(data),
-            len: data.len() as u32,
-            stored_len: data.len() as u32,
-            locations: Arc::from(Vec::new()),
-        }
+        StoredChunk::for_test(data, data.len() as u32)
     }
 
     #[test]
@@ -376,28 +332,6 @@ mod tests {
         cache.insert(b, Bytes::from(vec![0u8; 11]));
         assert!(cache.get(&b).is_none());
         assert!(cache.cached_bytes() <= 10);
-    }
-
-    #[tokio::test]
-    async fn plans_assemble_data_zeros_and_short_chunks() {
-        let dp = DataPlane::new(cairn_common::MetaClient::new(vec![]));
-        let chunk = stored(b"0123456789");
-        dp.cache.insert(chunk.id, Bytes::from_static(b"0123456789"));
-        let out = execute(
-            &dp,
-            vec![
-                Piece::Data(Bytes::from_static(b"ab")),
-                Piece::Zeros(3),
-                Piece::Chunk {
-                    chunk: chunk.clone(),
-                    off: 8,
-                    len: 4,
-                },
-            ],
-        )
-        .await
-        .unwrap();
-        assert_eq!(out, b"ab\0\0\089\0\0");
     }
 
     /// A chunk server that answers every GetChunk with `data`, or with a `corrupt` error.
@@ -486,7 +420,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_copies_are_skipped_without_marking_the_server_down() {
-        let dp = DataPlane::new(cairn_common::MetaClient::new(vec![]));
+        let dp = DataPlane::new(crate::meta::Meta::new(vec![]));
         let good = Bytes::from_static(b"the right bytes");
         let mut chunk = stored(&good);
         let loc = |server_id, addr: String| ChunkLocation { server_id, addr };
@@ -510,7 +444,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_chunk_without_reachable_replicas_is_eio() {
-        let dp = DataPlane::new(cairn_common::MetaClient::new(vec![]));
+        let dp = DataPlane::new(crate::meta::Meta::new(vec![]));
         let mut chunk = stored(b"data");
         assert_eq!(fetch_chunk(&dp, &chunk).await, Err(Errno::EIO));
         // An unreachable replica (nothing listens on port 1) is skipped, then EIO.

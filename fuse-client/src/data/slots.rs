@@ -44,11 +44,16 @@ pub fn split(offset: u64, len: u64) -> Vec<SlotRange> {
     out
 }
 
+/// How many bytes of slot `slot` a file of `size` bytes has (the last slot may be short; slots
+/// past the end have none).
+pub fn len_in_file(slot: u64, size: u64) -> usize {
+    size.saturating_sub(slot_start(slot)).min(CHUNK) as usize
+}
+
 /// How many bytes of slot `slot` belong to a file of `size` bytes whose stored chunk (if any)
 /// holds `chunk_len` valid bytes: the bytes a rewrite of the slot must preserve.
 pub fn existing_len(slot: u64, size: u64, chunk_len: u32) -> usize {
-    let in_file = size.saturating_sub(slot_start(slot)).min(CHUNK) as usize;
-    in_file.min(chunk_len as usize)
+    len_in_file(slot, size).min(chunk_len as usize)
 }
 
 /// True when writing `[off, off + len)` into a slot that already holds `existing` bytes needs
@@ -219,5 +224,13 @@ mod tests {
         assert_eq!(initial_capacity(10, 10), 4096);
         assert_eq!(initial_capacity(5000, 5000), 8192);
         assert_eq!(initial_capacity(1 << 20, 1 << 20), CHUNK_SIZE);
+    }
+
+    #[test]
+    fn slots_cover_the_file_and_the_last_one_is_short() {
+        assert_eq!(len_in_file(0, 10), 10);
+        assert_eq!(len_in_file(0, 3 * CHUNK), CHUNK_SIZE);
+        assert_eq!(len_in_file(2, 2 * CHUNK + 5), 5);
+        assert_eq!(len_in_file(3, 2 * CHUNK + 5), 0);
     }
 }

@@ -139,12 +139,93 @@ impl Opts {
     }
 }
 
+/// How many times the meta nodes of a cluster are started on new ports before giving up.
+const PORT_ATTEMPTS: usize = 5;
+/// How long a new meta node may take to bind its port.
+const BIND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A port that was free a moment ago. Only a candidate: nothing holds it between this call and
+/// the bind of the process it is given to, so another process may take it meanwhile (see
+/// [`Cluster::try_start_meta`] for how that is detected and retried).
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind 127.0.0.1:0")
         .local_addr()
         .expect("local addr")
         .port()
+}
+
+/// Whether process `pid` holds the listening TCP socket of 127.0.0.1:`port`: the socket's
+/// inode in `/proc/net/tcp` is among the process's open files. (A connect would not tell: it
+/// also succeeds when another process took the port.)
+fn listens_on(pid: u32, port: u16) -> bool {
+    const LISTEN: &str = "0A";
+    let local = format!("0100007F:{port:04X}");
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 9 && f[1] == local && f[3] == LISTEN)
+        .map(|f| format!("socket:[{}]", f[9]))
+        .collect();
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    })
+}
+
+/// How a new node's attempt to bind its port ended.
+enum Bind {
+    Listening,
+    /// Another process took the port first; the node exited.
+    PortTaken,
+}
+
+/// Waits until `p` listens on `port`; panics with its log if it died of anything but a port
+/// that was taken, or never bound.
+fn wait_bound(p: &mut Proc, port: u16) -> Bind {
+    let deadline = Instant::now() + BIND_TIMEOUT;
+    loop {
+        if let Some(pid) = p.pid() {
+            if listens_on(pid, port) {
+                return Bind::Listening;
+            }
+        }
+        if !p.is_running() {
+            let log = p.log_tail();
+            if log.contains("Address already in use") || log.contains("AddrInUse") {
+                return Bind::PortTaken;
+            }
+            panic!("{} exited at start:\n{log}", p.name);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not listen on port {port} within {BIND_TIMEOUT:?}:\n{}",
+            p.name,
+            p.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `f` every 100 ms until it holds; panics after `timeout`. Returns how long it took.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t0.elapsed()
 }
 
 pub fn bin_dir() -> PathBuf {
@@ -188,48 +269,98 @@ impl Cluster {
             .prefix("cairn-e2e-")
             .tempdir()
             .expect("tempdir");
-        let bin = bin_dir();
+        let mut c = Cluster {
+            bin: bin_dir(),
+            meta: Vec::new(),
+            meta_addrs: Vec::new(),
+            chunks: Vec::new(),
+            mounts: Vec::new(),
+            tmpfs: Vec::new(),
+            chunk_args: opts.chunk_args.clone(),
+            dir,
+        };
+        let mut attempt = 1;
+        while !c.try_start_meta(n_meta, &opts) {
+            assert!(
+                attempt < PORT_ATTEMPTS,
+                "meta ports taken by other processes {PORT_ATTEMPTS} times in a row"
+            );
+            attempt += 1;
+        }
+        c.wait_for_leader(Duration::from_secs(30));
+        c
+    }
+
+    /// Starts `n_meta` meta nodes on new ports and waits until each listens on its own.
+    ///
+    /// The meta nodes must know each other's addresses before they start (`--peers`), so their
+    /// ports are chosen here ([`free_port`]) and handed over by number: a listener cannot be
+    /// passed to a `cairn-meta` process. Another process (a chunk server or a client socket of
+    /// a test running in parallel) may take such a port before the node binds it. So each
+    /// node's bind is verified — the listening socket of its port must be the node's own — and
+    /// when a node lost its port (it exits with "address already in use"), every node of this
+    /// attempt is stopped, their data removed, and `false` returned for the caller to try again
+    /// on new ports. Every port that survives this check is held by its node, so a started
+    /// cluster never talks to a stranger.
+    fn try_start_meta(&mut self, n_meta: usize, opts: &Opts) -> bool {
         let ports: Vec<u16> = (0..n_meta).map(|_| free_port()).collect();
-        let meta_addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let peers = meta_addrs
+        self.meta_addrs = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let peers = self
+            .meta_addrs
             .iter()
             .enumerate()
             .map(|(i, a)| format!("{}={a}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
-        let mut c = Cluster {
-            bin,
-            meta: Vec::new(),
-            meta_addrs,
-            chunks: Vec::new(),
-            mounts: Vec::new(),
-            tmpfs: Vec::new(),
-            chunk_args: opts.chunk_args,
-            dir,
-        };
         for i in 0..n_meta {
             let id = i + 1;
             let mut args = vec![
                 "--id".into(),
                 id.to_string(),
                 "--listen".into(),
-                c.meta_addrs[i].clone(),
+                self.meta_addrs[i].clone(),
                 "--peers".into(),
                 peers.clone(),
                 "--data-dir".into(),
-                c.path(&format!("meta{id}")).display().to_string(),
+                self.path(&format!("meta{id}")).display().to_string(),
             ];
             args.extend(opts.meta_args.iter().cloned());
             let p = Proc::spawn(
                 &format!("meta{id}"),
-                &c.bin.join("cairn-meta"),
+                &self.bin.join("cairn-meta"),
                 args,
-                c.path(&format!("meta{id}.log")),
+                self.path(&format!("meta{id}.log")),
             );
-            c.meta.push(p);
+            self.meta.push(p);
         }
-        c.wait_for_leader(Duration::from_secs(30));
-        c
+        let mut taken = false;
+        for (p, port) in self.meta.iter_mut().zip(&ports) {
+            if let Bind::PortTaken = wait_bound(p, *port) {
+                eprintln!(
+                    "e2e: {}'s port {port} was taken; restarting the meta nodes on new ports",
+                    p.name
+                );
+                taken = true;
+                break;
+            }
+        }
+        if !taken {
+            return true;
+        }
+        for mut p in self.meta.drain(..) {
+            p.kill9();
+        }
+        for id in 1..=n_meta {
+            let data = self.path(&format!("meta{id}"));
+            if let Err(e) = std::fs::remove_dir_all(&data) {
+                assert!(
+                    e.kind() == std::io::ErrorKind::NotFound,
+                    "remove {}: {e}",
+                    data.display()
+                );
+            }
+        }
+        false
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

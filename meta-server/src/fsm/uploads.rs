@@ -11,20 +11,25 @@
 //!   written: the file shows the whole old version until that one entry applies.
 //!
 //! An upload nobody records into for `--upload-ttl-secs` is aborted by the leader's reaper (see
-//! [`crate::sessions`]), and its chunks become garbage like any unreferenced chunk.
-use super::{
-    decode_json, encode_json, fs_err, validate_name, Fsm, Kind, NewAttrs, Tx, CF_UPLOADS,
-    CF_UPLOAD_TARGETS, CHUNK,
+//! [`crate::reaper`]), and its chunks become garbage like any unreferenced chunk.
+use super::content::check_slot_chunk;
+use super::namespace::validate_name;
+use super::schema::{
+    corrupt, decode_json, encode_json, fs_err, pair_key, u64_at, Counter, CF_UPLOADS,
+    CF_UPLOAD_TARGETS,
 };
-use crate::command::{CommandResult, FsError, Reply, SlotChunk, SlotUpdate, Time, UploadTarget};
+use super::tx::Tx;
+use super::Fsm;
+use crate::command::{
+    AbortUpload, CommandResult, CommitUpload, Create, FsError, Kind, OpenUpload, RecordUpload,
+    Reply, SlotChunk, SlotUpdate, Time, UploadTarget,
+};
 use crate::error::MetaError;
 use cairn_common::error::ErrorKind;
 use serde::{Deserialize, Serialize};
 
-/// Counter of upload ids.
-const NEXT_UPLOAD: &str = "next_upload";
 /// Bounds a label or host name (they are shown by `cairn uploads list`).
-const LABEL_MAX: usize = 4096;
+pub const LABEL_MAX: usize = 4096;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct UploadHeader {
@@ -59,17 +64,8 @@ fn slot_key(id: u64, index: u64) -> Vec<u8> {
     k
 }
 
-fn target_key(ino: u64, id: u64) -> Vec<u8> {
-    let mut k = ino.to_be_bytes().to_vec();
-    k.extend_from_slice(&id.to_be_bytes());
-    k
-}
-
 fn slot_index(key: &[u8]) -> Result<u64, FsError> {
-    key.get(9..17)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| super::corrupt("upload slot key"))
+    u64_at(key, 9, "upload slot")
 }
 
 fn no_upload(id: u64) -> FsError {
@@ -90,10 +86,10 @@ impl Fsm {
                     let slot = (slot_index(&k)?, decode_json(&v)?);
                     match out.last_mut() {
                         Some((h, slots)) if h.id.to_be_bytes() == k[..8] => slots.push(slot),
-                        _ => return Err(super::corrupt("upload slot without a header").into()),
+                        _ => return Err(corrupt("upload slot without a header").into()),
                     }
                 }
-                _ => return Err(super::corrupt("upload key").into()),
+                _ => return Err(corrupt("upload key").into()),
             }
         }
         Ok(out)
@@ -114,56 +110,24 @@ impl Fsm {
     }
 }
 
-impl Tx<'_> {
-    fn upload_header(&mut self, id: u64) -> Result<Option<UploadHeader>, FsError> {
-        self.kv_get(CF_UPLOADS, &header_key(id))?
-            .map(|v| decode_json(&v))
-            .transpose()
-    }
-
-    fn upload_slots(&mut self, id: u64) -> Result<Vec<(u64, SlotChunk)>, FsError> {
-        self.kv_scan(CF_UPLOADS, &slot_prefix(id))?
-            .iter()
-            .map(|(k, v)| Ok((slot_index(k)?, decode_json(v)?)))
-            .collect()
-    }
-
-    /// The regular file `ino` (refusing other kinds).
-    fn regular(&mut self, ino: u64) -> Result<super::Inode, FsError> {
-        let i = self.must_inode(ino)?;
-        match i.kind {
-            Kind::Regular => Ok(i),
-            Kind::Directory => Err(fs_err(ErrorKind::IsDir, format!("{ino} is a directory"))),
-            k => Err(fs_err(
-                ErrorKind::InvalidArgument,
-                format!("cannot upload to {k:?} {ino}"),
-            )),
-        }
-    }
-
-    pub(super) fn open_upload(
-        &mut self,
-        target: &UploadTarget,
-        base_version: u64,
-        label: &str,
-        host: &str,
-        now: Time,
-    ) -> CommandResult {
+impl OpenUpload {
+    pub(super) fn apply(&self, tx: &mut Tx) -> CommandResult {
+        let (label, host, base_version) = (&self.label, &self.host, self.base_version);
         if label.len() > LABEL_MAX || host.len() > LABEL_MAX {
             return Err(fs_err(ErrorKind::InvalidArgument, "label or host too long"));
         }
-        let id = self.counter(NEXT_UPLOAD)? + 1;
-        match target {
+        let id = tx.counter(Counter::LastUpload)? + 1;
+        match &self.target {
             UploadTarget::Inode(ino) => {
-                self.regular(*ino)?;
-                self.kv_put(CF_UPLOAD_TARGETS, target_key(*ino, id), Some(Vec::new()));
+                tx.regular(*ino, "upload to")?;
+                tx.kv_put(CF_UPLOAD_TARGETS, pair_key(*ino, id), Some(Vec::new()));
             }
             UploadTarget::Name { parent, name } => {
                 validate_name(name)?;
-                self.must_dir(*parent)?;
-                match self.dentry(*parent, name)? {
+                tx.must_dir(*parent)?;
+                match tx.dentry(*parent, name)? {
                     Some(d) => {
-                        let i = self.regular(d.ino)?;
+                        let i = tx.regular(d.ino, "upload to")?;
                         if i.version != base_version {
                             return Err(fs_err(
                                 ErrorKind::Conflict,
@@ -185,114 +149,70 @@ impl Tx<'_> {
                 }
             }
         }
-        self.set_counter(NEXT_UPLOAD, id);
+        tx.set_counter(Counter::LastUpload, id);
         let h = UploadHeader {
             id,
-            target: target.clone(),
+            target: self.target.clone(),
             base_version,
             label: label.to_owned(),
             host: host.to_owned(),
-            created: now,
-            touched: now,
+            created: self.now,
+            touched: self.now,
         };
-        self.kv_put(CF_UPLOADS, header_key(id), Some(encode_json(&h)));
+        tx.kv_put(CF_UPLOADS, header_key(id), Some(encode_json(&h)));
         Ok(Reply::Upload(id))
     }
+}
 
-    pub(super) fn record_upload(
-        &mut self,
-        id: u64,
-        updates: &[SlotUpdate],
-        now: Time,
-    ) -> CommandResult {
-        let mut h = self.upload_header(id)?.ok_or_else(|| no_upload(id))?;
-        for u in updates {
+impl RecordUpload {
+    pub(super) fn apply(&self, tx: &mut Tx) -> CommandResult {
+        let (id, now) = (self.upload, self.now);
+        let mut h = tx.upload_header(id)?.ok_or_else(|| no_upload(id))?;
+        for u in &self.updates {
             let Some(c) = &u.chunk else {
                 return Err(fs_err(
                     ErrorKind::InvalidArgument,
                     format!("slot {}: an upload records chunks, not holes", u.index),
                 ));
             };
-            super::check_slot_chunk(u.index, c)?;
-            if u.index.checked_mul(CHUNK).is_none() {
-                return Err(fs_err(
-                    ErrorKind::InvalidArgument,
-                    format!("slot {} is out of range", u.index),
-                ));
-            }
-            self.incref(c, &u.replicas, u.ticket)?;
+            check_slot_chunk(u.index, c)?;
+            tx.incref(c, &u.replicas, u.ticket)?;
             let key = slot_key(id, u.index);
-            if let Some(old) = self.kv_get(CF_UPLOADS, &key)? {
-                let old: SlotChunk = decode_json(&old)?;
-                self.decref(&old.id, now)?;
+            if let Some(old) = tx.kv_get_json::<SlotChunk>(CF_UPLOADS, &key)? {
+                tx.decref(&old.id, now)?;
             }
-            self.kv_put(CF_UPLOADS, key, Some(encode_json(c)));
+            tx.kv_put(CF_UPLOADS, key, Some(encode_json(c)));
         }
         h.touched = h.touched.max(now);
-        self.kv_put(CF_UPLOADS, header_key(id), Some(encode_json(&h)));
+        tx.kv_put(CF_UPLOADS, header_key(id), Some(encode_json(&h)));
         Ok(Reply::Empty)
     }
+}
 
-    /// Drops upload `id` and its references (no-op if it is gone).
-    pub(super) fn end_upload(&mut self, id: u64, now: Time) -> Result<(), FsError> {
-        let Some(h) = self.upload_header(id)? else {
-            return Ok(());
-        };
-        if let UploadTarget::Inode(ino) = h.target {
-            self.kv_put(CF_UPLOAD_TARGETS, target_key(ino, id), None);
-        }
-        for (index, c) in self.upload_slots(id)? {
-            self.decref(&c.id, now)?;
-            self.kv_put(CF_UPLOADS, slot_key(id, index), None);
-        }
-        self.kv_put(CF_UPLOADS, header_key(id), None);
-        Ok(())
-    }
-
-    /// Ends every upload replacing inode `ino` (its content just changed under them).
-    pub(super) fn end_uploads_of(&mut self, ino: u64, now: Time) -> Result<(), FsError> {
-        for (k, _) in self.kv_scan(CF_UPLOAD_TARGETS, &ino.to_be_bytes())? {
-            let id = k
-                .get(8..16)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| super::corrupt("upload target key"))?;
-            self.end_upload(id, now)?;
-        }
-        Ok(())
-    }
-
-    pub(super) fn abort_upload(
-        &mut self,
-        id: u64,
-        idle_before: Option<Time>,
-        now: Time,
-    ) -> CommandResult {
-        let Some(h) = self.upload_header(id)? else {
+impl AbortUpload {
+    pub(super) fn apply(&self, tx: &mut Tx) -> CommandResult {
+        let id = self.upload;
+        let Some(h) = tx.upload_header(id)? else {
             return Err(no_upload(id));
         };
-        if idle_before.is_some_and(|b| h.touched >= b) {
+        if self.idle_before.is_some_and(|b| h.touched >= b) {
             // A chunk was recorded after the leader decided to expire it: the writer is alive.
             return Ok(Reply::Empty);
         }
-        self.end_upload(id, now)?;
+        tx.end_upload(id, self.now)?;
         Ok(Reply::Empty)
     }
+}
 
-    pub(super) fn commit_upload(
-        &mut self,
-        id: u64,
-        size: u64,
-        mtime: Option<Time>,
-        attrs: NewAttrs,
-        now: Time,
-    ) -> CommandResult {
-        let h = self.upload_header(id)?.ok_or_else(|| no_upload(id))?;
-        let slots = self.upload_slots(id)?;
+impl CommitUpload {
+    pub(super) fn apply(&self, tx: &mut Tx) -> CommandResult {
+        let (id, size, mtime, now) = (self.upload, self.size, self.mtime, self.now);
+        let h = tx.upload_header(id)?.ok_or_else(|| no_upload(id))?;
+        let slots = tx.upload_slots(id)?;
         // The target's inode: existing (still at the base version) or created now.
         let ino = match &h.target {
             UploadTarget::Inode(ino) => *ino,
-            UploadTarget::Name { parent, name } => match self.dentry(*parent, name)? {
+            UploadTarget::Name { parent, name } => match tx.dentry(*parent, name)? {
                 Some(d) => d.ino,
                 None if h.base_version != 0 => {
                     return Err(fs_err(
@@ -303,25 +223,28 @@ impl Tx<'_> {
                         ),
                     ))
                 }
-                None => match self.create(*parent, name, Kind::Regular, attrs, &[], true, now)? {
-                    Reply::Attr(i) => {
-                        // A new file: the upload is based on its first (empty) version.
-                        let updates = slots_as_updates(&slots);
-                        let reply =
-                            self.commit_write(i.ino, i.version, size, &updates, mtime, now)?;
-                        self.end_upload(id, now)?;
-                        return Ok(reply);
-                    }
-                    other => {
-                        return Err(fs_err(
-                            ErrorKind::Internal,
-                            format!("create answered {other:?}"),
-                        ))
-                    }
-                },
+                None => {
+                    let i = tx.create(&Create {
+                        parent: *parent,
+                        name: name.clone(),
+                        kind: Kind::Regular,
+                        mode: self.mode,
+                        uid: self.uid,
+                        gid: self.gid,
+                        rdev: 0,
+                        symlink_target: Vec::new(),
+                        exclusive: true,
+                        now,
+                    })?;
+                    // A new file: the upload is based on its first (empty) version.
+                    let updates = slots_as_updates(&slots);
+                    let i = tx.commit_write(i.ino, i.version, size, &updates, mtime, now)?;
+                    tx.end_upload(id, now)?;
+                    return Ok(Reply::Attr(i));
+                }
             },
         };
-        let old = self.regular(ino)?;
+        let old = tx.regular(ino, "upload to")?;
         if h.base_version == 0 || old.version != h.base_version {
             return Err(fs_err(
                 ErrorKind::Conflict,
@@ -343,10 +266,48 @@ impl Tx<'_> {
                 });
             }
         }
-        let reply = self.commit_write(ino, old.version, size, &updates, mtime, now)?;
-        self.end_upload(id, now)?;
-        self.end_uploads_of(ino, now)?;
-        Ok(reply)
+        let i = tx.commit_write(ino, old.version, size, &updates, mtime, now)?;
+        tx.end_upload(id, now)?;
+        tx.end_uploads_of(ino, now)?;
+        Ok(Reply::Attr(i))
+    }
+}
+
+impl Tx<'_> {
+    fn upload_header(&mut self, id: u64) -> Result<Option<UploadHeader>, FsError> {
+        self.kv_get_json(CF_UPLOADS, &header_key(id))
+    }
+
+    fn upload_slots(&mut self, id: u64) -> Result<Vec<(u64, SlotChunk)>, FsError> {
+        self.kv_scan(CF_UPLOADS, &slot_prefix(id))?
+            .iter()
+            .map(|(k, v)| Ok((slot_index(k)?, decode_json(v)?)))
+            .collect()
+    }
+
+    /// Drops upload `id` and its references (no-op if it is gone).
+    pub(super) fn end_upload(&mut self, id: u64, now: Time) -> Result<(), FsError> {
+        let Some(h) = self.upload_header(id)? else {
+            return Ok(());
+        };
+        if let UploadTarget::Inode(ino) = h.target {
+            self.kv_put(CF_UPLOAD_TARGETS, pair_key(ino, id), None);
+        }
+        for (index, c) in self.upload_slots(id)? {
+            self.decref(&c.id, now)?;
+            self.kv_put(CF_UPLOADS, slot_key(id, index), None);
+        }
+        self.kv_put(CF_UPLOADS, header_key(id), None);
+        Ok(())
+    }
+
+    /// Ends every upload replacing inode `ino` (its content just changed under them).
+    pub(super) fn end_uploads_of(&mut self, ino: u64, now: Time) -> Result<(), FsError> {
+        for (k, _) in self.kv_scan(CF_UPLOAD_TARGETS, &ino.to_be_bytes())? {
+            let id = u64_at(&k, 8, "upload target")?;
+            self.end_upload(id, now)?;
+        }
+        Ok(())
     }
 }
 

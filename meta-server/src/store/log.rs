@@ -14,7 +14,7 @@
 // `StorageError` is openraft's type, dictated by the storage traits; the helpers return it too.
 #![allow(clippy::result_large_err)]
 use super::{cf, CF_RAFT_LOG, CF_RAFT_META};
-use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
+use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
     AnyError, ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogId, RaftLogReader,

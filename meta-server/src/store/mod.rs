@@ -6,13 +6,14 @@
 //! - `raft_log`: log entries, keyed by big-endian index (see [`log`]);
 //! - `raft_meta`: vote, committed log id, last purged log id (see [`log`]);
 //! - `sm_meta`: last applied log id and last membership of the state machine (see
-//!   [`state_machine`]);
+//!   [`state_machine`]; snapshots of the state and their file: [`snapshot`]);
 //! - every name in [`crate::fsm::STATE_CFS`]: the namespace itself, owned by [`crate::fsm`].
 //!
 //! Sharing the WAL is what lets the state machine write without `fsync`: the log entry that
 //! produced a change was synced before it was applied, and any later synced write (or an explicit
 //! `flush_wal(true)` before purging) makes every earlier write durable too.
 pub mod log;
+pub mod snapshot;
 pub mod state_machine;
 
 use crate::error::MetaError;

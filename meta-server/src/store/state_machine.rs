@@ -6,18 +6,12 @@
 //! was applied, so after a crash openraft re-applies whatever the state machine lost; and the log
 //! store syncs the shared WAL before it purges entries (see [`super::log`]).
 //!
-//! Snapshots are exactly the contents of [`STATE_CFS`] (read through one RocksDB snapshot, so they
-//! are consistent) encoded as a blob (format below). The current snapshot is also kept as a file
-//! `<data-dir>/snapshot/current` (temp file + fsync + rename + fsync dir) so that it survives a
-//! restart. Installing a snapshot replaces the state column families in one synced batch.
-//!
-//! Blob format (all integers big-endian):
-//! `"CAIRNSD1"`, then per column family: `u32 name_len, name, u64 count, count × (u32 key_len,
-//! key, u32 value_len, value)`, then a 32-byte blake3 hash of everything before it.
+//! Snapshots (their format, the snapshot file, installing one) are in [`super::snapshot`].
+use super::snapshot::{dump_state, install, load_snapshot_file, save_snapshot_file};
 use super::{cf, CF_SM_META};
 use crate::command::Reply;
-use crate::fsm::{Fsm, STATE_CFS};
-use crate::types::{
+use crate::fsm::Fsm;
+use crate::raft::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 use openraft::storage::RaftStateMachine;
@@ -25,17 +19,14 @@ use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder,
     StorageIOError,
 };
-use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
+use rocksdb::{WriteBatch, DB};
 use std::fs;
-use std::io::{Cursor, Write};
-use std::path::{Path, PathBuf};
+use std::io::Cursor;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-const KEY_LAST_APPLIED: &[u8] = b"last_applied";
-const KEY_MEMBERSHIP: &[u8] = b"last_membership";
-const BLOB_MAGIC: &[u8; 8] = b"CAIRNSD1";
-const FILE_MAGIC: &[u8; 8] = b"CAIRNSF1";
-const SNAPSHOT_FILE: &str = "current";
+pub(super) const KEY_LAST_APPLIED: &[u8] = b"last_applied";
+pub(super) const KEY_MEMBERSHIP: &[u8] = b"last_membership";
 
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     StorageError::IO {
@@ -95,157 +86,6 @@ fn read_meta<T: serde::de::DeserializeOwned>(db: &DB, key: &[u8]) -> Result<Opti
             .map(Some)
             .map_err(|e| e.to_string()),
     }
-}
-
-/// Dumps every state column family plus `sm_meta`, as of one RocksDB snapshot.
-fn dump_state(db: &DB) -> Result<(Option<LogId>, StoredMembership, Vec<u8>), String> {
-    let snap = db.snapshot();
-    let meta_cf = cf(db, CF_SM_META).map_err(|e| e.to_string())?;
-    let get = |key: &[u8]| -> Result<Option<Vec<u8>>, String> {
-        snap.get_cf(meta_cf, key).map_err(|e| e.to_string())
-    };
-    let last_applied: Option<LogId> = match get(KEY_LAST_APPLIED)? {
-        None => None,
-        Some(b) => serde_json::from_slice(&b).map_err(|e| e.to_string())?,
-    };
-    let membership: StoredMembership = match get(KEY_MEMBERSHIP)? {
-        None => StoredMembership::default(),
-        Some(b) => serde_json::from_slice(&b).map_err(|e| e.to_string())?,
-    };
-    let mut blob = Vec::with_capacity(1024);
-    blob.extend_from_slice(BLOB_MAGIC);
-    for name in STATE_CFS {
-        let handle = cf(db, name).map_err(|e| e.to_string())?;
-        blob.extend_from_slice(&(name.len() as u32).to_be_bytes());
-        blob.extend_from_slice(name.as_bytes());
-        let count_at = blob.len();
-        blob.extend_from_slice(&0u64.to_be_bytes());
-        let mut count = 0u64;
-        for item in snap.iterator_cf(handle, IteratorMode::Start) {
-            let (k, v) = item.map_err(|e| e.to_string())?;
-            put_bytes(&mut blob, &k)?;
-            put_bytes(&mut blob, &v)?;
-            count += 1;
-        }
-        blob[count_at..count_at + 8].copy_from_slice(&count.to_be_bytes());
-    }
-    let hash = blake3::hash(&blob);
-    blob.extend_from_slice(hash.as_bytes());
-    Ok((last_applied, membership, blob))
-}
-
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) -> Result<(), String> {
-    let len = u32::try_from(b.len()).map_err(|_| "key or value longer than 4 GiB".to_string())?;
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(b);
-    Ok(())
-}
-
-/// A bounds-checked reader over a snapshot blob.
-struct Reader<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        if self.buf.len() < n {
-            return Err("snapshot blob is truncated".into());
-        }
-        let (head, rest) = self.buf.split_at(n);
-        self.buf = rest;
-        Ok(head)
-    }
-    fn u32(&mut self) -> Result<u32, String> {
-        let b = self.take(4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn u64(&mut self) -> Result<u64, String> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_be_bytes(a))
-    }
-    fn bytes(&mut self) -> Result<&'a [u8], String> {
-        let n = self.u32()? as usize;
-        self.take(n)
-    }
-}
-
-/// The parsed content of a snapshot blob: (column family, key/value pairs).
-type StateDump<'a> = Vec<(&'static str, Vec<(&'a [u8], &'a [u8])>)>;
-
-/// Verifies the checksum and parses the whole blob before anything is changed.
-fn parse_blob(blob: &[u8]) -> Result<StateDump<'_>, String> {
-    if blob.len() < BLOB_MAGIC.len() + 32 {
-        return Err("snapshot blob is too short".into());
-    }
-    let (body, hash) = blob.split_at(blob.len() - 32);
-    if blake3::hash(body).as_bytes() != hash {
-        return Err("snapshot blob checksum mismatch".into());
-    }
-    let mut r = Reader { buf: body };
-    if r.take(BLOB_MAGIC.len())? != BLOB_MAGIC {
-        return Err("snapshot blob has a bad magic".into());
-    }
-    let mut out = Vec::new();
-    while !r.buf.is_empty() {
-        let name = r.bytes()?;
-        let name = STATE_CFS
-            .iter()
-            .copied()
-            .find(|n| n.as_bytes() == name)
-            .ok_or_else(|| {
-                format!(
-                    "snapshot names unknown column family {:?}",
-                    String::from_utf8_lossy(name)
-                )
-            })?;
-        let count = r.u64()?;
-        let mut kvs = Vec::new();
-        for _ in 0..count {
-            let k = r.bytes()?;
-            let v = r.bytes()?;
-            kvs.push((k, v));
-        }
-        out.push((name, kvs));
-    }
-    Ok(out)
-}
-
-/// Writes the snapshot file durably: temp file, fsync, rename over `current`, fsync the dir.
-fn save_snapshot_file(dir: &Path, meta: &SnapshotMeta, blob: &[u8]) -> std::io::Result<()> {
-    let meta_json = serde_json::to_vec(meta)?;
-    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(FILE_MAGIC)?;
-        f.write_all(&(meta_json.len() as u64).to_be_bytes())?;
-        f.write_all(&meta_json)?;
-        f.write_all(blob)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
-    fs::File::open(dir)?.sync_all()
-}
-
-fn load_snapshot_file(dir: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, String> {
-    let path = dir.join(SNAPSHOT_FILE);
-    let data = match fs::read(&path) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("read {}: {e}", path.display())),
-    };
-    let mut r = Reader { buf: &data };
-    if r.take(FILE_MAGIC.len())? != FILE_MAGIC {
-        return Err(format!("{} has a bad magic", path.display()));
-    }
-    let meta_len = usize::try_from(r.u64()?).map_err(|e| e.to_string())?;
-    let meta: SnapshotMeta =
-        serde_json::from_slice(r.take(meta_len)?).map_err(|e| e.to_string())?;
-    let blob = r.buf.to_vec();
-    // Refuse a corrupt file now rather than ship it to a follower.
-    parse_blob(&blob)?;
-    Ok(Some((meta, blob)))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -319,7 +159,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let reply = match entry.payload {
                 EntryPayload::Blank => Ok(Reply::Empty),
                 EntryPayload::Normal(cmd) => {
-                    let res = self.fsm.apply(&cmd, &mut batch);
+                    let res = self.fsm.apply(&cmd, log_id.index, &mut batch);
                     if res.is_err() {
                         // A refused command changes nothing, whatever it put into the batch.
                         batch.clear();
@@ -365,33 +205,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let meta = meta.clone();
         let signature = meta.signature();
         let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let dump = parse_blob(&blob)?;
-            let mut batch = WriteBatch::default();
-            // Replace the whole state: delete every current key, then load the snapshot's.
-            for name in STATE_CFS {
-                let handle = cf(&db, name).map_err(|e| e.to_string())?;
-                for item in db.iterator_cf(handle, IteratorMode::Start) {
-                    let (k, _) = item.map_err(|e| e.to_string())?;
-                    batch.delete_cf(handle, k);
-                }
-            }
-            for (name, kvs) in &dump {
-                let handle = cf(&db, name).map_err(|e| e.to_string())?;
-                for (k, v) in kvs {
-                    batch.put_cf(handle, k, v);
-                }
-            }
-            let meta_cf = cf(&db, CF_SM_META).map_err(|e| e.to_string())?;
-            let applied = serde_json::to_vec(&meta.last_log_id).map_err(|e| e.to_string())?;
-            let membership =
-                serde_json::to_vec(&meta.last_membership).map_err(|e| e.to_string())?;
-            batch.put_cf(meta_cf, KEY_LAST_APPLIED, applied);
-            batch.put_cf(meta_cf, KEY_MEMBERSHIP, membership);
-            let mut opts = WriteOptions::default();
-            // Synced: the log entries this snapshot replaces may be purged right after.
-            opts.set_sync(true);
-            db.write_opt(batch, &opts).map_err(|e| e.to_string())?;
-            save_snapshot_file(&dir, &meta, &blob).map_err(|e| format!("save snapshot: {e}"))?;
+            install(&db, &dir, &meta, &blob)?;
             tracing::info!(snapshot = %meta, bytes = blob.len(), "installed snapshot");
             Ok(())
         })

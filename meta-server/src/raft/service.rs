@@ -3,7 +3,7 @@
 //! Requests are openraft types as JSON; the reply is the JSON of `Result<Response, RaftError>`, so
 //! a Raft-level refusal reaches the caller's openraft as a `RemoteError`. A payload that does not
 //! decode is refused with `INVALID_ARGUMENT` and changes nothing.
-use crate::types::Raft;
+use crate::raft::Raft;
 use cairn_proto::raft_service_server::RaftService;
 use cairn_proto::RaftPayload;
 use serde::de::DeserializeOwned;

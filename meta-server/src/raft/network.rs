@@ -1,10 +1,10 @@
 //! The client side of Raft RPCs: openraft's [`RaftNetworkFactory`] over the tonic `RaftService`.
 //!
 //! openraft's request and response types travel as JSON in [`RaftPayload::data`]; the server (see
-//! [`crate::raft_service`]) answers with the JSON of `Result<Response, RaftError>`. Transport
+//! [`crate::raft::service`]) answers with the JSON of `Result<Response, RaftError>`. Transport
 //! failures become [`Unreachable`] (openraft then backs off), deadlines become [`Timeout`], and an
 //! error the remote Raft returned becomes [`RemoteError`].
-use crate::types::{Node, NodeId, TypeConfig};
+use crate::raft::{Node, NodeId, TypeConfig};
 use cairn_proto::raft_service_client::RaftServiceClient;
 use cairn_proto::RaftPayload;
 use openraft::error::{

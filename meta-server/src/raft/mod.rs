@@ -1,8 +1,16 @@
-//! The openraft type configuration of the metadata cluster.
+//! Raft between the meta nodes: the openraft type configuration, and its transport over gRPC.
 //!
-//! Log entries carry a [`Command`]; applying one yields a [`CommandResult`]. Nodes are
-//! identified by a `u64` and reached at the address in their [`openraft::BasicNode`]. A
-//! snapshot travels and is held in memory as one serialized blob (see `store::state_machine`).
+//! - this module: the type configuration. Log entries carry a [`Command`]; applying one yields
+//!   a [`CommandResult`]. Nodes are identified by a `u64` and reached at the address in their
+//!   [`openraft::BasicNode`]. A snapshot travels and is held in memory as one serialized blob
+//!   (see `store::snapshot`).
+//! - [`network`]: the client side of Raft RPCs (openraft's network factory over tonic);
+//! - [`service`]: the server side (the tonic `RaftService`, forwarding to the local Raft).
+//!
+//! The log and state-machine storage openraft drives are in `crate::store`.
+pub mod network;
+pub mod service;
+
 use crate::command::{Command, CommandResult};
 use std::io::Cursor;
 

@@ -1,0 +1,307 @@
+//! `cairn get <remote> <local>`: a resumable, verified copy of a file out of the cluster.
+//!
+//! Reads one version's chunk list (`GetChunks`) and writes each slot into `<local>.cairn-part`,
+//! fetching each chunk whole and verifying it against its id (the read path's replica failover
+//! and checks, [`reader::fetch_chunk`]). At the end the part file is cut to size and published
+//! durably (`cairn_common::durable::publish`: fsynced, renamed to `<local>`, the directory
+//! fsynced). A rerun after an interruption keeps every
+//! slot of the part file whose bytes already hash to the chunk id (when the chunk is stored
+//! exactly as the file uses it, `len == stored_len`) and fetches the others — also when the
+//! remote file changed in between: only chunks that match are kept.
+use super::{
+    display_path, is_regular, meta_client, note, progress_bar, rate, resolve, split_remote,
+    Interrupted, Unresolved, PARALLEL,
+};
+use crate::data::commit;
+use crate::data::reader::{self, StoredChunk};
+use crate::data::slots;
+use crate::data::DataPlane;
+use crate::status::human;
+use anyhow::{anyhow, Context};
+use cairn_common::durable;
+use cairn_common::time::from_wire;
+use cairn_common::{ChunkId, CHUNK_SIZE};
+use futures::StreamExt;
+use std::ffi::OsString;
+use std::future::Future;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Suffix of the partial local file `cairn get` writes into.
+pub const PART_SUFFIX: &str = ".cairn-part";
+const CHUNK: u64 = CHUNK_SIZE as u64;
+
+/// What a finished `cairn get` did.
+#[derive(Debug, Clone)]
+pub struct GetSummary {
+    pub remote: String,
+    pub local: PathBuf,
+    pub size: u64,
+    /// File bytes written from chunks fetched from the cluster.
+    pub fetched: u64,
+    /// File bytes kept from the part file of an earlier run (hash verified).
+    pub reused: u64,
+    /// File bytes of holes (zeros, nothing fetched).
+    pub holes: u64,
+    pub version: u64,
+    pub took: Duration,
+}
+
+impl GetSummary {
+    pub fn line(&self) -> String {
+        format!(
+            "get {} -> {}: {} in {:.1} s ({}); fetched {} bytes, reused {} bytes, {} bytes of \
+             holes (version {})",
+            self.remote,
+            self.local.display(),
+            human(self.size),
+            self.took.as_secs_f64(),
+            rate(self.size, self.took),
+            self.fetched,
+            self.reused,
+            self.holes,
+            self.version
+        )
+    }
+}
+
+/// `<local>.cairn-part`.
+pub fn part_path(local: &Path) -> PathBuf {
+    let mut s: OsString = local.as_os_str().to_owned();
+    s.push(PART_SUFFIX);
+    PathBuf::from(s)
+}
+
+enum GetDone {
+    Fetched(u64),
+    Reused(u64),
+    Hole(u64),
+}
+
+/// True when `buf` is the slot's content: `chunk`'s bytes followed by zeros.
+fn slot_matches(buf: &[u8], chunk: &StoredChunk) -> bool {
+    let keep = chunk.len as usize;
+    keep <= buf.len()
+        && ChunkId::of(&buf[..keep]) == chunk.id
+        && buf[keep..].iter().all(|&b| b == 0)
+}
+
+/// `cairn get <remote> <local>`: see the module documentation. `stop` interrupts it.
+pub async fn get(
+    addrs: Vec<String>,
+    remote: &str,
+    local: &Path,
+    quiet: bool,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<GetSummary> {
+    let t0 = Instant::now();
+    let meta = meta_client(addrs)?;
+    let comps = split_remote(remote)?;
+    let path = display_path(&comps);
+    let attr = resolve(&meta, &comps).await.map_err(|e| match e {
+        Unresolved::Missing(_) => anyhow!("{path}: No such file in the cluster"),
+        Unresolved::Failed(e) => e,
+    })?;
+    anyhow::ensure!(is_regular(&attr), "{path}: not a regular file");
+    let into_dir = local.as_os_str().as_encoded_bytes().ends_with(b"/");
+    anyhow::ensure!(
+        !into_dir || local.is_dir(),
+        "{}: no such local directory",
+        local.display()
+    );
+    if let Some(dir) = local.parent().filter(|d| !d.as_os_str().is_empty()) {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "{}: local directory {} does not exist",
+            local.display(),
+            dir.display()
+        );
+    }
+    let local = if local.is_dir() {
+        local.join(
+            comps
+                .last()
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .unwrap_or_default(),
+        )
+    } else {
+        local.to_owned()
+    };
+    let dp = DataPlane::new(meta.clone());
+    let base = commit::load_base(&dp, attr.ino)
+        .await
+        .map_err(|e| anyhow!("reading the chunk list of {path}: {e}"))?;
+    let size = base.size;
+    let part = part_path(&local);
+    let file = Arc::new(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&part)
+            .with_context(|| format!("{}: cannot open", part.display()))?,
+    );
+    let part_len = file.metadata()?.len();
+    let slots = Arc::new(base.slots.clone());
+
+    let pb = progress_bar(size, quiet, format!("get {path}"));
+    if part_len > 0 {
+        note(
+            &pb,
+            "get",
+            &format!(
+                "resuming into {} ({} there; each chunk is checked against its hash)",
+                part.display(),
+                human(part_len)
+            ),
+        );
+    }
+    let nslots = size.div_ceil(CHUNK);
+    let mut jobs = futures::stream::iter(0..nslots)
+        .map(|slot| {
+            let (dp, file, slots) = (dp.clone(), file.clone(), slots.clone());
+            async move {
+                let start = slot * CHUNK;
+                let len = slots::len_in_file(slot, size);
+                let Some(chunk) = slots.get(&slot).cloned() else {
+                    // A hole: zeros (kept if already there).
+                    let f = file.clone();
+                    tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+                        if start + len as u64 <= part_len {
+                            let mut buf = vec![0u8; len];
+                            f.read_exact_at(&mut buf, start)?;
+                            if buf.iter().all(|&b| b == 0) {
+                                return Ok(true);
+                            }
+                        }
+                        f.write_all_at(&vec![0u8; len], start)?;
+                        Ok(false)
+                    })
+                    .await??;
+                    return Ok::<_, anyhow::Error>(GetDone::Hole(len as u64));
+                };
+                let reusable = chunk.len == chunk.stored_len
+                    && chunk.len as usize <= len
+                    && start + len as u64 <= part_len;
+                if reusable {
+                    let (f, c) = (file.clone(), chunk.clone());
+                    let ok = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+                        let mut buf = vec![0u8; len];
+                        f.read_exact_at(&mut buf, start)?;
+                        Ok(slot_matches(&buf, &c))
+                    })
+                    .await??;
+                    if ok {
+                        return Ok(GetDone::Reused(len as u64));
+                    }
+                }
+                let data = reader::fetch_chunk(&dp, &chunk).await.map_err(|e| {
+                    anyhow!(
+                        "chunk {slot} could not be read: {e} (no replica returned intact \
+                         data; if the file was overwritten meanwhile, run again)"
+                    )
+                })?;
+                let keep = (chunk.len as usize).min(len).min(data.len());
+                tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                    file.write_all_at(&data[..keep], start)?;
+                    if keep < len {
+                        file.write_all_at(&vec![0u8; len - keep], start + keep as u64)?;
+                    }
+                    Ok(())
+                })
+                .await??;
+                Ok(GetDone::Fetched(len as u64))
+            }
+        })
+        .buffer_unordered(PARALLEL);
+
+    let (mut fetched, mut reused, mut holes) = (0u64, 0u64, 0u64);
+    let mut stop = std::pin::pin!(stop);
+    let outcome: anyhow::Result<()> = loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => break Err(anyhow!(Interrupted(format!(
+                "interrupted; run the same command again to resume (the chunks already in {} \
+                 are kept)",
+                part.display()
+            )))),
+            next = jobs.next() => match next {
+                None => break Ok(()),
+                Some(Err(e)) => break Err(e.context(format!("get {path}"))),
+                Some(Ok(d)) => {
+                    let n = match d {
+                        GetDone::Fetched(n) => { fetched += n; n }
+                        GetDone::Reused(n) => { reused += n; n }
+                        GetDone::Hole(n) => { holes += n; n }
+                    };
+                    pb.inc(n);
+                }
+            }
+        }
+    };
+    drop(jobs);
+    if let Err(e) = outcome {
+        pb.abandon();
+        return Err(e);
+    }
+
+    // Exactly `size` bytes, durable, then renamed into place and the directory synced.
+    let mtime = from_wire(&attr.mtime.unwrap_or_default());
+    let f = file.clone();
+    let part2 = part.clone();
+    let local2 = local.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        f.set_len(size)?;
+        let _ = f.set_modified(mtime);
+        durable::publish(&f, &part2, &local2)?;
+        Ok(())
+    })
+    .await??;
+    pb.finish_and_clear();
+    Ok(GetSummary {
+        remote: path,
+        local,
+        size,
+        fetched,
+        reused,
+        holes,
+        version: base.version,
+        took: t0.elapsed(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_part_slot_is_kept_only_if_it_holds_the_chunk_then_zeros() {
+        let data = b"chunk bytes".to_vec();
+        let chunk = StoredChunk::for_test(&data, data.len() as u32);
+        let mut slot = data.clone();
+        slot.extend_from_slice(&[0, 0, 0]);
+        assert!(slot_matches(&slot, &chunk));
+        assert!(slot_matches(&data, &chunk));
+        let mut bad = slot.clone();
+        bad[1] ^= 1;
+        assert!(!slot_matches(&bad, &chunk));
+        let mut tail = slot.clone();
+        *tail.last_mut().unwrap() = 7;
+        assert!(
+            !slot_matches(&tail, &chunk),
+            "bytes past the chunk are zeros"
+        );
+        assert!(!slot_matches(&data[..4], &chunk), "too short");
+    }
+
+    #[test]
+    fn the_part_file_sits_next_to_the_target() {
+        assert_eq!(
+            part_path(Path::new("/tmp/x/big.iso")),
+            PathBuf::from("/tmp/x/big.iso.cairn-part")
+        );
+    }
+}

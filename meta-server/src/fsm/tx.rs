@@ -1,0 +1,300 @@
+//! The transaction of one command: its changes layered over the database.
+//!
+//! Reads through a [`Tx`] see the command's own earlier writes (a rename within one directory,
+//! two slots of one file sharing a chunk), and nothing reaches RocksDB until the whole command
+//! succeeded: only then does [`Fsm::apply`](super::Fsm::apply) call [`Tx::flush`], which puts
+//! every change into the caller's write batch. A refused command therefore changes nothing, and
+//! an accepted one takes effect atomically with the Raft `last_applied` written in the same
+//! batch.
+//!
+//! The hot tables (inodes, dentries, chunks and the GC/repair queues) have typed overlays; the
+//! small ones go through the raw key-value overlay ([`Tx::kv_get`], [`Tx::kv_put`],
+//! [`Tx::kv_scan`]).
+use super::namespace::Dentry;
+use super::schema::{
+    decode_json, encode_json, fs_err, named_key, Counter, CF_CHUNKS, CF_COUNTERS, CF_DENTRIES,
+    CF_GC, CF_GONE, CF_INODES, CF_REPAIR,
+};
+use super::{ChunkRecord, Fsm, Gone, Inode};
+use crate::command::{FsError, Time};
+use cairn_common::error::ErrorKind;
+use cairn_common::ChunkId;
+use rocksdb::WriteBatch;
+use std::collections::BTreeMap;
+
+/// A key and its value, as stored.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// The changes of one command (see the module docs). `None` values are deletions.
+pub struct Tx<'a> {
+    fsm: &'a Fsm,
+    /// The log index of the entry being applied.
+    index: u64,
+    inodes: BTreeMap<u64, Option<Inode>>,
+    dentries: BTreeMap<Vec<u8>, Option<Dentry>>,
+    chunks: BTreeMap<ChunkId, Option<ChunkRecord>>,
+    gc: BTreeMap<ChunkId, Option<Time>>,
+    repair: BTreeMap<ChunkId, Option<Time>>,
+    gone: BTreeMap<ChunkId, Option<Gone>>,
+    counters: BTreeMap<Counter, u64>,
+    /// Every other column family: (cf, key) → value.
+    kv: BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
+}
+
+impl<'a> Tx<'a> {
+    pub fn new(fsm: &'a Fsm, index: u64) -> Tx<'a> {
+        Tx {
+            fsm,
+            index,
+            inodes: BTreeMap::new(),
+            dentries: BTreeMap::new(),
+            chunks: BTreeMap::new(),
+            gc: BTreeMap::new(),
+            repair: BTreeMap::new(),
+            gone: BTreeMap::new(),
+            counters: BTreeMap::new(),
+            kv: BTreeMap::new(),
+        }
+    }
+
+    /// The log index of the entry being applied (the same on every replica).
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// The committed state under this transaction (for scans it does not overlay).
+    pub fn fsm(&self) -> &'a Fsm {
+        self.fsm
+    }
+
+    /// Puts every change into `b`.
+    pub fn flush(self, b: &mut WriteBatch) -> Result<(), FsError> {
+        let f = self.fsm;
+        fn put<K: AsRef<[u8]>>(
+            b: &mut WriteBatch,
+            cf: &rocksdb::ColumnFamily,
+            k: K,
+            v: Option<Vec<u8>>,
+        ) {
+            match v {
+                Some(v) => b.put_cf(cf, k, v),
+                None => b.delete_cf(cf, k),
+            }
+        }
+        let cf = f.cf(CF_INODES)?;
+        for (ino, v) in &self.inodes {
+            put(b, cf, ino.to_be_bytes(), v.as_ref().map(encode_json));
+        }
+        let cf = f.cf(CF_DENTRIES)?;
+        for (k, v) in &self.dentries {
+            put(b, cf, k, v.map(|d| d.encode().to_vec()));
+        }
+        let cf = f.cf(CF_CHUNKS)?;
+        for (id, v) in &self.chunks {
+            put(b, cf, id.as_bytes(), v.as_ref().map(encode_json));
+        }
+        let cf = f.cf(CF_GC)?;
+        for (id, v) in &self.gc {
+            put(b, cf, id.as_bytes(), v.as_ref().map(encode_json));
+        }
+        let cf = f.cf(CF_REPAIR)?;
+        for (id, v) in &self.repair {
+            put(b, cf, id.as_bytes(), v.as_ref().map(encode_json));
+        }
+        let cf = f.cf(CF_GONE)?;
+        for (id, v) in &self.gone {
+            put(b, cf, id.as_bytes(), v.as_ref().map(encode_json));
+        }
+        let cf = f.cf(CF_COUNTERS)?;
+        for (c, v) in &self.counters {
+            b.put_cf(cf, c.key(), v.to_be_bytes());
+        }
+        for ((cf, k), v) in self.kv {
+            put(b, f.cf(cf)?, k, v);
+        }
+        Ok(())
+    }
+
+    // --- raw key-value overlay ---------------------------------------------------------------
+
+    pub fn kv_get(&mut self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, FsError> {
+        if let Some(v) = self.kv.get(&(cf, key.to_vec())) {
+            return Ok(v.clone());
+        }
+        self.fsm.raw_get(cf, key)
+    }
+
+    pub fn kv_put(&mut self, cf: &'static str, key: Vec<u8>, v: Option<Vec<u8>>) {
+        self.kv.insert((cf, key), v);
+    }
+
+    /// The entries of `cf` whose key starts with `prefix`, as this transaction sees them.
+    pub fn kv_scan(&mut self, cf: &'static str, prefix: &[u8]) -> Result<Vec<KeyValue>, FsError> {
+        let mut out = self.fsm.scan(cf, prefix)?;
+        for ((c, k), v) in self.kv.range((cf, prefix.to_vec())..) {
+            if *c != cf || !k.starts_with(prefix) {
+                break;
+            }
+            match v {
+                Some(v) => out.insert(k.clone(), v.clone()),
+                None => out.remove(k),
+            };
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// The JSON value of `key` in `cf`.
+    pub fn kv_get_json<T: serde::de::DeserializeOwned>(
+        &mut self,
+        cf: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>, FsError> {
+        self.kv_get(cf, key)?.map(|v| decode_json(&v)).transpose()
+    }
+
+    /// Stores `value` as JSON under `key` in `cf`.
+    pub fn kv_put_json<T: serde::Serialize>(&mut self, cf: &'static str, key: Vec<u8>, value: &T) {
+        self.kv_put(cf, key, Some(encode_json(value)));
+    }
+
+    // --- inodes --------------------------------------------------------------------------------
+
+    pub fn inode(&mut self, ino: u64) -> Result<Option<Inode>, FsError> {
+        if let Some(v) = self.inodes.get(&ino) {
+            return Ok(v.clone());
+        }
+        let v = self
+            .fsm
+            .raw_get(CF_INODES, &ino.to_be_bytes())?
+            .map(|v| decode_json::<Inode>(&v))
+            .transpose()?;
+        self.inodes.insert(ino, v.clone());
+        Ok(v)
+    }
+
+    pub fn must_inode(&mut self, ino: u64) -> Result<Inode, FsError> {
+        self.inode(ino)?
+            .ok_or_else(|| fs_err(ErrorKind::NotFound, format!("inode {ino} not found")))
+    }
+
+    pub fn must_dir(&mut self, ino: u64) -> Result<Inode, FsError> {
+        let d = self.must_inode(ino)?;
+        if !d.is_dir() {
+            return Err(fs_err(
+                ErrorKind::NotDir,
+                format!("inode {ino} is not a directory"),
+            ));
+        }
+        Ok(d)
+    }
+
+    pub fn put_inode(&mut self, i: Inode) {
+        self.inodes.insert(i.ino, Some(i));
+    }
+
+    pub fn del_inode(&mut self, ino: u64) {
+        self.inodes.insert(ino, None);
+    }
+
+    // --- directory entries ---------------------------------------------------------------------
+
+    pub fn dentry(&mut self, parent: u64, name: &[u8]) -> Result<Option<Dentry>, FsError> {
+        let k = named_key(parent, name);
+        if let Some(v) = self.dentries.get(&k) {
+            return Ok(*v);
+        }
+        let v = self
+            .fsm
+            .raw_get(CF_DENTRIES, &k)?
+            .map(|v| Dentry::decode(&v))
+            .transpose()?;
+        self.dentries.insert(k, v);
+        Ok(v)
+    }
+
+    pub fn put_dentry(&mut self, parent: u64, name: &[u8], d: Dentry) {
+        self.dentries.insert(named_key(parent, name), Some(d));
+    }
+
+    pub fn del_dentry(&mut self, parent: u64, name: &[u8]) {
+        self.dentries.insert(named_key(parent, name), None);
+    }
+
+    /// Whether directory `ino` has no entries, as this transaction sees it.
+    pub fn dir_is_empty(&mut self, ino: u64) -> Result<bool, FsError> {
+        let prefix = ino.to_be_bytes();
+        // Entries this command added under `ino`.
+        if self
+            .dentries
+            .iter()
+            .any(|(k, v)| v.is_some() && k.starts_with(&prefix) && k.len() > 8)
+        {
+            return Ok(false);
+        }
+        // Entries in the DB not deleted by this command. A command deletes at most two
+        // entries, so three DB keys are enough to decide.
+        let keys = self.fsm.first_keys(CF_DENTRIES, &prefix, 3)?;
+        Ok(keys
+            .iter()
+            .all(|k| matches!(self.dentries.get(k), Some(None))))
+    }
+
+    // --- counters ------------------------------------------------------------------------------
+
+    pub fn counter(&mut self, c: Counter) -> Result<u64, FsError> {
+        if let Some(v) = self.counters.get(&c) {
+            return Ok(*v);
+        }
+        let v = self.fsm.read_counter(c)?;
+        self.counters.insert(c, v);
+        Ok(v)
+    }
+
+    pub fn set_counter(&mut self, c: Counter, v: u64) {
+        self.counters.insert(c, v);
+    }
+
+    // --- chunks and their queues ---------------------------------------------------------------
+
+    pub fn chunk(&mut self, id: &ChunkId) -> Result<Option<ChunkRecord>, FsError> {
+        if let Some(v) = self.chunks.get(id) {
+            return Ok(v.clone());
+        }
+        let v = self.fsm.chunk_record(id)?;
+        self.chunks.insert(*id, v.clone());
+        Ok(v)
+    }
+
+    /// Stores (`Some`) or deletes (`None`) chunk `id`'s record.
+    pub fn set_chunk(&mut self, id: ChunkId, rec: Option<ChunkRecord>) {
+        self.chunks.insert(id, rec);
+    }
+
+    /// Queues chunk `id` for collection since `since` (`None`: takes it off the queue).
+    pub fn set_gc(&mut self, id: ChunkId, since: Option<Time>) {
+        self.gc.insert(id, since);
+    }
+
+    /// Notes that chunk `id` lost a replica at `at` (`None`: a replica was added back).
+    pub fn set_repair(&mut self, id: ChunkId, at: Option<Time>) {
+        self.repair.insert(id, at);
+    }
+
+    pub fn gone(&mut self, id: &ChunkId) -> Result<Option<Gone>, FsError> {
+        if let Some(v) = self.gone.get(id) {
+            return Ok(*v);
+        }
+        let v = self
+            .fsm
+            .raw_get(CF_GONE, id.as_bytes())?
+            .map(|v| decode_json::<Gone>(&v))
+            .transpose()?;
+        self.gone.insert(*id, v);
+        Ok(v)
+    }
+
+    /// Records (`Some`) or forgets (`None`) chunk `id`'s tombstone.
+    pub fn set_gone(&mut self, id: ChunkId, g: Option<Gone>) {
+        self.gone.insert(id, g);
+    }
+}

@@ -1,0 +1,132 @@
+//! The reapers: end mount sessions that stopped renewing (the mount crashed, was killed or lost
+//! the network), which releases their locks and deletes the files they kept open after unlink
+//! (see `fsm::sessions`); and abort upload sessions nobody recorded a chunk into for
+//! `--upload-ttl-secs` (their chunks become garbage; see `fsm::uploads`).
+//!
+//! They run on every node and act only on a leader that has held office for at least one TTL
+//! (each behind [`LeaderOnly`] with its own TTL as the settle time): a new leader cannot tell a
+//! dead mount from one that could not renew during the election, so it first gives every live
+//! mount a full TTL to reach it. The expiry itself is a `CloseSession` / `AbortUpload` with
+//! `idle_before`, so a renewal (or a recorded chunk) committed in between wins.
+use crate::command::{AbortUpload, CloseSession, Command, Time};
+use crate::error::MetaError;
+use crate::leader::LeaderOnly;
+use crate::node::MetaNode;
+use cairn_common::worker::{Worker, WorkerState};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Ends mount sessions not renewed for `ttl`.
+pub struct SessionReaper {
+    node: Arc<MetaNode>,
+    ttl: Duration,
+    tick: Duration,
+}
+
+/// Aborts upload sessions idle for `ttl`.
+pub struct UploadReaper {
+    node: Arc<MetaNode>,
+    ttl: Duration,
+    tick: Duration,
+}
+
+/// How often the reapers look: a quarter of the shorter TTL (at least every 250 ms).
+fn tick(session_ttl: Duration, upload_ttl: Duration) -> Duration {
+    (session_ttl.min(upload_ttl) / 4).max(Duration::from_millis(250))
+}
+
+/// Both reapers, gated to a leader that has held office for one of their TTLs.
+pub fn workers(
+    node: &Arc<MetaNode>,
+    session_ttl: Duration,
+    upload_ttl: Duration,
+) -> (LeaderOnly<SessionReaper>, LeaderOnly<UploadReaper>) {
+    let tick = tick(session_ttl, upload_ttl);
+    let sessions = SessionReaper {
+        node: node.clone(),
+        ttl: session_ttl,
+        tick,
+    };
+    let uploads = UploadReaper {
+        node: node.clone(),
+        ttl: upload_ttl,
+        tick,
+    };
+    (
+        LeaderOnly::new(node.clone(), session_ttl, sessions),
+        LeaderOnly::new(node.clone(), upload_ttl, uploads),
+    )
+}
+
+impl Worker for SessionReaper {
+    type Error = MetaError;
+
+    fn name(&self) -> String {
+        "session reaper".into()
+    }
+
+    async fn work(&mut self) -> Result<WorkerState, MetaError> {
+        let now = Time::now();
+        let idle_before = Time::ago(self.ttl);
+        for s in self.node.fsm().sessions()? {
+            if s.renewed >= idle_before {
+                continue;
+            }
+            tracing::warn!(
+                session = s.id,
+                host = %s.host,
+                mountpoint = %s.mountpoint,
+                pid = s.pid,
+                "mount session expired: releasing its locks and open unlinked files"
+            );
+            self.node
+                .write(Command::CloseSession(CloseSession {
+                    session: s.id,
+                    idle_before: Some(idle_before),
+                    now,
+                }))
+                .await?;
+        }
+        Ok(WorkerState::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(self.tick).await
+    }
+}
+
+impl Worker for UploadReaper {
+    type Error = MetaError;
+
+    fn name(&self) -> String {
+        "upload reaper".into()
+    }
+
+    async fn work(&mut self) -> Result<WorkerState, MetaError> {
+        let idle_before = Time::ago(self.ttl);
+        for (h, slots) in self.node.fsm().uploads()? {
+            if h.touched >= idle_before {
+                continue;
+            }
+            tracing::warn!(
+                upload = h.id,
+                host = %h.host,
+                label = %h.label,
+                chunks = slots.len(),
+                "upload session expired: aborting it, its chunks become garbage"
+            );
+            self.node
+                .write(Command::AbortUpload(AbortUpload {
+                    upload: h.id,
+                    idle_before: Some(idle_before),
+                    now: Time::now(),
+                }))
+                .await?;
+        }
+        Ok(WorkerState::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(self.tick).await
+    }
+}

@@ -1,0 +1,194 @@
+//! Request checks: every bound and precondition a request must meet before anything is
+//! proposed or read, in one place. Each failing check answers `InvalidArgument` (or the
+//! errno-carrying kind of a bad name) and changes nothing.
+use super::convert;
+use crate::command::{Command, Keep, Once, Reply, SlotUpdate, Time};
+use crate::error::MetaError;
+use crate::fsm::{Fsm, MAX_FILE_SIZE};
+use cairn_common::error::ErrorKind;
+use cairn_common::CHUNK_SIZE;
+use cairn_proto as pb;
+use tonic::{Request, Status};
+
+/// Most entries one ReadDir returns.
+pub const MAX_READDIR: usize = 1000;
+/// Most chunks one PrepareWrite may ask about.
+pub const MAX_PREPARE_CHUNKS: usize = 1024;
+/// Most slot updates one CommitWrite may carry.
+pub const MAX_SLOT_UPDATES: usize = 4096;
+/// Longest `reason` a ReportBadReplica may carry.
+pub const MAX_REASON_LEN: usize = 1024;
+/// Most open inodes an unlink or rename may list (a bound on the message, not on the mount: a
+/// mount with more open files lists only those the operation could remove).
+pub const KEEP_MAX: usize = 1 << 16;
+/// Longest chunk-server uuid and address.
+pub const MAX_SERVER_UUID: usize = 128;
+pub const MAX_ADDR: usize = 256;
+/// Longest host name and mount point a session may carry.
+pub const MAX_HOST: usize = 256;
+pub const MAX_MOUNTPOINT: usize = 4096;
+
+pub fn invalid(msg: impl Into<String>) -> Status {
+    MetaError::Invalid(msg.into()).into()
+}
+
+/// The state machine answered a command with a reply of the wrong shape (a bug).
+pub fn unexpected(r: Reply) -> Status {
+    tracing::error!(reply = ?r, "state machine returned an unexpected reply");
+    cairn_common::error::status(ErrorKind::Internal, format!("unexpected reply {r:?}"))
+}
+
+pub fn ino(ino: u64, what: &str) -> Result<u64, Status> {
+    if ino == 0 {
+        return Err(invalid(format!("{what}: inode 0 does not exist")));
+    }
+    Ok(ino)
+}
+
+pub fn name(name: &[u8]) -> Result<(), Status> {
+    cairn_common::name::validate_name(name).map_err(|kind| {
+        MetaError::fs(
+            kind,
+            format!("invalid name {:?}", String::from_utf8_lossy(name)),
+        )
+        .into()
+    })
+}
+
+pub fn size(size: u64) -> Result<u64, Status> {
+    if size > MAX_FILE_SIZE {
+        return Err(invalid(format!("size {size} exceeds {MAX_FILE_SIZE}")));
+    }
+    Ok(size)
+}
+
+pub fn session(session: u64) -> Result<u64, Status> {
+    if session == 0 {
+        return Err(invalid("session 0 is not a session"));
+    }
+    Ok(session)
+}
+
+pub fn keep(session: u64, open: Vec<u64>) -> Result<Keep, Status> {
+    if open.len() > KEEP_MAX {
+        return Err(invalid(format!("more than {KEEP_MAX} open inodes listed")));
+    }
+    Ok(Keep { session, open })
+}
+
+/// At most `max` items of `what`.
+pub fn at_most(n: usize, max: usize, what: &str) -> Result<(), Status> {
+    if n > max {
+        return Err(invalid(format!(
+            "{n} {what} in one request (at most {max})"
+        )));
+    }
+    Ok(())
+}
+
+/// The request id of a call (`cairn-request-id`, the same on every retry of one logical call):
+/// `None` when absent, an error when malformed.
+pub fn request_id<T>(req: &Request<T>) -> Result<Option<(u64, u64)>, Status> {
+    let Some(v) = req
+        .metadata()
+        .get(cairn_common::meta_client::REQUEST_ID_KEY)
+    else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .and_then(cairn_common::meta_client::parse_request_id)
+        .map(Some)
+        .ok_or_else(|| invalid("malformed cairn-request-id"))
+}
+
+/// `cmd`, applied at most once per request id when the call carries one.
+pub fn once(id: Option<(u64, u64)>, cmd: Command) -> Command {
+    match id {
+        Some((client, seq)) => Command::Once(Once {
+            client,
+            seq,
+            now: Time::now(),
+            cmd: Box::new(cmd),
+        }),
+        None => cmd,
+    }
+}
+
+/// Checks the slot updates of a commit (`size`: the new file size) or of an upload record
+/// (`None`: chunks only): well-formed chunk references, known servers, and at least `quorum`
+/// durable replicas for each chunk.
+pub fn slot_updates(
+    fsm: &Fsm,
+    quorum: usize,
+    raw: &[pb::SlotUpdate],
+    size: Option<u64>,
+) -> Result<Vec<SlotUpdate>, Status> {
+    at_most(raw.len(), MAX_SLOT_UPDATES, "slot updates")?;
+    let mut updates = Vec::with_capacity(raw.len());
+    for u in raw {
+        let mut replicas = u.replicas.clone();
+        replicas.sort_unstable();
+        replicas.dedup();
+        let chunk = match &u.chunk {
+            None => None,
+            Some(c) => {
+                let c = convert::slot_chunk(c)?;
+                let limit = size.unwrap_or(u64::MAX);
+                if u.index.saturating_mul(CHUNK_SIZE as u64) >= limit {
+                    return Err(invalid(format!(
+                        "slot {} lies past the new size {limit}",
+                        u.index
+                    )));
+                }
+                for id in &replicas {
+                    if fsm.server(*id)?.is_none() {
+                        return Err(invalid(format!("unknown chunk server {id}")));
+                    }
+                }
+                // Replicas the cluster already knows of count too (a deduplicated chunk is
+                // not uploaded again).
+                let mut all = replicas.clone();
+                if let Some(rec) = fsm.chunk(&c.id)?.filter(|r| r.is_live()) {
+                    all.extend(rec.replicas);
+                    all.sort_unstable();
+                    all.dedup();
+                }
+                if all.len() < quorum {
+                    return Err(invalid(format!(
+                        "chunk {} has {} durable replicas, at least {quorum} needed",
+                        c.id,
+                        all.len()
+                    )));
+                }
+                Some(c)
+            }
+        };
+        updates.push(SlotUpdate {
+            index: u.index,
+            chunk,
+            replicas,
+            ticket: u.ticket,
+        });
+    }
+    Ok(updates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_inodes_sizes_and_lengths_are_checked() {
+        let e = name(&[b'a'; 300]).unwrap_err();
+        assert_eq!(ErrorKind::from_status(&e), ErrorKind::NameTooLong);
+        let e = name(b"a/b").unwrap_err();
+        assert_eq!(ErrorKind::from_status(&e), ErrorKind::InvalidArgument);
+        assert!(name(b"ok").is_ok());
+        assert!(ino(0, "ino").is_err());
+        assert!(size(MAX_FILE_SIZE + 1).is_err());
+        assert!(session(0).is_err());
+        assert!(keep(1, vec![0; KEEP_MAX + 1]).is_err());
+        assert!(at_most(3, 2, "things").is_err());
+    }
+}

@@ -1,0 +1,309 @@
+//! Cluster RPCs: chunk-server registration, heartbeats (which feed the leader's liveness table)
+//! and bad-replica reports; the cluster's status and fsck; draining a chunk server.
+use super::checks::{self, invalid, MAX_ADDR, MAX_REASON_LEN, MAX_SERVER_UUID};
+use super::convert;
+use super::{Answer, Ctx};
+use crate::command::{Command, DropReplica, RegisterChunkServer, Reply, SetDraining, Time};
+use crate::error::MetaError;
+use crate::fsm::ServerRecord;
+use crate::placement::Load;
+use cairn_common::error::ErrorKind;
+use cairn_proto as pb;
+use std::time::{Duration, Instant};
+use tonic::{Request, Response};
+
+/// How long ClusterStatus waits for each peer's NodeStatus.
+const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+
+impl Ctx {
+    /// Resolves `server` (an id or an address) to a registered chunk server.
+    fn find_server(&self, server: &str) -> Result<ServerRecord, MetaError> {
+        let servers = self.node.fsm().servers()?;
+        let placement = &self.leader.placement;
+        let found = match server.trim().parse::<u64>() {
+            Ok(id) => servers.into_iter().find(|s| s.id == id),
+            Err(_) => {
+                let addr = server.trim();
+                servers
+                    .into_iter()
+                    .find(|s| s.addr == addr || placement.get(s.id).is_some_and(|h| h.addr == addr))
+            }
+        };
+        found.ok_or_else(|| {
+            MetaError::fs(
+                ErrorKind::NotFound,
+                format!("no chunk server {server:?} (give its id or address)"),
+            )
+        })
+    }
+
+    async fn peer_status(&self, id: u64, addr: String) -> pb::MetaNodeStatus {
+        let down = pb::MetaNodeStatus {
+            id,
+            addr: addr.clone(),
+            role: "down".into(),
+            ..Default::default()
+        };
+        let ask = async {
+            let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .ok()?
+                .connect_timeout(PEER_STATUS_TIMEOUT)
+                .timeout(PEER_STATUS_TIMEOUT)
+                .connect()
+                .await
+                .ok()?;
+            let mut c = pb::meta_service_client::MetaServiceClient::new(ch);
+            c.node_status(pb::NodeStatusRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .node
+        };
+        match tokio::time::timeout(PEER_STATUS_TIMEOUT, ask).await {
+            Ok(Some(mut s)) => {
+                s.id = id;
+                s.addr = addr;
+                s
+            }
+            _ => {
+                tracing::debug!(peer = id, %addr, "meta node did not answer NodeStatus");
+                down
+            }
+        }
+    }
+}
+
+pub(super) async fn register_chunk_server(
+    ctx: &Ctx,
+    req: Request<pb::RegisterChunkServerRequest>,
+) -> Answer<pb::RegisterChunkServerReply> {
+    let r = req.into_inner();
+    if r.uuid.is_empty() || r.uuid.len() > MAX_SERVER_UUID {
+        return Err(invalid(format!(
+            "chunk server uuid must be 1..={MAX_SERVER_UUID} bytes"
+        )));
+    }
+    if r.addr.is_empty() || r.addr.len() > MAX_ADDR {
+        return Err(invalid(format!(
+            "chunk server address must be 1..={MAX_ADDR} bytes"
+        )));
+    }
+    let cmd = Command::RegisterChunkServer(RegisterChunkServer {
+        uuid: r.uuid.clone(),
+        addr: r.addr.clone(),
+    });
+    match ctx.node.write(cmd).await? {
+        Reply::ServerId(server_id) => {
+            tracing::info!(server = server_id, uuid = %r.uuid, addr = %r.addr, "chunk server registered");
+            Ok(Response::new(pb::RegisterChunkServerReply { server_id }))
+        }
+        other => Err(checks::unexpected(other)),
+    }
+}
+
+pub(super) async fn heartbeat(
+    ctx: &Ctx,
+    req: Request<pb::HeartbeatRequest>,
+) -> Answer<pb::HeartbeatReply> {
+    let r = req.into_inner();
+    if r.server_id == 0 {
+        return Err(invalid("server id 0: register first"));
+    }
+    if r.addr.len() > MAX_ADDR {
+        return Err(invalid(format!("address longer than {MAX_ADDR} bytes")));
+    }
+    ctx.require_leader()?;
+    let Some(rec) = ctx.node.fsm().server(r.server_id)? else {
+        return Err(MetaError::fs(
+            ErrorKind::NotFound,
+            format!("chunk server {} is not registered", r.server_id),
+        )
+        .into());
+    };
+    let addr = if r.addr.is_empty() { rec.addr } else { r.addr };
+    let load = Load {
+        capacity_bytes: r.capacity_bytes,
+        used_bytes: r.used_bytes,
+        free_bytes: r.free_bytes,
+        chunk_count: r.chunk_count,
+    };
+    let placement = &ctx.leader.placement;
+    if !placement.is_up(r.server_id, Instant::now()) {
+        tracing::info!(server = r.server_id, %addr, "chunk server is up");
+    }
+    placement.heartbeat(r.server_id, &addr, load, Instant::now());
+    if let Some(scrub) = r.scrub {
+        ctx.leader.note_scrub(r.server_id, scrub);
+    }
+    Ok(Response::new(pb::HeartbeatReply {}))
+}
+
+pub(super) async fn report_bad_replica(
+    ctx: &Ctx,
+    req: Request<pb::ReportBadReplicaRequest>,
+) -> Answer<pb::ReportBadReplicaReply> {
+    let r = req.into_inner();
+    let id = convert::chunk_id(&r.chunk_id)?;
+    if r.server_id == 0 {
+        return Err(invalid("server id 0 is not a chunk server"));
+    }
+    if r.reason.len() > MAX_REASON_LEN {
+        return Err(invalid(format!(
+            "reason is {} bytes, at most {MAX_REASON_LEN}",
+            r.reason.len()
+        )));
+    }
+    // The registration check reads local state, which only the leader knows is current.
+    ctx.require_leader()?;
+    if ctx.node.fsm().server(r.server_id)?.is_none() {
+        return Err(invalid(format!(
+            "chunk server {} is not registered",
+            r.server_id
+        )));
+    }
+    tracing::warn!(server = r.server_id, chunk = %id, reason = %r.reason, "bad replica reported");
+    let cmd = Command::DropReplica(DropReplica {
+        id,
+        server: r.server_id,
+        now: Time::now(),
+    });
+    ctx.write_empty(cmd).await?;
+    Ok(Response::new(pb::ReportBadReplicaReply {}))
+}
+
+pub(super) async fn cluster_status(
+    ctx: &Ctx,
+    _req: Request<pb::ClusterStatusRequest>,
+) -> Answer<pb::ClusterStatusReply> {
+    ctx.require_leader()?;
+    let me = ctx.node.id;
+    let asks = ctx.node.members().into_iter().map(|(id, addr)| async move {
+        if id == me {
+            let mut s = ctx.node.local_status();
+            s.id = id;
+            s
+        } else {
+            ctx.peer_status(id, addr).await
+        }
+    });
+    let meta = futures::future::join_all(asks).await;
+
+    let now = Instant::now();
+    let scan = ctx.leader.repair.last_scan();
+    let scrub = ctx.leader.scrub_figures();
+    let chunk_servers = ctx
+        .node
+        .fsm()
+        .servers()?
+        .into_iter()
+        .map(|rec| match ctx.leader.placement.get(rec.id) {
+            Some(s) => pb::ChunkServerStatus {
+                scrub: scrub.get(&rec.id).cloned(),
+                draining: rec.draining,
+                listed_replicas: scan.listed.get(&rec.id).copied().unwrap_or(0),
+                id: rec.id,
+                addr: s.addr.clone(),
+                state: if ctx.leader.placement.is_up(rec.id, now) {
+                    "up"
+                } else {
+                    "down"
+                }
+                .into(),
+                capacity_bytes: s.load.capacity_bytes,
+                used_bytes: s.load.used_bytes,
+                free_bytes: s.load.free_bytes,
+                chunk_count: s.load.chunk_count,
+                last_heartbeat_ms_ago: now
+                    .saturating_duration_since(s.last_seen)
+                    .as_millis()
+                    .max(1) as u64,
+            },
+            None => pb::ChunkServerStatus {
+                id: rec.id,
+                addr: rec.addr,
+                state: "down".into(),
+                draining: rec.draining,
+                listed_replicas: scan.listed.get(&rec.id).copied().unwrap_or(0),
+                ..Default::default()
+            },
+        })
+        .collect();
+    Ok(Response::new(pb::ClusterStatusReply {
+        meta,
+        chunk_servers,
+        leader_id: me,
+        replication: ctx.cfg.replication,
+        repair: Some(pb::RepairStatus {
+            gc_pending: ctx.node.fsm().gc_pending()?,
+            gc_collected: ctx.leader.gc.collected_total(),
+            ..ctx.leader.repair.to_proto()
+        }),
+    }))
+}
+
+pub(super) async fn fsck(ctx: &Ctx, req: Request<pb::FsckRequest>) -> Answer<pb::FsckReply> {
+    let r = req.into_inner();
+    let max_files = (r.max_files as usize).min(crate::fsck::MAX_FSCK_FILES);
+    // Liveness is the leader's; the read index makes the namespace current.
+    ctx.node.linearizable_read().await?;
+    let now = Instant::now();
+    if ctx.leader.warming_up(now)? {
+        // Right after an election every server still looks down: do not report false loss.
+        return Err(MetaError::fs(
+            ErrorKind::Unavailable,
+            "new leader: still learning which chunk servers are up; retry",
+        )
+        .into());
+    }
+    let report = crate::fsck::fsck(
+        ctx.node.fsm(),
+        ctx.cfg.replication as usize,
+        |id| ctx.leader.placement.is_up(id, now),
+        max_files,
+    )?;
+    Ok(Response::new(report))
+}
+
+pub(super) async fn drain(ctx: &Ctx, req: Request<pb::DrainRequest>) -> Answer<pb::DrainReply> {
+    let r = req.into_inner();
+    if r.server.is_empty() || r.server.len() > MAX_ADDR {
+        return Err(invalid("give a chunk server id or address"));
+    }
+    ctx.require_leader()?;
+    let rec = ctx.find_server(&r.server)?;
+    let cmd = Command::SetDraining(SetDraining {
+        server: rec.id,
+        draining: r.drain,
+    });
+    ctx.write_empty(cmd).await?;
+    tracing::info!(
+        server = rec.id,
+        drain = r.drain,
+        "chunk server drain changed"
+    );
+    ctx.leader.kick_repair();
+    let listed = ctx
+        .leader
+        .repair
+        .last_scan()
+        .listed
+        .get(&rec.id)
+        .copied()
+        .unwrap_or(0);
+    Ok(Response::new(pb::DrainReply {
+        server_id: rec.id,
+        listed_replicas: listed,
+    }))
+}
+
+pub(super) async fn node_status(
+    ctx: &Ctx,
+    _req: Request<pb::NodeStatusRequest>,
+) -> Answer<pb::NodeStatusReply> {
+    let (leader_id, leader_addr) = ctx.node.leader().unwrap_or_default();
+    Ok(Response::new(pb::NodeStatusReply {
+        node: Some(ctx.node.local_status()),
+        leader_id,
+        leader_addr,
+    }))
+}

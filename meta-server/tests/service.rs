@@ -1,0 +1,487 @@
+//! The whole meta service against a real one-node cluster: namespace calls, chunk-server
+//! registration and heartbeats, placement, commit quorum, chunk locations, bad-replica reports,
+//! status, and exactly-once retries.
+use cairn_common::error::ErrorKind;
+use cairn_common::{ChunkId, CHUNK_SIZE};
+use cairn_meta_server::service::MAX_REASON_LEN;
+use cairn_proto as pb;
+use tonic::{Request, Status};
+
+/// The whole service against a real one-node cluster: namespace calls, chunk-server
+/// registration and heartbeats, placement, commit quorum, chunk locations, status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_cluster_end_to_end() {
+    use cairn_common::MetaClient;
+    use cairn_meta_server::config::{Config, Peer};
+
+    let dir = tempfile::tempdir().unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let mut cfg = Config::new(1, addr.clone(), dir.path());
+    cfg.peers = vec![Peer {
+        id: 1,
+        addr: addr.clone(),
+    }];
+    cfg.drain_timeout_ms = 1_000;
+    let node = cairn_meta_server::start_with_listener(cfg, l)
+        .await
+        .unwrap();
+    let meta = MetaClient::new(vec![addr.clone()]);
+    let kind_of = |s: Status| ErrorKind::from_status(&s);
+
+    tracing::info!("--- namespace");
+    let d = meta
+        .call(|mut c| async move {
+            c.create(pb::CreateRequest {
+                parent: 1,
+                name: b"d".to_vec(),
+                kind: pb::FileKind::Directory as i32,
+                mode: 0o40755,
+                exclusive: true,
+                ..Default::default()
+            })
+            .await
+        })
+        .await
+        .unwrap()
+        .attr
+        .unwrap();
+    assert_eq!(d.kind, pb::FileKind::Directory as i32);
+    assert_eq!(d.mode, 0o755);
+    let f = meta
+        .call(|mut c| async move {
+            c.create(pb::CreateRequest {
+                parent: d.ino,
+                name: b"f".to_vec(),
+                kind: pb::FileKind::Regular as i32,
+                mode: 0o644,
+                exclusive: true,
+                ..Default::default()
+            })
+            .await
+        })
+        .await
+        .unwrap()
+        .attr
+        .unwrap();
+    let mut c = meta.node(&addr).unwrap();
+    let got = c
+        .lookup(pb::LookupRequest {
+            parent: d.ino,
+            name: b"f".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.attr.unwrap().ino, f.ino);
+    let page = c
+        .read_dir(pb::ReadDirRequest {
+            ino: d.ino,
+            after: vec![],
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.entries.len(), 1);
+    assert!(page.eof);
+    assert_eq!(page.parent, 1);
+    assert_eq!(page.dir.unwrap().ino, d.ino);
+
+    tracing::info!("--- bad input is refused");
+    let e = c
+        .create(pb::CreateRequest {
+            parent: 1,
+            name: b"a/b".to_vec(),
+            kind: pb::FileKind::Regular as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(kind_of(e), ErrorKind::InvalidArgument);
+    let e = c
+        .create(pb::CreateRequest {
+            parent: 1,
+            name: b"x".to_vec(),
+            kind: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(kind_of(e), ErrorKind::InvalidArgument);
+    let e = c.get_attr(pb::GetAttrRequest { ino: 0 }).await.unwrap_err();
+    assert_eq!(kind_of(e), ErrorKind::InvalidArgument);
+    let e = c
+        .lookup(pb::LookupRequest {
+            parent: 1,
+            name: b"nope".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(kind_of(e), ErrorKind::NotFound);
+    let e = c
+        .readlink(pb::ReadlinkRequest { ino: f.ino })
+        .await
+        .unwrap_err();
+    assert_eq!(kind_of(e), ErrorKind::InvalidArgument);
+
+    tracing::info!("--- no chunk servers: writes are unavailable");
+    let data = b"hello world".to_vec();
+    let cref = pb::ChunkRef {
+        id: ChunkId::of(&data).as_bytes().to_vec(),
+        len: data.len() as u32,
+        stored_len: data.len() as u32,
+    };
+    let e = c
+        .prepare_write(pb::PrepareWriteRequest {
+            chunks: vec![cref.clone()],
+            exclude_servers: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(kind_of(e), ErrorKind::Unavailable);
+
+    tracing::info!("--- register three chunk servers and heartbeat");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let id = c
+            .register_chunk_server(pb::RegisterChunkServerRequest {
+                uuid: format!("uuid-{i}"),
+                addr: format!("127.0.0.1:{}", 9100 + i),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .server_id;
+        c.heartbeat(pb::HeartbeatRequest {
+            server_id: id,
+            addr: format!("127.0.0.1:{}", 9100 + i),
+            capacity_bytes: 30 << 30,
+            used_bytes: 20 << 30,
+            free_bytes: 10 << 30,
+            chunk_count: 0,
+            scrub: None,
+        })
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    assert_eq!(ids, vec![1, 2, 3]);
+    let again = c
+        .register_chunk_server(pb::RegisterChunkServerRequest {
+            uuid: "uuid-1".into(),
+            addr: "127.0.0.1:9101".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.server_id, 2);
+    let e = c
+        .heartbeat(pb::HeartbeatRequest {
+            server_id: 77,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(kind_of(e), ErrorKind::NotFound);
+
+    tracing::info!("--- prepare, commit, locate");
+    let p = c
+        .prepare_write(pb::PrepareWriteRequest {
+            chunks: vec![cref.clone()],
+            exclude_servers: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((p.replication, p.min_replication), (3, 2));
+    assert!(p.placements[0].existing.is_empty());
+    let mut targets: Vec<u64> = p.placements[0]
+        .targets
+        .iter()
+        .map(|t| t.server_id)
+        .collect();
+    targets.sort();
+    assert_eq!(targets, vec![1, 2, 3]);
+
+    let commit = |replicas: Vec<u64>, base_version: u64| pb::CommitWriteRequest {
+        ino: f.ino,
+        base_version,
+        size: data.len() as u64,
+        updates: vec![pb::SlotUpdate {
+            index: 0,
+            chunk: Some(cref.clone()),
+            replicas,
+            ticket: 0,
+        }],
+        mtime: None,
+        then_set_attr: None,
+        upload: 0,
+    };
+    let e = c.commit_write(commit(vec![1], 1)).await.unwrap_err();
+    assert_eq!(
+        kind_of(e),
+        ErrorKind::InvalidArgument,
+        "below min_replication"
+    );
+    let e = c.commit_write(commit(vec![1, 9], 1)).await.unwrap_err();
+    assert_eq!(kind_of(e), ErrorKind::InvalidArgument, "unknown server");
+    let a = c
+        .commit_write(commit(vec![1, 2], 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .attr
+        .unwrap();
+    assert_eq!((a.version, a.size, a.stored_bytes), (2, 11, 11));
+    let e = c.commit_write(commit(vec![1, 2], 1)).await.unwrap_err();
+    assert_eq!(kind_of(e), ErrorKind::Conflict);
+
+    tracing::info!("--- an attribute change travels in the same entry as a commit");
+    let with_attrs = |then: pb::SetAttrRequest| pb::CommitWriteRequest {
+        then_set_attr: Some(then),
+        ..commit(vec![1, 2], 2)
+    };
+    let chmod = pb::SetAttrRequest {
+        ino: f.ino,
+        mode: Some(0o600),
+        mtime: Some(pb::Timestamp {
+            secs: 1_000_000,
+            nanos: 5,
+        }),
+        ..Default::default()
+    };
+    for (bad, why) in [
+        (
+            pb::SetAttrRequest {
+                ino: d.ino,
+                ..chmod
+            },
+            "another inode",
+        ),
+        (
+            pb::SetAttrRequest {
+                size: Some(0),
+                ..chmod
+            },
+            "a size",
+        ),
+    ] {
+        let e = c.commit_write(with_attrs(bad)).await.unwrap_err();
+        assert_eq!(kind_of(e), ErrorKind::InvalidArgument, "{why}");
+    }
+    let a = c
+        .commit_write(with_attrs(chmod))
+        .await
+        .unwrap()
+        .into_inner()
+        .attr
+        .unwrap();
+    assert_eq!(
+        (a.version, a.mode, a.mtime.map(|t| t.secs)),
+        (3, 0o600, Some(1_000_000)),
+        "one entry: new version and the new attributes"
+    );
+
+    let gc = c
+        .get_chunks(pb::GetChunksRequest { ino: f.ino })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(gc.chunk_size as usize, CHUNK_SIZE);
+    assert_eq!(gc.slots.len(), 1);
+    let locs: Vec<(u64, String)> = gc.slots[0]
+        .locations
+        .iter()
+        .map(|l| (l.server_id, l.addr.clone()))
+        .collect();
+    assert_eq!(
+        locs,
+        vec![
+            (1, "127.0.0.1:9100".to_string()),
+            (2, "127.0.0.1:9101".to_string())
+        ]
+    );
+
+    // The chunk is known now: only the missing replica is a target.
+    let p = c
+        .prepare_write(pb::PrepareWriteRequest {
+            chunks: vec![cref.clone()],
+            exclude_servers: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p.placements[0].existing.len(), 2);
+    let t: Vec<u64> = p.placements[0]
+        .targets
+        .iter()
+        .map(|t| t.server_id)
+        .collect();
+    assert_eq!(t, vec![3]);
+
+    tracing::info!("--- a bad replica is dropped from the chunk's locations");
+    let report = |server_id: u64, chunk_id: Vec<u8>, reason: String| pb::ReportBadReplicaRequest {
+        server_id,
+        chunk_id,
+        reason,
+    };
+    for (bad, why) in [
+        (report(1, vec![0; 31], "x".into()), "short chunk id"),
+        (report(0, cref.id.clone(), "x".into()), "server 0"),
+        (
+            report(77, cref.id.clone(), "x".into()),
+            "unregistered server",
+        ),
+        (
+            report(1, cref.id.clone(), "x".repeat(MAX_REASON_LEN + 1)),
+            "oversized reason",
+        ),
+    ] {
+        let e = c.report_bad_replica(bad).await.unwrap_err();
+        assert_eq!(kind_of(e), ErrorKind::InvalidArgument, "{why}");
+    }
+    let e = c
+        .report_bad_replica(report(
+            1,
+            ChunkId::of(b"never stored").as_bytes().to_vec(),
+            "x".into(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(kind_of(e), ErrorKind::NotFound);
+    assert_eq!(
+        node.node
+            .fsm()
+            .chunk(&ChunkId::of(&data))
+            .unwrap()
+            .unwrap()
+            .replicas,
+        vec![1, 2]
+    );
+    for _ in 0..2 {
+        c.report_bad_replica(report(1, cref.id.clone(), "block hash mismatch".into()))
+            .await
+            .unwrap();
+    }
+    let gc = c
+        .get_chunks(pb::GetChunksRequest { ino: f.ino })
+        .await
+        .unwrap()
+        .into_inner();
+    let locs: Vec<u64> = gc.slots[0].locations.iter().map(|l| l.server_id).collect();
+    assert_eq!(locs, vec![2]);
+    let rec = node.node.fsm().chunk(&ChunkId::of(&data)).unwrap().unwrap();
+    assert_eq!((rec.replicas, rec.refs), (vec![2], 1));
+    let p = c
+        .prepare_write(pb::PrepareWriteRequest {
+            chunks: vec![cref.clone()],
+            exclude_servers: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p.placements[0].existing.len(), 1);
+    assert_eq!(p.placements[0].targets.len(), 2);
+
+    tracing::info!("--- statfs and status");
+    let st = c.stat_fs(pb::StatFsRequest {}).await.unwrap().into_inner();
+    assert_eq!(st.total_bytes, 30 << 30);
+    assert_eq!(st.free_bytes, 10 << 30);
+    assert_eq!(st.files, 3);
+    let cs = c
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cs.leader_id, 1);
+    assert_eq!(cs.meta.len(), 1);
+    assert_eq!(cs.meta[0].role, "leader");
+    assert_eq!(cs.chunk_servers.len(), 3);
+    assert!(cs.chunk_servers.iter().all(|s| s.state == "up"));
+    let ns = c
+        .node_status(pb::NodeStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((ns.leader_id, ns.leader_addr.as_str()), (1, addr.as_str()));
+
+    tracing::info!("--- truncate, rename, unlink, rmdir");
+    let a = c
+        .set_attr(pb::SetAttrRequest {
+            ino: f.ino,
+            size: Some(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .attr
+        .unwrap();
+    assert_eq!((a.size, a.version, a.stored_bytes), (0, 4, 0));
+    c.rename(pb::RenameRequest {
+        parent: d.ino,
+        name: b"f".to_vec(),
+        new_parent: 1,
+        new_name: b"g".to_vec(),
+        flags: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    c.rmdir(pb::RmdirRequest {
+        parent: 1,
+        name: b"d".to_vec(),
+    })
+    .await
+    .unwrap();
+    c.unlink(pb::UnlinkRequest {
+        parent: 1,
+        name: b"g".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let st = c.stat_fs(pb::StatFsRequest {}).await.unwrap().into_inner();
+    assert_eq!(st.files, 1);
+
+    tracing::info!("--- a retried mutation (same request id) is applied once");
+    let with_id = |id: &str, name: &[u8]| {
+        let mut r = Request::new(pb::CreateRequest {
+            parent: 1,
+            name: name.to_vec(),
+            kind: pb::FileKind::Regular as i32,
+            mode: 0o100644,
+            exclusive: true,
+            ..Default::default()
+        });
+        r.metadata_mut().insert(
+            cairn_common::meta_client::REQUEST_ID_KEY,
+            id.parse().unwrap(),
+        );
+        r
+    };
+    let id1 = cairn_common::meta_client::format_request_id((77, 1));
+    let first = c.create(with_id(&id1, b"once")).await.unwrap().into_inner();
+    let again = c.create(with_id(&id1, b"once")).await.unwrap().into_inner();
+    assert_eq!(
+        first.attr.as_ref().map(|a| a.ino),
+        again.attr.as_ref().map(|a| a.ino),
+        "the retry gets the first reply, not EEXIST"
+    );
+    let id2 = cairn_common::meta_client::format_request_id((77, 2));
+    let e = c.create(with_id(&id2, b"once")).await.unwrap_err();
+    assert_eq!(
+        kind_of(e),
+        ErrorKind::AlreadyExists,
+        "a new call is a new create"
+    );
+    let e = c.create(with_id("not-hex", b"other")).await.unwrap_err();
+    assert_eq!(kind_of(e), ErrorKind::InvalidArgument);
+    let st = c.stat_fs(pb::StatFsRequest {}).await.unwrap().into_inner();
+    assert_eq!(st.files, 2);
+
+    drop(c);
+    drop(meta);
+    node.shutdown().await.unwrap();
+}
