@@ -28,6 +28,20 @@ pub struct FsckReport {
     pub replication: u32,
     pub affected: Vec<AffectedFile>,
     pub affected_not_listed: u64,
+    /// Each meta node's digest of its applied state at one log index.
+    pub meta_digests: Vec<MetaDigest>,
+    /// Two meta nodes' states differ at the same index.
+    pub meta_diverged: bool,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct MetaDigest {
+    pub id: u64,
+    pub addr: String,
+    pub index: u64,
+    /// Hex; empty when the node could not tell (see `note`).
+    pub digest: String,
+    pub note: String,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -41,6 +55,11 @@ impl FsckReport {
     /// True when some referenced chunk has no healthy replica: data is lost (or unreachable).
     pub fn data_lost(&self) -> bool {
         self.missing > 0
+    }
+
+    /// True when the report shows damage: lost data, or meta nodes whose states differ.
+    pub fn damaged(&self) -> bool {
+        self.data_lost() || self.meta_diverged
     }
 
     pub fn text(&self) -> String {
@@ -63,6 +82,24 @@ impl FsckReport {
             if self.affected_not_listed > 0 {
                 out.push_str(&format!("  ... and {} more\n", self.affected_not_listed));
             }
+        }
+        if !self.meta_digests.is_empty() {
+            let index = self.meta_digests[0].index;
+            out.push_str(&format!("metadata replicas at log index {index}:\n"));
+            for d in &self.meta_digests {
+                let what = if d.digest.is_empty() {
+                    format!("unknown ({})", d.note)
+                } else {
+                    d.digest.chars().take(16).collect()
+                };
+                out.push_str(&format!("  meta {:<3} {:<22} {}\n", d.id, d.addr, what));
+            }
+        }
+        if self.meta_diverged {
+            out.push_str(
+                "status: METADATA REPLICAS DIVERGED (meta nodes' states differ at the same log \
+                 index; see their logs)\n",
+            );
         }
         out.push_str(if self.data_lost() {
             "status: DATA LOST OR UNREACHABLE (chunks with no healthy replica)\n"
@@ -96,6 +133,18 @@ impl From<pb::FsckReply> for FsckReport {
                 })
                 .collect(),
             affected_not_listed: r.affected_not_listed,
+            meta_diverged: r.meta_diverged,
+            meta_digests: r
+                .meta_digests
+                .into_iter()
+                .map(|d| MetaDigest {
+                    id: d.id,
+                    addr: d.addr,
+                    index: d.index,
+                    digest: d.digest.iter().map(|b| format!("{b:02x}")).collect(),
+                    note: d.note,
+                })
+                .collect(),
         }
     }
 }
@@ -221,6 +270,8 @@ mod tests {
             }],
             affected_not_listed: 0,
             replication: 3,
+            meta_digests: vec![],
+            meta_diverged: false,
         });
         assert!(!r.data_lost());
         let t = r.text();
@@ -233,5 +284,9 @@ mod tests {
         r.missing = 1;
         assert!(r.data_lost());
         assert!(r.text().contains("DATA LOST"));
+        r.missing = 0;
+        r.meta_diverged = true;
+        assert!(r.damaged() && !r.data_lost());
+        assert!(r.text().contains("METADATA REPLICAS DIVERGED"));
     }
 }

@@ -187,7 +187,7 @@ fn main() -> ExitCode {
                     } else {
                         print!("{}", report.text());
                     }
-                    if report.data_lost() {
+                    if report.damaged() {
                         ExitCode::from(2)
                     } else {
                         ExitCode::SUCCESS

@@ -281,6 +281,7 @@ mod tests {
                 term: 4,
                 last_applied: 99,
                 last_log_index: 100,
+                applied_digest: vec![],
             }],
             chunk_servers: vec![ChunkServerStatus {
                 id: 2,

@@ -469,6 +469,15 @@ impl FsError {
             message: message.into(),
         }
     }
+
+    /// Whether this is a failure of the node's own storage (a RocksDB error, a stored value
+    /// that does not decode) rather than a refusal the command itself decided. The state
+    /// machine reports those, and only those, with `Internal` and `Corrupt`
+    /// (`fsm::schema::{storage, corrupt}`). Such an error is not a command result: the entry
+    /// was not applied, and the node must stop (see `store::state_machine`).
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(self.kind, ErrorKind::Internal | ErrorKind::Corrupt)
+    }
 }
 
 /// The response type of the Raft state machine.

@@ -150,6 +150,10 @@ pub struct Config {
     /// become garbage.
     #[arg(long, env = "CAIRN_META_UPLOAD_TTL_SECS", default_value_t = 86_400)]
     pub upload_ttl_secs: u64,
+    /// TEST HOOK: applying the log entry at this index fails as a storage error would (the
+    /// node must stop). Never set in production.
+    #[arg(long, hide = true)]
+    pub test_fail_apply_at: Option<u64>,
 }
 
 impl Config {
@@ -179,6 +183,7 @@ impl Config {
             gc_orphan_age_secs: 86_400,
             session_ttl_secs: 60,
             upload_ttl_secs: 86_400,
+            test_fail_apply_at: None,
         }
     }
 

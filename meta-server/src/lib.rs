@@ -68,6 +68,11 @@ pub struct RunningNode {
 }
 
 impl RunningNode {
+    /// Resolves when the node stops by itself (a fatal storage error: `Err` with the reason).
+    pub async fn stopped(&mut self) -> anyhow::Result<()> {
+        (&mut self.task).await.context("join meta node task")?
+    }
+
     /// Stops accepting RPCs, lets in-flight ones finish (up to the drain timeout), shuts Raft
     /// down and syncs the WAL. The node's database is closed once every `Arc<MetaNode>` clone
     /// the caller still holds is dropped.
@@ -105,10 +110,26 @@ pub async fn start_with_listener(
         .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
     let db = store::open_db(&config.data_dir.join("db")).context("open database")?;
     let fsm = Arc::new(fsm::Fsm::open(db.clone()).context("open state machine")?);
+    let digests = Arc::new(
+        store::digest::Digests::load(&db)
+            .map_err(anyhow::Error::msg)
+            .context("read the applied-state digest")?,
+    );
     let log_store = store::LogStore::new(db.clone());
-    let sm_store =
-        store::StateMachineStore::new(db.clone(), fsm.clone(), config.data_dir.join("snapshot"))
-            .context("open snapshot store")?;
+    let sm_store = store::StateMachineStore::new(
+        db.clone(),
+        fsm.clone(),
+        config.data_dir.join("snapshot"),
+        digests.clone(),
+    )
+    .context("open snapshot store")?
+    .fail_apply_at(config.test_fail_apply_at);
+    if let Some(index) = config.test_fail_apply_at {
+        tracing::warn!(
+            index,
+            "TEST HOOK: applying log entry {index} will fail as a storage error"
+        );
+    }
     let raft_config = Arc::new(config.raft_config().map_err(anyhow::Error::msg)?);
     let raft = raft::Raft::new(
         config.id,
@@ -125,6 +146,7 @@ pub async fn start_with_listener(
         advertise.clone(),
         fsm,
         raft.clone(),
+        digests,
     ));
 
     let raft_svc = RaftServiceServer::new(raft::service::RaftServiceImpl::new(raft.clone()))
@@ -177,6 +199,7 @@ pub async fn start_with_listener(
                     .context("join grpc server")
                     .and_then(|r: Result<(), _>| r.context("serve grpc"))
             };
+            let mut raft_failed = None;
             let served = tokio::select! {
                 joined = &mut server_task => flatten(joined),
                 // A dropped RunningNode counts as a stop request too.
@@ -191,9 +214,29 @@ pub async fn start_with_listener(
                         }
                     }
                 }
+                // FATAL: Raft stopped by itself (a storage failure in the log or while applying
+                // an entry). This node must not go on answering with a state it cannot keep in
+                // step with its peers: it stops, and the process exits with an error.
+                fatal = raft_failure(&task_raft) => {
+                    tracing::error!(error = %fatal, "raft stopped on a fatal error; stopping this meta node");
+                    let _ = drain_tx.send(());
+                    server_task.abort();
+                    raft_failed = Some(fatal);
+                    Ok(())
+                }
             };
             // Workers stop at their next await; every step they take is one atomic command.
             workers.shutdown(drain_deadline).await;
+            if let Some(fatal) = raft_failed {
+                // Whatever reached the log before the failure is synced with the WAL (a
+                // failed sync is part of the failure already reported).
+                let _ = db.flush_wal(true);
+                return Err(anyhow::anyhow!(
+                    "this meta node stopped because its storage failed: {fatal}. The other \
+                     nodes go on without it; once its disk is healthy, restart it and it \
+                     replays its log"
+                ));
+            }
             tracing::info!("grpc server stopped; shutting raft down");
             if let Err(e) = task_raft.shutdown().await {
                 tracing::error!(error = %e, "raft shutdown");
@@ -215,6 +258,19 @@ pub async fn start_with_listener(
         stop: Some(stop_tx),
         task,
     })
+}
+
+/// Resolves when `raft`'s core stops on a fatal error, with that error.
+async fn raft_failure(raft: &raft::Raft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "raft stopped".into();
+        }
+    }
 }
 
 /// Initializes the cluster with `config.peers` if this node has never been initialized. Every
@@ -241,10 +297,18 @@ async fn bootstrap(raft: &raft::Raft, config: &Config) -> anyhow::Result<()> {
     }
 }
 
-/// Runs a node until `shutdown` resolves, then drains in-flight RPCs and stops cleanly.
+/// Runs a node until `shutdown` resolves, then drains in-flight RPCs and stops cleanly. A node
+/// that stops by itself (a fatal storage error) returns that error at once.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let node = start(config).await?;
-    shutdown.await;
-    tracing::info!("shutdown requested");
-    node.shutdown().await
+    let mut node = start(config).await?;
+    tokio::select! {
+        _ = shutdown => {
+            tracing::info!("shutdown requested");
+            node.shutdown().await
+        }
+        stopped = &mut node.task => {
+            stopped.context("join meta node task")??;
+            anyhow::bail!("the meta node stopped unexpectedly")
+        }
+    }
 }

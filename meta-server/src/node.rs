@@ -3,6 +3,7 @@ use crate::command::{Command, Reply};
 use crate::error::MetaError;
 use crate::fsm::Fsm;
 use crate::raft::{Node, NodeId, Raft};
+use crate::store::digest::{Digest, Digests};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::ServerState;
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,8 @@ pub struct MetaNode {
     pub addr: String,
     fsm: Arc<Fsm>,
     raft: Raft,
+    /// The digests of the applied state (kept by the state machine).
+    digests: Arc<Digests>,
     /// (term, when this node became leader in it), kept by a task watching Raft's metrics.
     leader_since: Arc<Mutex<Option<(u64, Instant)>>>,
 }
@@ -27,7 +30,13 @@ fn not_leader(f: ForwardToLeader<NodeId, Node>) -> MetaError {
 impl MetaNode {
     /// Must be called inside a tokio runtime: it starts the task that notes when this node
     /// becomes leader (it ends when Raft shuts down).
-    pub fn new(id: u64, addr: String, fsm: Arc<Fsm>, raft: Raft) -> MetaNode {
+    pub fn new(
+        id: u64,
+        addr: String,
+        fsm: Arc<Fsm>,
+        raft: Raft,
+        digests: Arc<Digests>,
+    ) -> MetaNode {
         let leader_since = Arc::new(Mutex::new(None));
         let mut metrics = raft.metrics();
         let since = leader_since.clone();
@@ -53,6 +62,7 @@ impl MetaNode {
             addr,
             fsm,
             raft,
+            digests,
             leader_since,
         }
     }
@@ -138,7 +148,21 @@ impl MetaNode {
             .collect()
     }
 
-    /// This node's own view: role, term, last applied / last log index.
+    /// This node's digest of its applied state at log index `index`, waiting up to `wait` for
+    /// the entry to be applied; `None` if it was applied too long ago to be remembered (or not
+    /// within `wait`).
+    pub async fn digest_at(&self, index: u64, wait: std::time::Duration) -> Option<Digest> {
+        if self.digests.last().0 < index {
+            let _ = self
+                .raft
+                .wait(Some(wait))
+                .applied_index_at_least(Some(index), "digest")
+                .await;
+        }
+        self.digests.at(index)
+    }
+
+    /// This node's own view: role, term, last applied / last log index, applied digest.
     pub fn local_status(&self) -> cairn_proto::MetaNodeStatus {
         let m = self.raft.metrics();
         let m = m.borrow();
@@ -155,6 +179,7 @@ impl MetaNode {
             term: m.current_term,
             last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
             last_log_index: m.last_log_index.unwrap_or(0),
+            applied_digest: self.digests.last().1.to_vec(),
         }
     }
 }

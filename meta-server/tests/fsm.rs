@@ -55,7 +55,9 @@ impl H {
     fn apply(&mut self, cmd: Command) -> CommandResult {
         let mut b = WriteBatch::default();
         self.index += 1;
-        let r = self.fsm.apply(&cmd, self.index, &mut b);
+        let r = self
+            .fsm
+            .apply(&cmd, self.index, &mut b, &mut blake3::Hasher::new());
         if r.is_err() {
             assert!(
                 b.is_empty(),
@@ -270,6 +272,7 @@ fn root_exists_and_reopen_keeps_state() {
         }),
         1,
         &mut b,
+        &mut blake3::Hasher::new(),
     )
     .unwrap();
     db.write(b).unwrap();

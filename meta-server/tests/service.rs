@@ -400,7 +400,7 @@ async fn one_node_cluster_end_to_end() {
     assert_eq!(cs.chunk_servers.len(), 3);
     assert!(cs.chunk_servers.iter().all(|s| s.state == "up"));
     let ns = c
-        .node_status(pb::NodeStatusRequest {})
+        .node_status(pb::NodeStatusRequest::default())
         .await
         .unwrap()
         .into_inner();

@@ -1,6 +1,7 @@
 //! openraft's storage conformance suite against our RocksDB log store and state machine.
 use cairn_meta_server::fsm::Fsm;
 use cairn_meta_server::raft::{StorageError, TypeConfig};
+use cairn_meta_server::store::digest::Digests;
 use cairn_meta_server::store::{open_db, LogStore, StateMachineStore};
 use openraft::testing::{StoreBuilder, Suite};
 use std::sync::Arc;
@@ -14,7 +15,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RocksBui
         let dir = tempfile::tempdir().expect("temp dir");
         let db = open_db(&dir.path().join("db")).expect("open db");
         let fsm = Arc::new(Fsm::open(db.clone()).expect("open fsm"));
-        let sm = StateMachineStore::new(db.clone(), fsm, dir.path().join("snapshot"))
+        let digests = Arc::new(Digests::load(&db).expect("load digests"));
+        let sm = StateMachineStore::new(db.clone(), fsm, dir.path().join("snapshot"), digests)
             .expect("state machine store");
         Ok((dir, LogStore::new(db), sm))
     }

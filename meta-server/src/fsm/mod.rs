@@ -86,11 +86,23 @@ impl Fsm {
 
     /// Applies one command, the log entry at `index`: reads the current state from the DB,
     /// puts every change into `batch` (written atomically by the caller together with
-    /// `last_applied`). On error nothing is put into `batch`.
-    pub fn apply(&self, cmd: &Command, index: u64, batch: &mut WriteBatch) -> CommandResult {
+    /// `last_applied`) and hashes them into `effects` (the state digest, `store::digest`). On
+    /// error nothing is put into `batch` or `effects`.
+    ///
+    /// An error is either the command's own refusal (a result, the same on every replica) or a
+    /// failure of this node's storage ([`FsError::is_storage_failure`]): then the entry was not
+    /// applied and the caller must stop the node rather than go on with a state that may differ
+    /// from its peers'.
+    pub fn apply(
+        &self,
+        cmd: &Command,
+        index: u64,
+        batch: &mut WriteBatch,
+        effects: &mut blake3::Hasher,
+    ) -> CommandResult {
         let mut tx = Tx::new(self, index);
         let reply = cmd.apply(&mut tx)?;
-        tx.flush(batch)?;
+        tx.flush(batch, effects)?;
         Ok(reply)
     }
 

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 struct RequestRecord {
     at: Time,
     reply: Reply,
+    /// The log index of the entry that applied it.
+    #[serde(default)]
+    index: u64,
 }
 
 impl Once {
@@ -31,6 +34,7 @@ impl Once {
         let rec = RequestRecord {
             at: self.now,
             reply: reply.clone(),
+            index: tx.index(),
         };
         tx.kv_put_json(CF_REQUESTS, key, &rec);
         Ok(reply)

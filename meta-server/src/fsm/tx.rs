@@ -25,6 +25,35 @@ use std::collections::BTreeMap;
 /// A key and its value, as stored.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
+/// The destination of a flush: the write batch and the hash of the entry's effects.
+struct Out<'b> {
+    b: &'b mut WriteBatch,
+    effects: &'b mut blake3::Hasher,
+}
+
+impl Out<'_> {
+    /// Puts (`Some`) or deletes (`None`) `key` of column family `name`.
+    fn put(&mut self, name: &str, cf: &rocksdb::ColumnFamily, key: &[u8], v: Option<Vec<u8>>) {
+        let h = &mut *self.effects;
+        for part in [name.as_bytes(), key] {
+            h.update(&(part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        match v {
+            Some(v) => {
+                h.update(&[1]);
+                h.update(&(v.len() as u64).to_be_bytes());
+                h.update(&v);
+                self.b.put_cf(cf, key, v);
+            }
+            None => {
+                h.update(&[0]);
+                self.b.delete_cf(cf, key);
+            }
+        }
+    }
+}
+
 /// The changes of one command (see the module docs). `None` values are deletions.
 pub struct Tx<'a> {
     fsm: &'a Fsm,
@@ -67,50 +96,52 @@ impl<'a> Tx<'a> {
         self.fsm
     }
 
-    /// Puts every change into `b`.
-    pub fn flush(self, b: &mut WriteBatch) -> Result<(), FsError> {
+    /// Puts every change into `b`, and into `effects`, the hash of this entry's effects that
+    /// the state digest chains (`store::digest`): column family, key and new value (or a
+    /// deletion) of every change, in one fixed order, so every replica hashes the same bytes.
+    pub fn flush(self, b: &mut WriteBatch, effects: &mut blake3::Hasher) -> Result<(), FsError> {
         let f = self.fsm;
-        fn put<K: AsRef<[u8]>>(
-            b: &mut WriteBatch,
-            cf: &rocksdb::ColumnFamily,
-            k: K,
-            v: Option<Vec<u8>>,
-        ) {
-            match v {
-                Some(v) => b.put_cf(cf, k, v),
-                None => b.delete_cf(cf, k),
-            }
-        }
+        let mut out = Out { b, effects };
         let cf = f.cf(CF_INODES)?;
         for (ino, v) in &self.inodes {
-            put(b, cf, ino.to_be_bytes(), v.as_ref().map(encode_json));
+            out.put(
+                CF_INODES,
+                cf,
+                &ino.to_be_bytes(),
+                v.as_ref().map(encode_json),
+            );
         }
         let cf = f.cf(CF_DENTRIES)?;
         for (k, v) in &self.dentries {
-            put(b, cf, k, v.map(|d| d.encode().to_vec()));
+            out.put(CF_DENTRIES, cf, k, v.map(|d| d.encode().to_vec()));
         }
         let cf = f.cf(CF_CHUNKS)?;
         for (id, v) in &self.chunks {
-            put(b, cf, id.as_bytes(), v.as_ref().map(encode_json));
+            out.put(CF_CHUNKS, cf, id.as_bytes(), v.as_ref().map(encode_json));
         }
         let cf = f.cf(CF_GC)?;
         for (id, v) in &self.gc {
-            put(b, cf, id.as_bytes(), v.as_ref().map(encode_json));
+            out.put(CF_GC, cf, id.as_bytes(), v.as_ref().map(encode_json));
         }
         let cf = f.cf(CF_REPAIR)?;
         for (id, v) in &self.repair {
-            put(b, cf, id.as_bytes(), v.as_ref().map(encode_json));
+            out.put(CF_REPAIR, cf, id.as_bytes(), v.as_ref().map(encode_json));
         }
         let cf = f.cf(CF_GONE)?;
         for (id, v) in &self.gone {
-            put(b, cf, id.as_bytes(), v.as_ref().map(encode_json));
+            out.put(CF_GONE, cf, id.as_bytes(), v.as_ref().map(encode_json));
         }
         let cf = f.cf(CF_COUNTERS)?;
         for (c, v) in &self.counters {
-            b.put_cf(cf, c.key(), v.to_be_bytes());
+            out.put(
+                CF_COUNTERS,
+                cf,
+                c.key().as_bytes(),
+                Some(v.to_be_bytes().to_vec()),
+            );
         }
-        for ((cf, k), v) in self.kv {
-            put(b, f.cf(cf)?, k, v);
+        for ((name, k), v) in self.kv {
+            out.put(name, f.cf(name)?, &k, v);
         }
         Ok(())
     }

@@ -14,6 +14,8 @@ use tonic::{Request, Response};
 
 /// How long ClusterStatus waits for each peer's NodeStatus.
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a node waits for a log entry to be applied before answering its digest there.
+const DIGEST_WAIT: Duration = Duration::from_secs(2);
 
 impl Ctx {
     /// Resolves `server` (an id or an address) to a registered chunk server.
@@ -37,39 +39,120 @@ impl Ctx {
         })
     }
 
-    async fn peer_status(&self, id: u64, addr: String) -> pb::MetaNodeStatus {
-        let down = pb::MetaNodeStatus {
-            id,
-            addr: addr.clone(),
-            role: "down".into(),
-            ..Default::default()
-        };
+    /// Member `id`'s NodeStatus (with its digest at `digest_at` when set), asked over gRPC
+    /// unless it is this node; `None` when it does not answer within `timeout`.
+    async fn member_status(
+        &self,
+        id: u64,
+        addr: &str,
+        digest_at: Option<u64>,
+        timeout: Duration,
+    ) -> Option<pb::NodeStatusReply> {
+        if id == self.node.id {
+            let digest_at = match digest_at {
+                Some(i) => self.node.digest_at(i, DIGEST_WAIT).await,
+                None => None,
+            };
+            return Some(pb::NodeStatusReply {
+                node: Some(self.node.local_status()),
+                digest_at: digest_at.map(|d| d.to_vec()).unwrap_or_default(),
+                ..Default::default()
+            });
+        }
         let ask = async {
             let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
                 .ok()?
-                .connect_timeout(PEER_STATUS_TIMEOUT)
-                .timeout(PEER_STATUS_TIMEOUT)
+                .connect_timeout(timeout)
+                .timeout(timeout)
                 .connect()
                 .await
                 .ok()?;
             let mut c = pb::meta_service_client::MetaServiceClient::new(ch);
-            c.node_status(pb::NodeStatusRequest {})
-                .await
-                .ok()?
-                .into_inner()
-                .node
+            let req = pb::NodeStatusRequest {
+                digest_at: digest_at.unwrap_or(0),
+            };
+            c.node_status(req).await.ok().map(|r| r.into_inner())
         };
-        match tokio::time::timeout(PEER_STATUS_TIMEOUT, ask).await {
-            Ok(Some(mut s)) => {
+        let r = tokio::time::timeout(timeout, ask).await.ok().flatten();
+        if r.is_none() {
+            tracing::debug!(peer = id, %addr, "meta node did not answer NodeStatus");
+        }
+        r
+    }
+
+    async fn peer_status(&self, id: u64, addr: String) -> pb::MetaNodeStatus {
+        match self
+            .member_status(id, &addr, None, PEER_STATUS_TIMEOUT)
+            .await
+            .and_then(|r| r.node)
+        {
+            Some(mut s) => {
                 s.id = id;
                 s.addr = addr;
                 s
             }
-            _ => {
-                tracing::debug!(peer = id, %addr, "meta node did not answer NodeStatus");
-                down
-            }
+            None => pb::MetaNodeStatus {
+                id,
+                addr,
+                role: "down".into(),
+                ..Default::default()
+            },
         }
+    }
+
+    /// Compares every meta node's digest of its applied state at the highest log index all
+    /// of them have applied. Returns each node's digest and whether any two differ.
+    async fn compare_digests(&self) -> (Vec<pb::MetaDigest>, bool) {
+        let members = self.node.members();
+        let statuses = futures::future::join_all(
+            members
+                .iter()
+                .map(|(id, addr)| self.member_status(*id, addr, None, PEER_STATUS_TIMEOUT)),
+        )
+        .await;
+        let index = statuses
+            .iter()
+            .flatten()
+            .filter_map(|r| r.node.as_ref().map(|n| n.last_applied))
+            .min()
+            .unwrap_or(0);
+        let digests = futures::future::join_all(members.iter().map(|(id, addr)| {
+            self.member_status(*id, addr, Some(index), DIGEST_WAIT + PEER_STATUS_TIMEOUT)
+        }))
+        .await;
+        let mut out = Vec::with_capacity(members.len());
+        for ((id, addr), reply) in members.into_iter().zip(digests) {
+            let (digest, note) = match reply {
+                None => (Vec::new(), "did not answer".to_string()),
+                Some(r) if r.digest_at.is_empty() => (
+                    Vec::new(),
+                    format!("does not remember its digest at index {index}"),
+                ),
+                Some(r) => (r.digest_at, String::new()),
+            };
+            out.push(pb::MetaDigest {
+                id,
+                addr,
+                index,
+                digest,
+                note,
+            });
+        }
+        let mut known = out
+            .iter()
+            .filter(|d| !d.digest.is_empty())
+            .map(|d| &d.digest);
+        let diverged = match known.next() {
+            Some(first) => known.any(|d| d != first),
+            None => false,
+        };
+        if diverged {
+            tracing::error!(
+                index,
+                "meta nodes' applied states DIFFER at the same log index"
+            );
+        }
+        (out, diverged)
     }
 }
 
@@ -176,16 +259,11 @@ pub(super) async fn cluster_status(
     _req: Request<pb::ClusterStatusRequest>,
 ) -> Answer<pb::ClusterStatusReply> {
     ctx.require_leader()?;
-    let me = ctx.node.id;
-    let asks = ctx.node.members().into_iter().map(|(id, addr)| async move {
-        if id == me {
-            let mut s = ctx.node.local_status();
-            s.id = id;
-            s
-        } else {
-            ctx.peer_status(id, addr).await
-        }
-    });
+    let asks = ctx
+        .node
+        .members()
+        .into_iter()
+        .map(|(id, addr)| ctx.peer_status(id, addr));
     let meta = futures::future::join_all(asks).await;
 
     let now = Instant::now();
@@ -231,7 +309,7 @@ pub(super) async fn cluster_status(
     Ok(Response::new(pb::ClusterStatusReply {
         meta,
         chunk_servers,
-        leader_id: me,
+        leader_id: ctx.node.id,
         replication: ctx.cfg.replication,
         repair: Some(pb::RepairStatus {
             gc_pending: ctx.node.fsm().gc_pending()?,
@@ -255,12 +333,15 @@ pub(super) async fn fsck(ctx: &Ctx, req: Request<pb::FsckRequest>) -> Answer<pb:
         )
         .into());
     }
-    let report = crate::fsck::fsck(
+    let mut report = crate::fsck::fsck(
         ctx.node.fsm(),
         ctx.cfg.replication as usize,
         |id| ctx.leader.placement.is_up(id, now),
         max_files,
     )?;
+    let (digests, diverged) = ctx.compare_digests().await;
+    report.meta_digests = digests;
+    report.meta_diverged = diverged;
     Ok(Response::new(report))
 }
 
@@ -298,12 +379,17 @@ pub(super) async fn drain(ctx: &Ctx, req: Request<pb::DrainRequest>) -> Answer<p
 
 pub(super) async fn node_status(
     ctx: &Ctx,
-    _req: Request<pb::NodeStatusRequest>,
+    req: Request<pb::NodeStatusRequest>,
 ) -> Answer<pb::NodeStatusReply> {
+    let digest_at = match req.into_inner().digest_at {
+        0 => None,
+        i => ctx.node.digest_at(i, DIGEST_WAIT).await,
+    };
     let (leader_id, leader_addr) = ctx.node.leader().unwrap_or_default();
     Ok(Response::new(pb::NodeStatusReply {
         node: Some(ctx.node.local_status()),
         leader_id,
         leader_addr,
+        digest_at: digest_at.map(|d| d.to_vec()).unwrap_or_default(),
     }))
 }

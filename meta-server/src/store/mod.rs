@@ -12,6 +12,7 @@
 //! Sharing the WAL is what lets the state machine write without `fsync`: the log entry that
 //! produced a change was synced before it was applied, and any later synced write (or an explicit
 //! `flush_wal(true)` before purging) makes every earlier write durable too.
+pub mod digest;
 pub mod log;
 pub mod snapshot;
 pub mod state_machine;

@@ -4,9 +4,20 @@
 //! [`Fsm::apply`] computed plus the new `last_applied` (and, for membership entries, the new
 //! membership) in `sm_meta`. The batch is written WITHOUT sync: the log entry was synced before it
 //! was applied, so after a crash openraft re-applies whatever the state machine lost; and the log
-//! store syncs the shared WAL before it purges entries (see [`super::log`]).
+//! store syncs the shared WAL before it purges entries (see [`super::log`]). The same batch
+//! carries the digest of the applied state ([`super::digest`]).
+//!
+//! FATAL ERRORS. A command the state machine refuses (ENOENT, EEXIST, a conflict, …) is a
+//! result: the same on every replica, it changes nothing and the entry counts as applied. A
+//! failure of this node's own storage while applying — RocksDB failing a read or the write, a
+//! stored value that does not decode — is not: the entry is NOT applied, `apply` returns a
+//! `StorageError`, openraft stops this node's Raft core, and the process exits with an error
+//! (see `crate::start_with_listener`). Skipping the entry instead would let this replica's
+//! state differ from the others' (and a leader with a wrong view would act on it, e.g. collect
+//! chunks that are still referenced). After a restart the node replays the entry from its log.
 //!
 //! Snapshots (their format, the snapshot file, installing one) are in [`super::snapshot`].
+use super::digest::Digests;
 use super::snapshot::{dump_state, install, load_snapshot_file, save_snapshot_file};
 use super::{cf, CF_SM_META};
 use crate::command::Reply;
@@ -53,6 +64,10 @@ pub struct StateMachineStore {
     db: Arc<DB>,
     fsm: Arc<Fsm>,
     snapshot_dir: PathBuf,
+    digests: Arc<Digests>,
+    /// TEST HOOK (`--test-fail-apply-at`): applying the entry at this index fails as a storage
+    /// error would.
+    fail_apply_at: Option<u64>,
 }
 
 /// Builds snapshots; created by openraft through [`RaftStateMachine::get_snapshot_builder`].
@@ -62,11 +77,13 @@ pub struct SnapshotBuilder {
 }
 
 impl StateMachineStore {
-    /// `snapshot_dir` holds the current snapshot file; it is created if missing.
+    /// `snapshot_dir` holds the current snapshot file; it is created if missing. `digests`
+    /// is kept up to date with every applied entry.
     pub fn new(
         db: Arc<DB>,
         fsm: Arc<Fsm>,
         snapshot_dir: PathBuf,
+        digests: Arc<Digests>,
     ) -> Result<Self, crate::error::MetaError> {
         fs::create_dir_all(&snapshot_dir)
             .map_err(|e| crate::error::MetaError::Storage(format!("create snapshot dir: {e}")))?;
@@ -74,7 +91,15 @@ impl StateMachineStore {
             db,
             fsm,
             snapshot_dir,
+            digests,
+            fail_apply_at: None,
         })
+    }
+
+    /// TEST HOOK: make applying the entry at `index` fail like a storage error.
+    pub fn fail_apply_at(mut self, index: Option<u64>) -> Self {
+        self.fail_apply_at = index;
+        self
     }
 }
 
@@ -148,23 +173,31 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut replies = Vec::new();
         for entry in entries {
             let log_id = entry.log_id;
-            let apply_err = |e: String| StorageError::IO {
-                source: StorageIOError::new(
-                    ErrorSubject::Apply(log_id),
-                    ErrorVerb::Write,
-                    AnyError::error(e),
-                ),
+            let apply_err = |e: String| {
+                tracing::error!(index = log_id.index, error = %e, "storage failure while applying a log entry; this node stops");
+                StorageError::IO {
+                    source: StorageIOError::new(
+                        ErrorSubject::Apply(log_id),
+                        ErrorVerb::Write,
+                        AnyError::error(e),
+                    ),
+                }
             };
+            if self.fail_apply_at == Some(log_id.index) {
+                return Err(apply_err(
+                    "injected storage failure (test hook --test-fail-apply-at)".into(),
+                ));
+            }
             let mut batch = WriteBatch::default();
+            let mut effects = blake3::Hasher::new();
             let reply = match entry.payload {
                 EntryPayload::Blank => Ok(Reply::Empty),
                 EntryPayload::Normal(cmd) => {
-                    let res = self.fsm.apply(&cmd, log_id.index, &mut batch);
-                    if res.is_err() {
-                        // A refused command changes nothing, whatever it put into the batch.
-                        batch.clear();
+                    match self.fsm.apply(&cmd, log_id.index, &mut batch, &mut effects) {
+                        // FATAL: see the module docs. The entry is not applied.
+                        Err(e) if e.is_storage_failure() => return Err(apply_err(e.to_string())),
+                        res => res,
                     }
-                    res
                 }
                 EntryPayload::Membership(m) => {
                     let stored = StoredMembership::new(Some(log_id), m);
@@ -174,10 +207,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     Ok(Reply::Empty)
                 }
             };
+            let digest = self
+                .digests
+                .next(&self.db, &mut batch, log_id.index, &effects.finalize())
+                .map_err(apply_err)?;
             let applied = serde_json::to_vec(&log_id).map_err(|e| apply_err(e.to_string()))?;
             batch.put_cf(meta_cf, KEY_LAST_APPLIED, applied);
             // Not synced on purpose: see the module docs. The next entry reads this state.
             self.db.write(batch).map_err(|e| apply_err(e.to_string()))?;
+            self.digests.applied(log_id.index, digest);
             replies.push(reply);
         }
         Ok(replies)
@@ -204,8 +242,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let dir = self.snapshot_dir.clone();
         let meta = meta.clone();
         let signature = meta.signature();
+        let digests = self.digests.clone();
         let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
             install(&db, &dir, &meta, &blob)?;
+            // The snapshot carries the digest of its state; the chain goes on from there.
+            digests.reload(&db)?;
             tracing::info!(snapshot = %meta, bytes = blob.len(), "installed snapshot");
             Ok(())
         })
