@@ -14,7 +14,13 @@ pub const LEADER_KEY: &str = "cairn-leader";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ErrorKind {
+    /// No such name (ENOENT).
     NotFound,
+    /// The inode a call addresses by number no longer exists (ESTALE): the caller holds a
+    /// stale handle, e.g. the kernel's cached entry of a file that a rename replaced. Kept apart
+    /// from `NotFound` because the kernel retries a path walk on `ESTALE` (looking the name up
+    /// again), not on `ENOENT`.
+    Stale,
     AlreadyExists,
     NotEmpty,
     NotDir,
@@ -47,8 +53,9 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 22] = [
+    pub const ALL: [ErrorKind; 23] = [
         ErrorKind::NotFound,
+        ErrorKind::Stale,
         ErrorKind::AlreadyExists,
         ErrorKind::NotEmpty,
         ErrorKind::NotDir,
@@ -75,6 +82,7 @@ impl ErrorKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::NotFound => "not-found",
+            ErrorKind::Stale => "stale",
             ErrorKind::AlreadyExists => "already-exists",
             ErrorKind::NotEmpty => "not-empty",
             ErrorKind::NotDir => "not-dir",
@@ -106,7 +114,7 @@ impl ErrorKind {
     /// The gRPC code used for this kind (for tools that only look at codes).
     pub fn code(self) -> Code {
         match self {
-            ErrorKind::NotFound => Code::NotFound,
+            ErrorKind::NotFound | ErrorKind::Stale => Code::NotFound,
             ErrorKind::AlreadyExists => Code::AlreadyExists,
             ErrorKind::NotEmpty
             | ErrorKind::NotDir
@@ -131,6 +139,7 @@ impl ErrorKind {
     pub fn errno(self) -> i32 {
         match self {
             ErrorKind::NotFound => libc::ENOENT,
+            ErrorKind::Stale => libc::ESTALE,
             ErrorKind::AlreadyExists => libc::EEXIST,
             ErrorKind::NotEmpty => libc::ENOTEMPTY,
             ErrorKind::NotDir => libc::ENOTDIR,

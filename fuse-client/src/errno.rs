@@ -14,6 +14,7 @@ pub struct Errno(pub i32);
 impl Errno {
     pub const EIO: Errno = Errno(libc::EIO);
     pub const ENOENT: Errno = Errno(libc::ENOENT);
+    pub const ESTALE: Errno = Errno(libc::ESTALE);
     pub const EINVAL: Errno = Errno(libc::EINVAL);
     pub const EBADF: Errno = Errno(libc::EBADF);
     pub const ESHUTDOWN: Errno = Errno(libc::ESHUTDOWN);
@@ -71,6 +72,7 @@ mod tests {
     fn statuses_map_to_the_errno_of_their_kind() {
         let cases = [
             (ErrorKind::NotFound, libc::ENOENT),
+            (ErrorKind::Stale, libc::ESTALE),
             (ErrorKind::AlreadyExists, libc::EEXIST),
             (ErrorKind::NotEmpty, libc::ENOTEMPTY),
             (ErrorKind::NameTooLong, libc::ENAMETOOLONG),

@@ -159,7 +159,11 @@ impl Core {
                 .meta()
                 .read_dir(ino, &after, READDIR_PAGE)
                 .await
-                .or_errno("readdir")?;
+                .or_errno("readdir")
+                // A directory removed (by another mount) while open here lists as a local
+                // file system's removed directory does: ENOENT. A listing retries no path
+                // walk, so a stale handle's ESTALE would only be a stranger answer.
+                .map_err(|e| if e == Errno::ESTALE { Errno::ENOENT } else { e })?;
             if r.entries.is_empty() && !r.eof {
                 tracing::error!(inode = ino, "ReadDir returned an empty page before eof");
                 return Err(Errno::EIO);

@@ -16,6 +16,7 @@ use crate::data::commit;
 use crate::data::reader::{self, StoredChunk};
 use crate::data::slots;
 use crate::data::DataPlane;
+use crate::errno::Errno;
 use crate::status::human;
 use anyhow::{anyhow, Context};
 use cairn_common::durable;
@@ -130,9 +131,13 @@ pub async fn get(
         local.to_owned()
     };
     let dp = DataPlane::new(meta.clone());
-    let base = commit::load_base(&dp, attr.ino)
-        .await
-        .map_err(|e| anyhow!("reading the chunk list of {path}: {e}"))?;
+    let base = commit::load_base(&dp, attr.ino).await.map_err(|e| {
+        if e == Errno::ESTALE {
+            anyhow!("{path} was removed or replaced in the cluster meanwhile; run again")
+        } else {
+            anyhow!("reading the chunk list of {path}: {e}")
+        }
+    })?;
     let size = base.size;
     let part = part_path(&local);
     let file = Arc::new(

@@ -163,11 +163,19 @@ pub fn split_remote(remote: &str) -> anyhow::Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
-/// `Lookup`, with "no such name" as `None`.
+/// `Lookup`, with "no such name" as `None`: also when `parent` itself no longer exists (a
+/// stale handle: the directory was removed while the path was being resolved).
 async fn lookup(meta: &Meta, parent: u64, name: &[u8]) -> Result<Option<pb::Attr>, Status> {
     match meta.lookup(parent, name).await {
         Ok(attr) => Ok(Some(attr)),
-        Err(s) if ErrorKind::from_status(&s) == ErrorKind::NotFound => Ok(None),
+        Err(s)
+            if matches!(
+                ErrorKind::from_status(&s),
+                ErrorKind::NotFound | ErrorKind::Stale
+            ) =>
+        {
+            Ok(None)
+        }
         Err(s) => Err(s),
     }
 }

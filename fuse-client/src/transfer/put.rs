@@ -461,6 +461,10 @@ pub async fn put(
                     target.path
                 ),
                 ErrorKind::NoSpace => anyhow!("cluster is full: {}", s.message()),
+                ErrorKind::Stale => anyhow!(
+                    "the directory of {} was removed while uploading; create it and run again",
+                    target.path
+                ),
                 _ => meta_error(&format!("committing {}", target.path), &s),
             });
         }

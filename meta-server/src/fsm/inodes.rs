@@ -51,6 +51,19 @@ impl Inode {
     }
 }
 
+/// The answer to a call that addresses inode `ino` by number when no such inode exists: a
+/// stale handle (`ErrorKind::Stale`, ESTALE), never a missing name (`NotFound`, ENOENT).
+/// Inode numbers are never reused, so the caller's number names an inode that was deleted: a
+/// kernel's cached entry of a file that a rename replaced, a directory another mount removed.
+/// The kernel answers ESTALE by walking the path again (`LOOKUP_REVAL`), which finds the
+/// name's current inode, or reports the name missing with ENOENT.
+pub(super) fn no_inode(ino: u64) -> FsError {
+    fs_err(
+        ErrorKind::Stale,
+        format!("inode {ino} does not exist (stale handle)"),
+    )
+}
+
 impl Fsm {
     /// Creates the root directory if it is absent; true if it did. Every replica creates the
     /// identical root (fixed time 0), so state stays identical across replicas.
@@ -99,10 +112,9 @@ impl Fsm {
             .transpose()?)
     }
 
-    /// The inode `ino`; `NotFound` if it does not exist.
+    /// The inode `ino`; `Stale` if it does not exist (see [`no_inode`]).
     pub fn get(&self, ino: u64) -> Result<Inode, MetaError> {
-        self.get_opt(ino)?
-            .ok_or_else(|| MetaError::fs(ErrorKind::NotFound, format!("inode {ino} not found")))
+        Ok(self.get_opt(ino)?.ok_or_else(|| no_inode(ino))?)
     }
 
     /// Calls `f` for every inode (fsck). Reads one consistent RocksDB snapshot.

@@ -204,8 +204,7 @@ impl<'a> Tx<'a> {
     }
 
     pub fn must_inode(&mut self, ino: u64) -> Result<Inode, FsError> {
-        self.inode(ino)?
-            .ok_or_else(|| fs_err(ErrorKind::NotFound, format!("inode {ino} not found")))
+        self.inode(ino)?.ok_or_else(|| super::inodes::no_inode(ino))
     }
 
     pub fn must_dir(&mut self, ino: u64) -> Result<Inode, FsError> {
