@@ -353,7 +353,7 @@ fn create_refusals_change_nothing() {
         h.create(ROOT_INO, &"x".repeat(256), Kind::Regular),
         Err(ErrorKind::NameTooLong)
     );
-    assert_eq!(h.create(999, "x", Kind::Regular), Err(ErrorKind::NotFound));
+    assert_eq!(h.create(999, "x", Kind::Regular), Err(ErrorKind::Stale));
     assert_eq!(h.create(f.ino, "x", Kind::Regular), Err(ErrorKind::NotDir));
     let now = h.now();
     let empty_target = h.err(Command::Create(cmd::Create {
@@ -486,7 +486,7 @@ fn hard_links_and_unlink() {
         new_name: b"x".to_vec(),
         now,
     }));
-    assert_eq!(e, ErrorKind::NotFound);
+    assert_eq!(e, ErrorKind::Stale);
 
     assert_eq!(h.unlink(ROOT_INO, "d"), Err(ErrorKind::IsDir));
     assert_eq!(h.unlink(ROOT_INO, "nope"), Err(ErrorKind::NotFound));
@@ -756,7 +756,7 @@ fn setattr_and_truncate() {
         mtime: None,
         now,
     }));
-    assert_eq!(e, ErrorKind::NotFound);
+    assert_eq!(e, ErrorKind::Stale);
 }
 
 #[test]
@@ -857,7 +857,7 @@ fn commit_write_versions_and_chunk_refs() {
     assert_eq!(h.fsm.chunk(&c.id).unwrap(), None);
     let d = h.mkdir(ROOT_INO, "d");
     assert_eq!(h.commit(d.ino, 0, vec![]), Err(ErrorKind::IsDir));
-    assert_eq!(h.commit_at(999, 1, 0, vec![]), Err(ErrorKind::NotFound));
+    assert_eq!(h.commit_at(999, 1, 0, vec![]), Err(ErrorKind::Stale));
 
     // Chunk locations per slot.
     h.commit(g.ino, MB4 + 5, vec![upd(1, chunk("z", 5), &[7])])
@@ -1423,7 +1423,7 @@ fn a_batch_is_all_or_nothing() {
             cmds: vec![commit.clone(), chmod(999_999)],
         }))
         .unwrap_err();
-    assert_eq!(e.kind, ErrorKind::NotFound);
+    assert_eq!(e.kind, ErrorKind::Stale);
     assert_eq!(
         h.get(f.ino).size,
         0,
