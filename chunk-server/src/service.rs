@@ -17,11 +17,13 @@ use cairn_common::chunk_client::ChunkClients;
 use cairn_common::error::{status, ErrorKind};
 use cairn_common::ChunkId;
 use cairn_proto::chunk_service_server::ChunkService;
+use cairn_proto::verify_chunk_reply;
 use cairn_proto::{
     ChunkServerInfoReply, ChunkServerInfoRequest, DeleteChunksReply, DeleteChunksRequest,
     GetChunkReply, GetChunkRequest, HasChunkReply, HasChunkRequest, ListChunksReply,
     ListChunksRequest, MarkChunksReply, MarkChunksRequest, PutChunkReply, PutChunkRequest,
-    ReplicateChunkReply, ReplicateChunkRequest, ScrubNowReply, ScrubNowRequest,
+    ReplicateChunkReply, ReplicateChunkRequest, ScrubNowReply, ScrubNowRequest, VerifyChunkReply,
+    VerifyChunkRequest,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -332,5 +334,28 @@ impl ChunkService for ChunkServiceImpl {
         let started = self.scrub.request_pass();
         tracing::info!(started, "scrub requested");
         Ok(Response::new(ScrubNowReply { started }))
+    }
+
+    /// Verifies the local copy of one chunk now (the meta leader asks this of a copy reported
+    /// bad). A corrupt copy is quarantined and reported, as by the scrub.
+    async fn verify_chunk(
+        &self,
+        request: Request<VerifyChunkRequest>,
+    ) -> Result<Response<VerifyChunkReply>, Status> {
+        let id = parse_id(&request.into_inner().id)?;
+        let found = self.blocking(move |s| s.verify(id)).await?;
+        let (outcome, reason) = match found.outcome {
+            Verification::Intact { .. } => {
+                self.scrub.note_verified(id);
+                (verify_chunk_reply::Outcome::Intact, String::new())
+            }
+            Verification::Absent => (verify_chunk_reply::Outcome::Absent, String::new()),
+            Verification::Corrupt { reason } => (verify_chunk_reply::Outcome::Corrupt, reason),
+        };
+        tracing::info!(chunk = %id, ?outcome, "copy verified on request");
+        Ok(Response::new(VerifyChunkReply {
+            outcome: outcome as i32,
+            reason,
+        }))
     }
 }

@@ -84,6 +84,12 @@ impl ChunkService for Liar {
     ) -> Result<Response<ScrubNowReply>, Status> {
         Err(Status::unimplemented("scrub_now"))
     }
+    async fn verify_chunk(
+        &self,
+        _: Request<cairn_proto::VerifyChunkRequest>,
+    ) -> Result<Response<cairn_proto::VerifyChunkReply>, Status> {
+        Err(Status::unimplemented("verify_chunk"))
+    }
 }
 
 /// Serves a [`Liar`] for chunk `id` whose real bytes are `good`; returns its address.

@@ -24,6 +24,8 @@ pub struct FsckReport {
     pub healthy: u64,
     pub under_replicated: u64,
     pub missing: u64,
+    /// Chunks whose only reachable copies are suspect (reported bad, being re-verified).
+    pub suspect: u64,
     pub corrupt_reported: u64,
     pub replication: u32,
     pub affected: Vec<AffectedFile>,
@@ -64,13 +66,14 @@ impl FsckReport {
 
     pub fn text(&self) -> String {
         let mut out = format!(
-            "{} files, {} directories, {} chunks (replication {})\n  healthy:          {}\n  under-replicated: {}\n  missing:          {}\n  corrupt copies awaiting repair: {}\n",
+            "{} files, {} directories, {} chunks (replication {})\n  healthy:          {}\n  under-replicated: {}\n  suspect only:     {}\n  missing:          {}\n  corrupt copies awaiting repair: {}\n",
             self.files,
             self.directories,
             self.chunks,
             self.replication,
             self.healthy,
             self.under_replicated,
+            self.suspect,
             self.missing,
             self.corrupt_reported
         );
@@ -103,6 +106,9 @@ impl FsckReport {
         }
         out.push_str(if self.data_lost() {
             "status: DATA LOST OR UNREACHABLE (chunks with no healthy replica)\n"
+        } else if self.suspect > 0 {
+            "status: no data known lost; some chunks have only copies reported bad, which their \
+             servers are re-verifying (repair)\n"
         } else if self.under_replicated > 0 {
             "status: no data lost; some chunks are under-replicated (repair is running)\n"
         } else {
@@ -121,6 +127,7 @@ impl From<pb::FsckReply> for FsckReport {
             healthy: r.healthy,
             under_replicated: r.under_replicated,
             missing: r.missing,
+            suspect: r.suspect,
             corrupt_reported: r.corrupt_reported,
             replication: r.replication,
             affected: r
@@ -262,6 +269,7 @@ mod tests {
             healthy: 9,
             under_replicated: 1,
             missing: 0,
+            suspect: 0,
             corrupt_reported: 0,
             affected: vec![pb::FsckFile {
                 path: "/a/b".into(),
@@ -281,6 +289,11 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("no data lost"), "{t}");
+        // Copies reported bad but perhaps intact are not lost data.
+        r.suspect = 1;
+        assert!(!r.data_lost());
+        let t = r.text();
+        assert!(t.contains("re-verifying") && !t.contains("LOST"), "{t}");
         r.missing = 1;
         assert!(r.data_lost());
         assert!(r.text().contains("DATA LOST"));

@@ -478,3 +478,97 @@ fn t50_chunks_of_an_upload_that_never_committed_are_collected() {
     let (code, v) = fsck(&c);
     assert_eq!((code, v["missing"].as_u64()), (0, Some(0)), "{v}");
 }
+
+/// Sends `ReportBadReplica` for every copy of every chunk in `ids` on every registered chunk
+/// server, as a careless or malicious chunk server could; returns how many reports were taken.
+fn report_every_copy(c: &Cluster, ids: &BTreeSet<String>) -> usize {
+    let servers: Vec<u64> = c.status().expect("status")["chunk_servers"]
+        .as_array()
+        .expect("chunk servers")
+        .iter()
+        .filter_map(|s| s["id"].as_u64())
+        .collect();
+    let addrs = c.meta_list().split(',').map(str::to_owned).collect();
+    let meta = cairn_fuse_client::meta::Meta::new(addrs);
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let mut n = 0;
+    for id in ids {
+        let id = cairn_common::ChunkId::from_hex(id).expect("a chunk file is named by its id");
+        for &server in &servers {
+            rt.block_on(meta.report_bad_replica(server, id.as_bytes(), "test: a careless report"))
+                .unwrap_or_else(|s| panic!("report {id} on {server}: {}", s.message()));
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn t60_reports_alone_never_delist_intact_copies_and_a_really_bad_copy_is_replaced() {
+    init_tracing();
+    let mut c = Cluster::start_with(3, 3, opts());
+    let mnt = c.mount();
+    let files = write_files(&c, &mnt, 1);
+    let v = wait_healthy(&c, Duration::from_secs(30));
+    let ids = c.chunk_files(1);
+    assert_eq!(v["chunks"].as_u64(), Some(ids.len() as u64));
+    info!(
+        chunks = ids.len(),
+        "--- a 9 MiB file, every chunk on all 3 servers"
+    );
+
+    info!("--- one report per replica of every chunk");
+    let reports = report_every_copy(&c, &ids);
+    assert_eq!(reports, 3 * ids.len());
+
+    info!("--- the file stays readable, byte-identical, on a fresh mount; fsck sees no loss");
+    let fresh = c.mount();
+    cmp_all(&files, &fresh);
+    let (code, v) = fsck(&c);
+    assert_ne!(code, 2, "reports alone are not lost data: {v}");
+    assert_eq!(v["missing"], 0, "{v}");
+
+    info!("--- repair has each server verify its copy: every copy is listed and trusted again");
+    wait_healthy(&c, Duration::from_secs(60));
+    let st = c.status().expect("status");
+    assert_eq!(
+        st["repair"]["replicas_copied"], 0,
+        "nothing was re-copied: {st}"
+    );
+    for n in 1..=3 {
+        assert_eq!(c.chunk_files(n), ids, "server {n} kept its copies");
+        assert_eq!(
+            quarantined(&c, n),
+            0,
+            "server {n} quarantined an intact copy"
+        );
+    }
+    cmp_all(&files, &fresh);
+
+    info!("--- a copy that really is corrupt is still dropped and replaced from a good one");
+    let victim = ids.iter().next().expect("a chunk").clone();
+    let p = c
+        .chunk_data_dir(1)
+        .join("chunks")
+        .join(&victim[..2])
+        .join(&victim);
+    let mut b = std::fs::read(&p).expect("read chunk file");
+    let last = b.len() - 1;
+    b[last] ^= 0x5a;
+    std::fs::write(&p, b).expect("write chunk file");
+    report_every_copy(&c, &BTreeSet::from([victim.clone()]));
+    wait_until(
+        "server 1 to find its copy corrupt on verification",
+        Duration::from_secs(60),
+        || quarantined(&c, 1) == 1,
+    );
+    wait_healthy(&c, Duration::from_secs(60));
+    let st = c.status().expect("status");
+    assert_eq!(st["repair"]["replicas_copied"], 1, "{st}");
+    assert!(
+        c.chunk_files(1).contains(&victim),
+        "server 1 holds a fresh copy"
+    );
+    let last = c.mount();
+    cmp_all(&files, &last);
+}

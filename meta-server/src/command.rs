@@ -39,6 +39,7 @@ pub enum Command {
     RegisterChunkServer(RegisterChunkServer),
     DropReplica(DropReplica),
     AddReplica(AddReplica),
+    SuspectReplica(SuspectReplica),
     RemoveReplica(RemoveReplica),
     SetDraining(SetDraining),
     // Garbage collection (fsm/gc.rs).
@@ -198,9 +199,10 @@ pub struct RegisterChunkServer {
     pub addr: String,
 }
 
-/// `server`'s copy of chunk `id` failed verification: stop listing it as a replica
-/// (idempotent). The chunk record and its reference count are kept; the chunk is queued in
-/// `repair` so it can be brought back to full replication.
+/// `server` itself found its copy of chunk `id` corrupt or absent (repair asked it to verify a
+/// suspect copy, `ChunkService.VerifyChunk`): stop listing it as a replica (idempotent), even
+/// the last one — the copy is really gone. The chunk record and its reference count are kept;
+/// the chunk is queued in `repair` so it can be brought back to full replication.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct DropReplica {
     pub id: ChunkId,
@@ -208,8 +210,21 @@ pub struct DropReplica {
     pub now: Time,
 }
 
-/// Repair copied chunk `id` to `server` (verified on receipt, durable there): list it as a
-/// replica (idempotent) and clear the chunk's `repair` entry.
+/// `server`'s copy of chunk `id` was reported bad (`ReportBadReplica`: by its server, by a
+/// reader, or by anyone): mark it suspect (idempotent). It stays listed — a report alone never
+/// delists a copy, so it can never make a readable chunk unreadable — but readers try it after
+/// the trusted copies and it does not count as healthy; the chunk is queued in `repair`, whose
+/// verification by the copy's own server decides (`AddReplica` or `DropReplica`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SuspectReplica {
+    pub id: ChunkId,
+    pub server: u64,
+    pub now: Time,
+}
+
+/// `server` holds a verified copy of chunk `id` (repair copied it there, verified on receipt
+/// and durable; or its server verified a suspect copy intact): list it as a replica, trusted
+/// (not suspect), idempotently, and clear the chunk's `repair` entry.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct AddReplica {
     pub id: ChunkId,

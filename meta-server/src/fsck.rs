@@ -3,8 +3,11 @@
 //! Every chunk a file references is looked up in the chunk table and judged by its listed
 //! replicas on servers that are up: as many as the replication factor is healthy, fewer is
 //! under-replicated, none is missing (the data is lost, or unreachable until a server returns).
-//! A referenced chunk with no record at all is missing too. Files holding a missing or
-//! under-replicated chunk are listed with their paths.
+//! Suspect copies (reported bad, not yet re-verified by their server) do not count as healthy,
+//! but a chunk whose only reachable copies are suspect is **suspect**, not missing: its bytes
+//! may well be intact, and repair's verification decides. A referenced chunk with no record at
+//! all is missing too. Files holding a missing, suspect or under-replicated chunk are listed
+//! with their paths.
 use crate::error::MetaError;
 use crate::fsm::Fsm;
 use cairn_common::ChunkId;
@@ -18,6 +21,7 @@ pub const MAX_FSCK_FILES: usize = 10_000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Problem {
     UnderReplicated,
+    Suspect,
     Missing,
 }
 
@@ -25,6 +29,7 @@ impl Problem {
     fn as_str(self) -> &'static str {
         match self {
             Problem::UnderReplicated => "under-replicated",
+            Problem::Suspect => "suspect",
             Problem::Missing => "missing",
         }
     }
@@ -53,9 +58,12 @@ pub fn fsck(
                 continue;
             }
             reply.chunks += 1;
-            let live = rec.replicas.iter().filter(|s| up(**s)).count();
+            let live = rec.trusted().into_iter().filter(|s| up(*s)).count();
             if live >= replication {
                 reply.healthy += 1;
+            } else if live == 0 && rec.suspect.iter().any(|s| up(*s)) {
+                reply.suspect += 1;
+                bad.insert(id, Problem::Suspect);
             } else if live == 0 {
                 reply.missing += 1;
                 bad.insert(id, Problem::Missing);

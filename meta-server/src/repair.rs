@@ -19,10 +19,17 @@
 //!   Replicas on servers that are down are left alone: if the server comes back, its copies count
 //!   again and the surplus is trimmed then.
 //!
+//! - a listed copy marked **suspect** (reported bad by `ReportBadReplica`, which only marks): its
+//!   own server is asked to verify it now (`ChunkService.VerifyChunk`). Intact: it is trusted
+//!   again (`AddReplica`); corrupt (quarantined by that check) or absent: it is dropped
+//!   (`DropReplica`) and the next scan re-replicates the chunk from a good copy. A chunk with a
+//!   suspect copy on an up server is only verified in that scan, and judged in the next one;
+//!   suspect copies never count as healthy nor serve as copy sources.
+//!
 //! Chunks with no references are garbage and left to GC. Failures are counted and retried on
 //! the next scan; nothing here is durable state (the chunk table is the work list), so a leader
 //! change or a crash only costs a rescan.
-use crate::command::{AddReplica, Command, RemoveReplica};
+use crate::command::{AddReplica, Command, DropReplica, RemoveReplica, Time};
 use crate::error::MetaError;
 use crate::fsm::{ChunkRecord, ServerRecord};
 use crate::leader::{LeaderOnly, LeaderState};
@@ -161,6 +168,11 @@ enum Task {
         id: ChunkId,
         remove: Vec<u64>,
     },
+    /// Ask each of `servers` to verify its suspect copy.
+    Verify {
+        id: ChunkId,
+        servers: Vec<u64>,
+    },
 }
 
 pub struct Repairer {
@@ -238,7 +250,17 @@ impl Repairer {
                 if rec.refs == 0 {
                     continue;
                 }
-                match judge(&rec.replicas, self.cfg.replication, up, draining, free) {
+                let suspects: Vec<u64> = rec.suspect.iter().copied().filter(|s| up(*s)).collect();
+                if !suspects.is_empty() {
+                    if tasks.len() < MAX_PLANNED {
+                        tasks.push(Task::Verify {
+                            id,
+                            servers: suspects,
+                        });
+                    }
+                    continue;
+                }
+                match judge(&rec.trusted(), self.cfg.replication, up, draining, free) {
                     Verdict::Healthy => {}
                     Verdict::Under { healthy, sources } => {
                         summary.under_replicated += 1;
@@ -275,8 +297,10 @@ impl Repairer {
         if tasks.is_empty() {
             return Ok(());
         }
-        // Fewest healthy replicas first; trims last.
+        // Verifications (a read may depend on them) and the fewest healthy replicas first; trims
+        // last.
         tasks.sort_by_key(|t| match t {
+            Task::Verify { .. } => 0,
             Task::Copy { healthy, .. } => *healthy,
             Task::Trim { .. } => usize::MAX,
         });
@@ -298,6 +322,7 @@ impl Repairer {
                                 .await
                         }
                         Task::Trim { id, remove } => self.trim(id, &remove, addrs).await,
+                        Task::Verify { id, servers } => self.verify(id, &servers, addrs).await,
                     };
                     if let Err(e) = r {
                         self.leader.repair.failures.fetch_add(1, Ordering::Relaxed);
@@ -365,6 +390,54 @@ impl Repairer {
                 .bytes_copied
                 .fetch_add(rec.stored_len as u64, Ordering::Relaxed);
             tracing::info!(chunk = %id, target, "repair: replica copied");
+        }
+        Ok(())
+    }
+
+    /// Has each of `servers` verify its suspect copy of `id`, then trusts it again or drops it.
+    async fn verify(
+        &self,
+        id: ChunkId,
+        servers: &[u64],
+        addrs: &HashMap<u64, String>,
+    ) -> Result<(), String> {
+        use pb::verify_chunk_reply::Outcome;
+        for &server in servers {
+            let Some(addr) = addrs.get(&server) else {
+                continue;
+            };
+            let mut client = self.chunks.get(addr).map_err(|s| s.message().to_string())?;
+            let r = client
+                .verify_chunk(pb::VerifyChunkRequest {
+                    id: id.as_bytes().to_vec(),
+                })
+                .await
+                .map_err(|s| format!("chunk {id}: verify on server {server}: {}", s.message()))?
+                .into_inner();
+            let outcome = Outcome::try_from(r.outcome).map_err(|_| {
+                format!(
+                    "chunk {id}: server {server} answered verification outcome {}",
+                    r.outcome
+                )
+            })?;
+            let cmd = match outcome {
+                Outcome::Intact => {
+                    tracing::info!(chunk = %id, server, "repair: suspect copy verified intact, trusted again");
+                    Command::AddReplica(AddReplica { id, server })
+                }
+                Outcome::Absent | Outcome::Corrupt => {
+                    tracing::warn!(chunk = %id, server, ?outcome, reason = %r.reason, "repair: suspect copy is bad, dropped");
+                    Command::DropReplica(DropReplica {
+                        id,
+                        server,
+                        now: Time::now(),
+                    })
+                }
+            };
+            self.node
+                .write(cmd)
+                .await
+                .map_err(|e| format!("chunk {id}: record verification on {server}: {e}"))?;
         }
         Ok(())
     }

@@ -970,6 +970,120 @@ fn drop_replica_removes_only_that_replica() {
 }
 
 #[test]
+fn reports_of_bad_copies_never_delist_a_copy_their_server_has_not_checked() {
+    let mut h = H::new();
+    for i in 1..=4 {
+        h.apply(Command::RegisterChunkServer(cmd::RegisterChunkServer {
+            uuid: format!("u{i}"),
+            addr: format!("127.0.0.1:{i}"),
+        }))
+        .unwrap();
+    }
+    let f = h.file(ROOT_INO, "f");
+    let (a, b) = (chunk("a", 1000), chunk("b", 1000));
+    let size = MB4 + 1000;
+    h.commit(
+        f.ino,
+        size,
+        vec![upd(0, a, &[1, 2, 3]), upd(1, b, &[1, 2, 3])],
+    )
+    .unwrap();
+    let report = |h: &mut H, id: ChunkId, server: u64| {
+        let now = h.now();
+        h.apply(Command::SuspectReplica(cmd::SuspectReplica {
+            id,
+            server,
+            now,
+        }))
+    };
+
+    tracing::info!("--- one report per replica of every chunk: every copy stays listed, suspect");
+    for id in [a.id, b.id] {
+        for server in 1..=3 {
+            assert_eq!(report(&mut h, id, server).unwrap(), Reply::Empty);
+        }
+        // Idempotent; a server that does not list the chunk changes nothing.
+        report(&mut h, id, 2).unwrap();
+        report(&mut h, id, 4).unwrap();
+        let rec = h.fsm.chunk(&id).unwrap().unwrap();
+        assert_eq!(
+            (rec.replicas, rec.suspect, rec.refs),
+            (vec![1, 2, 3], vec![1, 2, 3], 1)
+        );
+    }
+    let (_, slots) = h.fsm.chunk_locations(f.ino).unwrap();
+    assert_eq!(
+        slots[0].replicas,
+        vec![1, 2, 3],
+        "readers are still sent to them"
+    );
+    assert_eq!(h.fsm.repair_queue().unwrap().len(), 2);
+
+    tracing::info!("--- trusted copies are offered to readers before suspect ones");
+    h.apply(Command::AddReplica(cmd::AddReplica {
+        id: a.id,
+        server: 3,
+    }))
+    .unwrap();
+    let rec = h.fsm.chunk(&a.id).unwrap().unwrap();
+    assert_eq!((rec.replicas, rec.suspect), (vec![1, 2, 3], vec![1, 2]));
+    let (_, slots) = h.fsm.chunk_locations(f.ino).unwrap();
+    assert_eq!(slots[0].replicas, vec![3, 1, 2]);
+    assert_eq!(
+        h.fsm.repair_queue().unwrap().len(),
+        2,
+        "a suspect copy of a is left"
+    );
+
+    tracing::info!("--- a surplus trim may not remove the only trusted copy");
+    let remove = |h: &mut H, id: ChunkId, server: u64| {
+        h.apply(Command::RemoveReplica(cmd::RemoveReplica { id, server }))
+    };
+    assert_eq!(
+        remove(&mut h, a.id, 3).unwrap_err().kind,
+        ErrorKind::Conflict
+    );
+
+    tracing::info!("--- verification: intact copies are trusted again, a bad one is dropped");
+    h.apply(Command::AddReplica(cmd::AddReplica {
+        id: a.id,
+        server: 1,
+    }))
+    .unwrap();
+    let now = h.now();
+    h.apply(Command::DropReplica(cmd::DropReplica {
+        id: a.id,
+        server: 2,
+        now,
+    }))
+    .unwrap();
+    let rec = h.fsm.chunk(&a.id).unwrap().unwrap();
+    assert_eq!((rec.replicas, rec.suspect), (vec![1, 3], vec![]));
+    tracing::info!("--- a put of the chunk again on a suspect server trusts that copy");
+    let g = h.file(ROOT_INO, "g");
+    h.commit(g.ino, 1000, vec![upd(0, b, &[2])]).unwrap();
+    let rec = h.fsm.chunk(&b.id).unwrap().unwrap();
+    assert_eq!(
+        (rec.replicas, rec.suspect, rec.refs),
+        (vec![1, 2, 3], vec![1, 3], 2)
+    );
+    tracing::info!("--- once every copy is verified, only the chunk that lost one awaits repair");
+    for server in [1, 3] {
+        h.apply(Command::AddReplica(cmd::AddReplica { id: b.id, server }))
+            .unwrap();
+    }
+    let queued: Vec<ChunkId> = h
+        .fsm
+        .repair_queue()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(queued, vec![a.id]);
+    assert_eq!(h.get(f.ino).size, size, "the file is untouched");
+}
+
+#[test]
 fn repair_adds_and_trims_replicas_and_drains_servers() {
     let mut h = H::new();
     for i in 1..=4 {

@@ -320,7 +320,7 @@ async fn one_node_cluster_end_to_end() {
         .collect();
     assert_eq!(t, vec![3]);
 
-    tracing::info!("--- a bad replica is dropped from the chunk's locations");
+    tracing::info!("--- a reported replica stays listed, suspect, and is offered last");
     let report = |server_id: u64, chunk_id: Vec<u8>, reason: String| pb::ReportBadReplicaRequest {
         server_id,
         chunk_id,
@@ -370,9 +370,12 @@ async fn one_node_cluster_end_to_end() {
         .unwrap()
         .into_inner();
     let locs: Vec<u64> = gc.slots[0].locations.iter().map(|l| l.server_id).collect();
-    assert_eq!(locs, vec![2]);
+    assert_eq!(locs, vec![2, 1]);
     let rec = node.node.fsm().chunk(&ChunkId::of(&data)).unwrap().unwrap();
-    assert_eq!((rec.replicas, rec.refs), (vec![2], 1));
+    assert_eq!(
+        (rec.replicas, rec.suspect, rec.refs),
+        (vec![1, 2], vec![1], 1)
+    );
     let p = c
         .prepare_write(pb::PrepareWriteRequest {
             chunks: vec![cref.clone()],

@@ -398,6 +398,12 @@ mod tests {
         ) -> Result<tonic::Response<cairn_proto::ScrubNowReply>, tonic::Status> {
             Err(tonic::Status::unimplemented("scrub"))
         }
+        async fn verify_chunk(
+            &self,
+            _r: tonic::Request<cairn_proto::VerifyChunkRequest>,
+        ) -> Result<tonic::Response<cairn_proto::VerifyChunkReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("verify"))
+        }
         async fn info(
             &self,
             _r: tonic::Request<cairn_proto::ChunkServerInfoRequest>,

@@ -23,12 +23,44 @@ pub struct ChunkRecord {
     /// the copies not yet deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collecting: Option<u64>,
+    /// Listed replicas reported bad (`SuspectReplica`) and not yet re-verified by their server:
+    /// a subset of `replicas`, sorted. Still listed (readers try them after the trusted ones),
+    /// not counted healthy; repair's verification trusts (`AddReplica`) or drops
+    /// (`DropReplica`) each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suspect: Vec<u64>,
 }
 
 impl ChunkRecord {
     /// Referenced or revivable: not being garbage-collected.
     pub fn is_live(&self) -> bool {
         self.collecting.is_none()
+    }
+
+    /// Whether `server`'s listed copy is suspect.
+    pub fn is_suspect(&self, server: u64) -> bool {
+        self.suspect.binary_search(&server).is_ok()
+    }
+
+    /// The listed replicas that are not suspect.
+    pub fn trusted(&self) -> Vec<u64> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|s| !self.is_suspect(*s))
+            .collect()
+    }
+
+    /// Stops listing `server` (trusted or suspect); false if it was not listed.
+    pub fn unlist(&mut self, server: u64) -> bool {
+        self.suspect.retain(|s| *s != server);
+        match self.replicas.binary_search(&server) {
+            Ok(pos) => {
+                self.replicas.remove(pos);
+                true
+            }
+            Err(_) => false,
+        }
     }
 }
 
@@ -119,6 +151,7 @@ impl Tx<'_> {
                     replicas: sorted(replicas),
                     refs: 1,
                     collecting: None,
+                    suspect: Vec::new(),
                 }
             }
             Some(mut r) => {
@@ -137,6 +170,8 @@ impl Tx<'_> {
                 r.refs += 1;
                 r.replicas.extend_from_slice(replicas);
                 r.replicas = sorted(&r.replicas);
+                // A put stored (and verified) the chunk again on these: no longer suspect.
+                r.suspect.retain(|s| !replicas.contains(s));
                 r
             }
             None => {
@@ -152,6 +187,7 @@ impl Tx<'_> {
                     replicas: sorted(replicas),
                     refs: 1,
                     collecting: None,
+                    suspect: Vec::new(),
                 }
             }
         };

@@ -22,7 +22,8 @@ const CHUNK: u64 = CHUNK_SIZE as u64;
 pub struct SlotLocation {
     pub index: u64,
     pub chunk: SlotChunk,
-    /// Server ids holding the chunk (empty if the chunk record is missing).
+    /// Server ids holding the chunk (empty if the chunk record is missing): the trusted copies
+    /// first, then the suspect ones (reported bad, not yet re-verified), each group by id.
     pub replicas: Vec<u64>,
 }
 
@@ -33,7 +34,11 @@ impl Fsm {
         let mut out = Vec::with_capacity(inode.slots.len());
         for (&index, chunk) in &inode.slots {
             let replicas = match self.chunk(&chunk.id)? {
-                Some(r) => r.replicas,
+                Some(r) => {
+                    let mut ids = r.trusted();
+                    ids.extend_from_slice(&r.suspect);
+                    ids
+                }
                 None => {
                     tracing::error!(inode = ino, chunk = %chunk.id, "slot references unknown chunk");
                     Vec::new()

@@ -115,7 +115,9 @@ impl GcSwept {
             // Revived by a commit meanwhile: nothing to do.
             return Ok(Reply::Empty);
         };
-        r.replicas.retain(|s| !self.servers.contains(s));
+        for s in &self.servers {
+            r.unlist(*s);
+        }
         if r.replicas.is_empty() {
             tx.set_chunk(id, None);
             tx.set_gc(id, None);

@@ -15,7 +15,7 @@
 //! - [`gc`]: garbage-collection epochs and tombstones (`GcBegin`, `GcSwept`, `GcPrune`,
 //!   `GcOrphans`);
 //! - [`servers`]: chunk servers and the replicas they hold (`RegisterChunkServer`,
-//!   `SetDraining`, `AddReplica`, `RemoveReplica`, `DropReplica`);
+//!   `SetDraining`, `SuspectReplica`, `AddReplica`, `RemoveReplica`, `DropReplica`);
 //! - [`xattrs`], [`locks`], [`sessions`] (mount sessions and their orphans), [`uploads`]
 //!   (upload sessions);
 //! - [`requests`]: exactly-once request ids (`Once`, `PruneRequests`).
@@ -178,6 +178,7 @@ impl Command {
             Command::RegisterChunkServer(c) => c.apply(tx),
             Command::DropReplica(c) => c.apply(tx),
             Command::AddReplica(c) => c.apply(tx),
+            Command::SuspectReplica(c) => c.apply(tx),
             Command::RemoveReplica(c) => c.apply(tx),
             Command::SetDraining(c) => c.apply(tx),
             Command::GcBegin(c) => c.apply(tx),

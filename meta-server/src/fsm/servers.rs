@@ -1,12 +1,16 @@
 //! Chunk servers and the replicas they hold: registration (`RegisterChunkServer`), draining
-//! (`SetDraining`), and the replica list of each chunk as repair and verification change it
-//! (`AddReplica`, `RemoveReplica`, `DropReplica`).
+//! (`SetDraining`), and the replica list of each chunk as reports, repair and verification
+//! change it (`SuspectReplica`, `AddReplica`, `RemoveReplica`, `DropReplica`).
+//!
+//! A report of a bad copy (`ReportBadReplica`, which anyone able to reach the meta service can
+//! send) only marks the copy *suspect*; only its own server's verification, asked by repair,
+//! drops it. So reports alone never delist the copies of a chunk whose bytes are intact.
 use super::schema::{decode_json, decode_u64, fs_err, Counter, CF_REPAIR, CF_SERVERS};
 use super::tx::Tx;
 use super::Fsm;
 use crate::command::{
     AddReplica, CommandResult, DropReplica, FsError, RegisterChunkServer, RemoveReplica, Reply,
-    SetDraining, Time,
+    SetDraining, SuspectReplica, Time,
 };
 use crate::error::MetaError;
 use cairn_common::error::ErrorKind;
@@ -139,11 +143,19 @@ impl AddReplica {
         let (id, server) = (self.id, self.server);
         tx.require_registered(server)?;
         let mut rec = tx.chunk(&id)?.ok_or_else(|| unknown_chunk(&id))?;
+        let mut changed = rec.is_suspect(server);
+        rec.suspect.retain(|s| *s != server);
         if let Err(pos) = rec.replicas.binary_search(&server) {
             rec.replicas.insert(pos, server);
+            changed = true;
+        }
+        // The repair entry stays while another copy is still suspect (fsck counts it).
+        if rec.suspect.is_empty() {
+            tx.set_repair(id, None);
+        }
+        if changed {
             tx.set_chunk(id, Some(rec));
         }
-        tx.set_repair(id, None);
         Ok(Reply::Empty)
     }
 }
@@ -153,34 +165,52 @@ impl RemoveReplica {
     pub(super) fn apply(&self, tx: &mut Tx) -> CommandResult {
         let (id, server) = (self.id, self.server);
         let mut rec = tx.chunk(&id)?.ok_or_else(|| unknown_chunk(&id))?;
-        let Ok(pos) = rec.replicas.binary_search(&server) else {
+        if rec.replicas.binary_search(&server).is_err() {
             return Ok(Reply::Empty);
-        };
-        if rec.replicas.len() == 1 {
+        }
+        if rec.trusted().iter().all(|s| *s == server) {
             return Err(fs_err(
                 ErrorKind::Conflict,
-                format!("server {server} holds the only listed replica of chunk {id}"),
+                format!("server {server} holds the only trusted replica of chunk {id}"),
             ));
         }
-        rec.replicas.remove(pos);
+        rec.unlist(server);
         tx.set_chunk(id, Some(rec));
         Ok(Reply::Empty)
     }
 }
 
-impl DropReplica {
-    /// Stops listing `server` as a replica of `id` (its copy is corrupt). Idempotent: a server
-    /// that is not (or no longer) listed changes nothing. Never removes the chunk record nor
-    /// touches its reference count: files still reference the chunk, and the other replicas
-    /// (or repair) still serve it.
+impl SuspectReplica {
+    /// Marks `server`'s listed copy of `id` suspect and queues the chunk for repair, which asks
+    /// the server to verify it. Idempotent; a server that is not listed changes nothing.
     pub(super) fn apply(&self, tx: &mut Tx) -> CommandResult {
         let (id, server) = (self.id, self.server);
         tx.require_registered(server)?;
         let mut rec = tx.chunk(&id)?.ok_or_else(|| unknown_chunk(&id))?;
-        let Some(pos) = rec.replicas.iter().position(|&r| r == server) else {
+        if rec.replicas.binary_search(&server).is_err() {
             return Ok(Reply::Empty);
-        };
-        rec.replicas.remove(pos);
+        }
+        if let Err(pos) = rec.suspect.binary_search(&server) {
+            rec.suspect.insert(pos, server);
+            tx.set_chunk(id, Some(rec));
+        }
+        tx.set_repair(id, Some(self.now));
+        Ok(Reply::Empty)
+    }
+}
+
+impl DropReplica {
+    /// Stops listing `server` as a replica of `id`: its own server found the copy corrupt or
+    /// absent. Idempotent: a server that is not (or no longer) listed changes nothing. Never
+    /// removes the chunk record nor touches its reference count: files still reference the
+    /// chunk, and the other replicas (or repair) still serve it.
+    pub(super) fn apply(&self, tx: &mut Tx) -> CommandResult {
+        let (id, server) = (self.id, self.server);
+        tx.require_registered(server)?;
+        let mut rec = tx.chunk(&id)?.ok_or_else(|| unknown_chunk(&id))?;
+        if !rec.unlist(server) {
+            return Ok(Reply::Empty);
+        }
         if rec.replicas.is_empty() {
             tracing::error!(chunk = %id, server, "chunk lost its last listed replica");
         }

@@ -3,7 +3,7 @@
 use super::checks::{self, invalid, MAX_ADDR, MAX_REASON_LEN, MAX_SERVER_UUID};
 use super::convert;
 use super::{Answer, Ctx};
-use crate::command::{Command, DropReplica, RegisterChunkServer, Reply, SetDraining, Time};
+use crate::command::{Command, RegisterChunkServer, Reply, SetDraining, SuspectReplica, Time};
 use crate::error::MetaError;
 use crate::fsm::ServerRecord;
 use crate::placement::Load;
@@ -245,7 +245,8 @@ pub(super) async fn report_bad_replica(
         )));
     }
     tracing::warn!(server = r.server_id, chunk = %id, reason = %r.reason, "bad replica reported");
-    let cmd = Command::DropReplica(DropReplica {
+    // A report alone only makes the copy suspect; its server's verification decides.
+    let cmd = Command::SuspectReplica(SuspectReplica {
         id,
         server: r.server_id,
         now: Time::now(),

@@ -99,11 +99,12 @@ pub(super) async fn prepare_write(
     for c in &chunks {
         // Only referenced chunks count as stored: an unreferenced one may be collected at any
         // time, so the writer puts it again (a put of a stored chunk writes nothing and
-        // protects the copy from a collection already under way).
+        // protects the copy from a collection already under way). Suspect copies do not count
+        // either: the writer's put verifies (or replaces) them, and its commit trusts them again.
         let held: Vec<u64> = fsm
             .chunk(&c.id)?
             .filter(|rec| rec.refs > 0 && rec.is_live())
-            .map(|rec| rec.replicas)
+            .map(|rec| rec.trusted())
             .unwrap_or_default();
         let existing = ctx.locations(&held, &addrs, now, true);
         let need = replication.saturating_sub(existing.len());
