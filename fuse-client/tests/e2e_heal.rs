@@ -73,15 +73,20 @@ fn wait_healthy(c: &Cluster, timeout: Duration) -> serde_json::Value {
     }
 }
 
-/// Flips the last byte (chunk data, past the header) of every chunk file of server `n`.
+/// Flips the last byte (chunk data, past the header) of chunk file `id` of server `n`.
+fn rot(c: &Cluster, n: usize, id: &str) {
+    let p = c.chunk_data_dir(n).join("chunks").join(&id[..2]).join(id);
+    let mut b = std::fs::read(&p).expect("read chunk file");
+    let last = b.len() - 1;
+    b[last] ^= 0x5a;
+    std::fs::write(&p, b).expect("write chunk file");
+}
+
+/// Rots every chunk file of server `n` (see [`rot`]).
 fn rot_all(c: &Cluster, n: usize) -> BTreeSet<String> {
     let ids = c.chunk_files(n);
     for id in &ids {
-        let p = c.chunk_data_dir(n).join("chunks").join(&id[..2]).join(id);
-        let mut b = std::fs::read(&p).expect("read chunk file");
-        let last = b.len() - 1;
-        b[last] ^= 0x5a;
-        std::fs::write(&p, b).expect("write chunk file");
+        rot(c, n, id);
     }
     ids
 }
@@ -547,15 +552,7 @@ fn t60_reports_alone_never_delist_intact_copies_and_a_really_bad_copy_is_replace
 
     info!("--- a copy that really is corrupt is still dropped and replaced from a good one");
     let victim = ids.iter().next().expect("a chunk").clone();
-    let p = c
-        .chunk_data_dir(1)
-        .join("chunks")
-        .join(&victim[..2])
-        .join(&victim);
-    let mut b = std::fs::read(&p).expect("read chunk file");
-    let last = b.len() - 1;
-    b[last] ^= 0x5a;
-    std::fs::write(&p, b).expect("write chunk file");
+    rot(&c, 1, &victim);
     report_every_copy(&c, &BTreeSet::from([victim.clone()]));
     wait_until(
         "server 1 to find its copy corrupt on verification",

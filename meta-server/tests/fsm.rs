@@ -68,6 +68,17 @@ impl H {
         r
     }
 
+    /// Registers chunk servers 1..=n (uuid `u{i}`, address `127.0.0.1:{i}`).
+    fn register_servers(&mut self, n: u64) {
+        for i in 1..=n {
+            self.apply(Command::RegisterChunkServer(cmd::RegisterChunkServer {
+                uuid: format!("u{i}"),
+                addr: format!("127.0.0.1:{i}"),
+            }))
+            .unwrap();
+        }
+    }
+
     fn err(&mut self, cmd: Command) -> ErrorKind {
         match self.apply(cmd) {
             Ok(r) => panic!("expected an error, got {r:?}"),
@@ -907,13 +918,7 @@ fn chunk_server_registration_is_idempotent() {
 #[test]
 fn drop_replica_removes_only_that_replica() {
     let mut h = H::new();
-    for i in 1..=3 {
-        h.apply(Command::RegisterChunkServer(cmd::RegisterChunkServer {
-            uuid: format!("u{i}"),
-            addr: format!("127.0.0.1:{i}"),
-        }))
-        .unwrap();
-    }
+    h.register_servers(3);
     let f = h.file(ROOT_INO, "f");
     let g = h.file(ROOT_INO, "g");
     let a = chunk("a", 1000);
@@ -972,13 +977,7 @@ fn drop_replica_removes_only_that_replica() {
 #[test]
 fn reports_of_bad_copies_never_delist_a_copy_their_server_has_not_checked() {
     let mut h = H::new();
-    for i in 1..=4 {
-        h.apply(Command::RegisterChunkServer(cmd::RegisterChunkServer {
-            uuid: format!("u{i}"),
-            addr: format!("127.0.0.1:{i}"),
-        }))
-        .unwrap();
-    }
+    h.register_servers(4);
     let f = h.file(ROOT_INO, "f");
     let (a, b) = (chunk("a", 1000), chunk("b", 1000));
     let size = MB4 + 1000;
@@ -1086,13 +1085,7 @@ fn reports_of_bad_copies_never_delist_a_copy_their_server_has_not_checked() {
 #[test]
 fn repair_adds_and_trims_replicas_and_drains_servers() {
     let mut h = H::new();
-    for i in 1..=4 {
-        h.apply(Command::RegisterChunkServer(cmd::RegisterChunkServer {
-            uuid: format!("u{i}"),
-            addr: format!("127.0.0.1:{i}"),
-        }))
-        .unwrap();
-    }
+    h.register_servers(4);
     let f = h.file(ROOT_INO, "f");
     let a = chunk("a", 1000);
     h.commit(f.ino, 1000, vec![upd(0, a, &[1, 2, 3])]).unwrap();
@@ -1262,13 +1255,7 @@ fn upd_t(index: u64, c: SlotChunk, replicas: &[u64], ticket: u64) -> SlotUpdate 
 #[test]
 fn gc_collects_only_garbage_and_refuses_uploads_older_than_the_collection() {
     let mut h = H::new();
-    for i in 1..=3 {
-        h.apply(Command::RegisterChunkServer(cmd::RegisterChunkServer {
-            uuid: format!("u{i}"),
-            addr: format!("127.0.0.1:{i}"),
-        }))
-        .unwrap();
-    }
+    h.register_servers(3);
     let f = h.file(ROOT_INO, "f");
     let (a, b) = (chunk("a", 100), chunk("b", 100));
     h.commit(f.ino, 100, vec![upd(0, a, &[1, 2, 3])]).unwrap();
