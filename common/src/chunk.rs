@@ -68,16 +68,40 @@ impl fmt::Debug for ChunkId {
     }
 }
 
+/// Hex in human-readable formats (the JSON of the state machine's records), the 32 raw bytes in
+/// binary ones (the Raft log and RPCs, where hex would double every id).
 impl serde::Serialize for ChunkId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_hex())
+        } else {
+            s.serialize_bytes(&self.0)
+        }
     }
 }
 
 impl<'de> serde::Deserialize<'de> for ChunkId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <String as serde::Deserialize>::deserialize(d)?;
-        ChunkId::from_hex(&s).map_err(serde::de::Error::custom)
+        if d.is_human_readable() {
+            let s = <String as serde::Deserialize>::deserialize(d)?;
+            ChunkId::from_hex(&s).map_err(serde::de::Error::custom)
+        } else {
+            d.deserialize_bytes(RawIdVisitor)
+        }
+    }
+}
+
+struct RawIdVisitor;
+
+impl serde::de::Visitor<'_> for RawIdVisitor {
+    type Value = ChunkId;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the 32 bytes of a chunk id")
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<ChunkId, E> {
+        ChunkId::from_bytes(b).map_err(E::custom)
     }
 }
 

@@ -331,13 +331,32 @@ impl Meta {
             .map(drop)
     }
 
-    /// Every upload session; `with_paths` also resolves their targets' paths.
+    /// Every upload session, page by page; `with_paths` also resolves their targets' paths.
     pub async fn list_uploads(&self, with_paths: bool) -> Result<Vec<pb::UploadInfo>, Status> {
-        let req = pb::ListUploadsRequest { with_paths };
-        Ok(self
-            .rpc(req, |mut c, r| async move { c.list_uploads(r).await })
-            .await?
-            .uploads)
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let req = pb::ListUploadsRequest {
+                with_paths,
+                after,
+                limit: 0,
+            };
+            let page = self
+                .rpc(req, |mut c, r| async move { c.list_uploads(r).await })
+                .await?;
+            let Some(last) = page.uploads.last() else {
+                return Ok(all);
+            };
+            // Ids only grow; a server answering otherwise would make this loop forever.
+            if last.upload <= after {
+                return Err(Status::internal("ListUploads did not advance"));
+            }
+            after = last.upload;
+            all.extend(page.uploads);
+            if page.done {
+                return Ok(all);
+            }
+        }
     }
 
     /// The slots recorded in upload session `upload`.

@@ -7,6 +7,12 @@
 //! its area applies it (`fsm/namespace.rs` applies [`Rename`], `fsm/uploads.rs` applies
 //! [`CommitUpload`], …). Commands carry everything their effect depends on (including `now`,
 //! stamped by the leader when it proposes them), so every replica computes the same state.
+//!
+//! In the log and on the wire a command is encoded by [`crate::raft::codec`] (postcard, not
+//! self-describing): a field may carry `#[serde(default)]` but never `skip_serializing_if`,
+//! and no enum may be untagged. No command larger than [`MAX_COMMAND_BYTES`] encoded is ever
+//! proposed ([`crate::node::MetaNode::write`] refuses it); the service's request bounds
+//! (`service/checks.rs`) keep every legitimate request well below it.
 use cairn_common::error::ErrorKind;
 use cairn_common::ChunkId;
 use serde::{Deserialize, Serialize};
@@ -21,6 +27,11 @@ pub const RENAME_EXCHANGE: u32 = 2;
 pub const XATTR_CREATE: u32 = 1;
 /// setxattr flag: fail if the attribute does not exist.
 pub const XATTR_REPLACE: u32 = 2;
+
+/// Largest encoded command ever proposed (a log entry is this plus its log id). The largest
+/// requests the service accepts — an unlink listing 65536 open inodes, a commit of 4096 slots,
+/// a 64 KiB xattr — encode to well under it.
+pub const MAX_COMMAND_BYTES: usize = 1024 * 1024;
 
 /// One log entry's command. Each variant names the struct that holds its arguments (see the
 /// struct for what it does).
@@ -497,3 +508,18 @@ impl FsError {
 
 /// The response type of the Raft state machine.
 pub type CommandResult = Result<Reply, FsError>;
+
+impl Command {
+    /// Refuses a command too large for one log entry (`TooBig`), before it is proposed.
+    pub fn check_size(&self) -> Result<(), FsError> {
+        let len = crate::raft::codec::encoded_len(self)
+            .map_err(|e| FsError::new(ErrorKind::InvalidArgument, e.to_string()))?;
+        if len > MAX_COMMAND_BYTES {
+            return Err(FsError::new(
+                ErrorKind::TooBig,
+                format!("request of {len} bytes exceeds the largest log entry ({MAX_COMMAND_BYTES} bytes)"),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -12,7 +12,7 @@ use crate::error::MetaError;
 use crate::fsm::Fsm;
 use cairn_common::ChunkId;
 use cairn_proto as pb;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Most affected files one fsck lists.
 pub const MAX_FSCK_FILES: usize = 10_000;
@@ -124,31 +124,161 @@ pub fn fsck(
     Ok(reply)
 }
 
-/// One path of each inode in `inos` (hard-linked files have several; any one will do).
+/// One path of each inode in `inos` that still has a name (hard-linked files have several; any
+/// one will do). Memory is bounded by `inos` and their ancestors, never by the namespace:
+/// directories know their parent and are named by a scan of that parent's entries only; files
+/// (no parent pointer) are found by one pass over the directory entries that keeps just the
+/// wanted ones. Callers run it off the async runtime threads (it may read every entry).
 pub(crate) fn paths_of(fsm: &Fsm, inos: Vec<u64>) -> Result<HashMap<u64, String>, MetaError> {
-    // child -> (parent, name) for every entry; directories appear once, files maybe more often.
-    let mut up: HashMap<u64, (u64, Vec<u8>)> = HashMap::new();
-    fsm.for_each_dentry(|parent, name, child| {
-        up.entry(child).or_insert_with(|| (parent, name.to_vec()));
-    })?;
+    // Each wanted inode's (parent directory, name).
+    let mut named: HashMap<u64, (u64, Vec<u8>)> = HashMap::new();
+    let mut files: HashSet<u64> = HashSet::new();
+    for ino in &inos {
+        match fsm.get_opt(*ino)? {
+            Some(i) if i.is_dir() => {
+                if let Some(up) = dir_parent(fsm, &i)? {
+                    named.insert(*ino, up);
+                }
+            }
+            Some(_) => {
+                files.insert(*ino);
+            }
+            None => {}
+        }
+    }
+    if !files.is_empty() {
+        fsm.for_each_dentry(|parent, name, child| {
+            if files.contains(&child) {
+                named
+                    .entry(child)
+                    .or_insert_with(|| (parent, name.to_vec()));
+            }
+        })?;
+    }
+    // Directory paths, each resolved once.
+    let mut dirs: HashMap<u64, Option<String>> = HashMap::new();
+    dirs.insert(cairn_common::ROOT_INO, Some(String::new()));
     let mut out = HashMap::new();
     for ino in inos {
-        let mut parts: Vec<String> = Vec::new();
-        let mut cur = ino;
-        // Bounded walk: a corrupt table cannot loop forever.
-        for _ in 0..4096 {
-            match up.get(&cur) {
-                Some((parent, name)) if cur != cairn_common::ROOT_INO => {
-                    parts.push(String::from_utf8_lossy(name).into_owned());
-                    cur = *parent;
-                }
-                _ => break,
-            }
+        if ino == cairn_common::ROOT_INO {
+            out.insert(ino, "/".to_string());
+            continue;
         }
-        if cur == cairn_common::ROOT_INO {
-            parts.reverse();
-            out.insert(ino, format!("/{}", parts.join("/")));
+        let Some((parent, name)) = named.get(&ino) else {
+            continue;
+        };
+        if let Some(dir) = dir_path(fsm, *parent, &mut dirs)? {
+            out.insert(ino, format!("{dir}/{}", String::from_utf8_lossy(name)));
         }
     }
     Ok(out)
+}
+
+/// The (parent, name) of directory `dir`; `None` for the root or a directory no longer named
+/// in its parent.
+fn dir_parent(fsm: &Fsm, dir: &crate::fsm::Inode) -> Result<Option<(u64, Vec<u8>)>, MetaError> {
+    if dir.ino == cairn_common::ROOT_INO {
+        return Ok(None);
+    }
+    Ok(fsm
+        .name_in(dir.parent, dir.ino)?
+        .map(|name| (dir.parent, name)))
+}
+
+/// The path of directory `dir` ("" for the root), walking up through `known`; `None` when it
+/// no longer reaches the root.
+fn dir_path(
+    fsm: &Fsm,
+    dir: u64,
+    known: &mut HashMap<u64, Option<String>>,
+) -> Result<Option<String>, MetaError> {
+    // Walk up until a directory whose path is known (the root is), then fill in on the way
+    // back down. Bounded: a corrupt table cannot loop forever.
+    let mut chain: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut cur = dir;
+    let mut base = None;
+    for _ in 0..4096 {
+        if let Some(p) = known.get(&cur) {
+            base = Some(p.clone());
+            break;
+        }
+        match fsm.get_opt(cur)?.filter(|i| i.is_dir()) {
+            Some(i) => match dir_parent(fsm, &i)? {
+                Some((parent, name)) => {
+                    chain.push((cur, name));
+                    cur = parent;
+                }
+                None => break,
+            },
+            None => break,
+        }
+    }
+    let mut path = base.flatten();
+    for (d, name) in chain.into_iter().rev() {
+        path = path.map(|p| format!("{p}/{}", String::from_utf8_lossy(&name)));
+        known.insert(d, path.clone());
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Command, Create, Kind, Link, Time};
+    use rocksdb::WriteBatch;
+
+    fn create(fsm: &Fsm, db: &rocksdb::DB, index: u64, parent: u64, name: &str, kind: Kind) -> u64 {
+        let cmd = Command::Create(Create {
+            parent,
+            name: name.as_bytes().to_vec(),
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            symlink_target: Vec::new(),
+            exclusive: true,
+            now: Time::now(),
+        });
+        let mut batch = WriteBatch::default();
+        let reply = fsm.apply(&cmd, index, &mut batch, &mut blake3::Hasher::new()).unwrap();
+        db.write(batch).unwrap();
+        match reply {
+            crate::command::Reply::Attr(i) => i.ino,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn paths_of_directories_files_and_hard_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::open_db(&dir.path().join("db")).unwrap();
+        let fsm = Fsm::open(db.clone()).unwrap();
+        let root = cairn_common::ROOT_INO;
+        let a = create(&fsm, &db, 1, root, "a", Kind::Directory);
+        let b = create(&fsm, &db, 2, a, "b", Kind::Directory);
+        let f = create(&fsm, &db, 3, b, "f", Kind::Regular);
+        let g = create(&fsm, &db, 4, root, "g", Kind::Regular);
+        let link = Command::Link(Link {
+            ino: g,
+            new_parent: b,
+            new_name: b"g2".to_vec(),
+            now: Time::now(),
+        });
+        let mut batch = WriteBatch::default();
+        fsm.apply(&link, 5, &mut batch, &mut blake3::Hasher::new()).unwrap();
+        db.write(batch).unwrap();
+
+        let paths = paths_of(&fsm, vec![root, a, b, f, g, 999]).unwrap();
+        assert_eq!(paths[&root], "/");
+        assert_eq!(paths[&a], "/a");
+        assert_eq!(paths[&b], "/a/b");
+        assert_eq!(paths[&f], "/a/b/f");
+        assert!(
+            ["/g", "/a/b/g2"].contains(&paths[&g].as_str()),
+            "{}",
+            paths[&g]
+        );
+        assert!(!paths.contains_key(&999), "no such inode, no path");
+    }
 }

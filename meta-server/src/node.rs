@@ -93,7 +93,11 @@ impl MetaNode {
     /// When leadership is lost while the command is in flight the result is `NotLeader` even
     /// though the command may still commit under the new leader: callers that retry must be
     /// prepared to find its effect already there.
+    ///
+    /// A command larger than [`MAX_COMMAND_BYTES`](crate::command::MAX_COMMAND_BYTES) is
+    /// refused (`TooBig`) before it reaches the log: an oversized entry could not be replicated.
     pub async fn write(&self, cmd: Command) -> Result<Reply, MetaError> {
+        cmd.check_size()?;
         match self.raft.client_write(cmd).await {
             Ok(resp) => Ok(resp.data?),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(not_leader(f)),

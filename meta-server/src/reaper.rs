@@ -16,6 +16,9 @@ use cairn_common::worker::{Worker, WorkerState};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Uploads read per page by the upload reaper.
+const REAP_PAGE: usize = 256;
+
 /// Ends mount sessions not renewed for `ttl`.
 pub struct SessionReaper {
     node: Arc<MetaNode>,
@@ -104,26 +107,39 @@ impl Worker for UploadReaper {
 
     async fn work(&mut self) -> Result<WorkerState, MetaError> {
         let idle_before = Time::ago(self.ttl);
-        for (h, slots) in self.node.fsm().uploads()? {
-            if h.touched >= idle_before {
-                continue;
+        // Page by page, each read off the runtime threads: there may be many uploads.
+        let mut after = 0;
+        loop {
+            let node = self.node.clone();
+            let (page, done) =
+                tokio::task::spawn_blocking(move || node.fsm().upload_page(after, REAP_PAGE))
+                    .await
+                    .map_err(|e| MetaError::Storage(format!("upload scan task: {e}")))??;
+            for u in &page {
+                let (h, slots) = (&u.header, u.slots);
+                after = h.id;
+                if h.touched >= idle_before {
+                    continue;
+                }
+                tracing::warn!(
+                    upload = h.id,
+                    host = %h.host,
+                    label = %h.label,
+                    chunks = slots,
+                    "upload session expired: aborting it, its chunks become garbage"
+                );
+                self.node
+                    .write(Command::AbortUpload(AbortUpload {
+                        upload: h.id,
+                        idle_before: Some(idle_before),
+                        now: Time::now(),
+                    }))
+                    .await?;
             }
-            tracing::warn!(
-                upload = h.id,
-                host = %h.host,
-                label = %h.label,
-                chunks = slots.len(),
-                "upload session expired: aborting it, its chunks become garbage"
-            );
-            self.node
-                .write(Command::AbortUpload(AbortUpload {
-                    upload: h.id,
-                    idle_before: Some(idle_before),
-                    now: Time::now(),
-                }))
-                .await?;
+            if done || page.is_empty() {
+                return Ok(WorkerState::Idle);
+            }
         }
-        Ok(WorkerState::Idle)
     }
 
     async fn wait_for_work(&mut self) {

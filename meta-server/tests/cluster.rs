@@ -1,15 +1,19 @@
 //! An in-process 3-node metadata cluster on 127.0.0.1:0: election, leader failover, restart
-//! catch-up, and catch-up by snapshot after the log was purged.
+//! catch-up, catch-up by snapshot after the log was purged, oversized requests refused before
+//! they reach the log, and catch-up through more entries than one AppendEntries may carry.
 //!
 //! Writes are real commands (`RegisterChunkServer`, idempotent per uuid): registering a uuid
 //! again returns the id it got the first time, which proves the state survived. At the end of a
 //! scenario every node's replicated state (the `STATE_CFS` column families) is compared byte for
 //! byte.
+use cairn_common::error::ErrorKind;
 use cairn_meta_server::command::{self as cmd, Command, Reply};
 use cairn_meta_server::config::{Config, Peer};
 use cairn_meta_server::error::MetaError;
 use cairn_meta_server::fsm::STATE_CFS;
 use cairn_meta_server::{start_with_listener, RunningNode};
+use cairn_proto as pb;
+use cairn_proto::meta_service_client::MetaServiceClient;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -74,6 +78,8 @@ impl Cluster {
             .collect();
         cfg.snapshot_logs = self.snapshot_logs;
         cfg.drain_timeout_ms = 2_000;
+        // No periodic GC entries: the tests watch the log stand still.
+        cfg.gc_interval_ms = 3_600_000;
         cfg
     }
 
@@ -174,6 +180,35 @@ impl Cluster {
 
     fn last_log(&self, id: u64) -> u64 {
         self.nodes[&id].node.local_status().last_log_index
+    }
+
+    /// A gRPC client of node `id`'s `MetaService`, taking messages as large as any server does.
+    async fn client(&self, id: u64) -> MetaServiceClient<tonic::transport::Channel> {
+        MetaServiceClient::connect(format!("http://{}", self.addrs[&id]))
+            .await
+            .unwrap()
+            .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
+    }
+
+    /// Creates a regular file in the root directory and returns its inode.
+    async fn create_file(&self, name: &str) -> u64 {
+        let cmd = Command::Create(cmd::Create {
+            parent: cairn_common::ROOT_INO,
+            name: name.as_bytes().to_vec(),
+            kind: cmd::Kind::Regular,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            symlink_target: Vec::new(),
+            exclusive: true,
+            now: cmd::Time::now(),
+        });
+        match self.write(cmd).await {
+            Reply::Attr(i) => i.ino,
+            other => panic!("unexpected reply {other:?}"),
+        }
     }
 
     /// Shuts every node down and returns each one's replicated state, read from its database.
@@ -345,6 +380,198 @@ async fn t20_lagging_node_catches_up_by_snapshot() {
     c.restart(other).await;
     let target = c.last_log(c.leader().await);
     c.wait_applied(target).await;
+    let dumps = c.stop_all_and_dump().await;
+    assert_same_state(&dumps);
+}
+
+/// (term, last log index) of every running node.
+fn terms_and_logs(c: &Cluster) -> BTreeMap<u64, (u64, u64)> {
+    c.nodes
+        .iter()
+        .map(|(id, n)| {
+            let s = n.node.local_status();
+            (*id, (s.term, s.last_log_index))
+        })
+        .collect()
+}
+
+/// Bytes no format can shrink (an xattr value).
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t30_oversized_requests_never_reach_the_log() {
+    init_tracing();
+    tracing::info!("--- start 3 nodes, make a file, note every node's term and last log index");
+    let c = Cluster::start(3, 10_000).await;
+    let leader = c.leader().await;
+    let ino = c.create_file("f").await;
+    c.wait_applied(c.last_log(leader)).await;
+    let before = terms_and_logs(&c);
+    let mut client = c.client(leader).await;
+    const BIG: usize = 5 * 1024 * 1024;
+
+    tracing::info!("--- oversized requests sent straight to the leader are refused at once");
+    // A request that reached the log would hang or fail later; give it a generous bound.
+    let refused =
+        |what: &str, r: Result<Result<(), tonic::Status>, tokio::time::error::Elapsed>| match r {
+            Err(_) => panic!("{what}: no answer (proposed to Raft?)"),
+            Ok(Ok(())) => panic!("{what}: accepted"),
+            Ok(Err(status)) => {
+                tracing::info!(what, %status, "refused");
+                ErrorKind::from_status(&status)
+            }
+        };
+    let bound = Duration::from_secs(10);
+    let r = tokio::time::timeout(
+        bound,
+        client.set_xattr(pb::SetXattrRequest {
+            ino,
+            name: b"user.big".to_vec(),
+            value: noise(BIG, 1),
+            flags: 0,
+        }),
+    )
+    .await;
+    assert_eq!(
+        refused("5 MiB xattr", r.map(|r| r.map(|_| ()))),
+        ErrorKind::TooBig
+    );
+    let r = tokio::time::timeout(
+        bound,
+        client.create(pb::CreateRequest {
+            parent: cairn_common::ROOT_INO,
+            name: b"link".to_vec(),
+            kind: pb::FileKind::Symlink as i32,
+            symlink_target: vec![b'a'; BIG],
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_eq!(
+        refused("5 MiB symlink target", r.map(|r| r.map(|_| ()))),
+        ErrorKind::InvalidArgument
+    );
+    for (label, host) in [(vec![b'l'; BIG], Vec::new()), (Vec::new(), vec![b'h'; BIG])] {
+        let r = tokio::time::timeout(
+            bound,
+            client.open_upload(pb::OpenUploadRequest {
+                ino,
+                label: String::from_utf8(label).unwrap(),
+                host: String::from_utf8(host).unwrap(),
+                ..Default::default()
+            }),
+        )
+        .await;
+        assert_eq!(
+            refused("5 MiB upload label or host", r.map(|r| r.map(|_| ()))),
+            ErrorKind::InvalidArgument
+        );
+    }
+    let many: Vec<pb::SlotUpdate> = (0..100_000)
+        .map(|i| pb::SlotUpdate {
+            index: i,
+            ..Default::default()
+        })
+        .collect();
+    let r = tokio::time::timeout(
+        bound,
+        client.record_upload(pb::RecordUploadRequest {
+            upload: 1,
+            updates: many.clone(),
+        }),
+    )
+    .await;
+    assert_eq!(
+        refused("100k upload records", r.map(|r| r.map(|_| ()))),
+        ErrorKind::InvalidArgument
+    );
+    let r = tokio::time::timeout(
+        bound,
+        client.commit_write(pb::CommitWriteRequest {
+            ino,
+            updates: many,
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_eq!(
+        refused("100k slot updates", r.map(|r| r.map(|_| ()))),
+        ErrorKind::InvalidArgument
+    );
+    let r = tokio::time::timeout(
+        bound,
+        client.unlink(pb::UnlinkRequest {
+            parent: cairn_common::ROOT_INO,
+            name: b"f".to_vec(),
+            session: 1,
+            open_inodes: vec![u64::MAX; 1 << 20],
+        }),
+    )
+    .await;
+    assert_eq!(
+        refused("1 Mi open inodes", r.map(|r| r.map(|_| ()))),
+        ErrorKind::InvalidArgument
+    );
+
+    tracing::info!("--- nothing reached any log, nobody held an election, the leader serves");
+    assert_eq!(
+        terms_and_logs(&c),
+        before,
+        "(term, last log index) per node"
+    );
+    assert_eq!(c.leader().await, leader);
+    c.register("after").await;
+    c.stop_all_and_dump().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t40_follower_catches_up_through_more_bytes_than_one_append_carries() {
+    init_tracing();
+    tracing::info!("--- start 3 nodes, make a file, stop a follower");
+    let mut c = Cluster::start(3, 10_000).await;
+    let leader = c.leader().await;
+    let ino = c.create_file("f").await;
+    c.wait_applied(c.last_log(leader)).await;
+    let lagging = *c.nodes.keys().find(|id| **id != leader).unwrap();
+    c.stop(lagging).await;
+
+    tracing::info!(
+        "--- write 400 xattrs of 64 KiB (26 MB of entries, more than one gRPC message holds)"
+    );
+    for i in 0..400u64 {
+        c.write(Command::SetXattr(cmd::SetXattr {
+            ino,
+            name: b"user.big".to_vec(),
+            value: noise(64 * 1024, i),
+            flags: 0,
+            now: cmd::Time::now(),
+        }))
+        .await;
+    }
+
+    tracing::info!("--- restart the follower: it catches up in AppendEntries of bounded size");
+    let term = c.nodes[&leader].node.local_status().term;
+    c.restart(lagging).await;
+    let target = c.last_log(leader);
+    c.wait_applied(target).await;
+    assert_eq!(c.leader().await, leader);
+    assert_eq!(
+        c.nodes[&leader].node.local_status().term,
+        term,
+        "no election"
+    );
+
+    tracing::info!("--- every node holds the same replicated state");
     let dumps = c.stop_all_and_dump().await;
     assert_same_state(&dumps);
 }

@@ -7,13 +7,15 @@ use cairn_meta_server::service::MAX_REASON_LEN;
 use cairn_proto as pb;
 use tonic::{Request, Status};
 
-/// The whole service against a real one-node cluster: namespace calls, chunk-server
-/// registration and heartbeats, placement, commit quorum, chunk locations, status.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_node_cluster_end_to_end() {
-    use cairn_common::MetaClient;
+/// A one-node cluster on 127.0.0.1:0 in a temp dir (kept until dropped), a client of it, and
+/// its address.
+async fn one_node() -> (
+    tempfile::TempDir,
+    cairn_meta_server::RunningNode,
+    cairn_common::MetaClient,
+    String,
+) {
     use cairn_meta_server::config::{Config, Peer};
-
     let dir = tempfile::tempdir().unwrap();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
@@ -26,7 +28,15 @@ async fn one_node_cluster_end_to_end() {
     let node = cairn_meta_server::start_with_listener(cfg, l)
         .await
         .unwrap();
-    let meta = MetaClient::new(vec![addr.clone()]);
+    let meta = cairn_common::MetaClient::new(vec![addr.clone()]);
+    (dir, node, meta, addr)
+}
+
+/// The whole service against a real one-node cluster: namespace calls, chunk-server
+/// registration and heartbeats, placement, commit quorum, chunk locations, status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_cluster_end_to_end() {
+    let (_dir, node, meta, addr) = one_node().await;
     let kind_of = |s: Status| ErrorKind::from_status(&s);
 
     tracing::info!("--- namespace");
@@ -486,5 +496,108 @@ async fn one_node_cluster_end_to_end() {
 
     drop(c);
     drop(meta);
+    node.shutdown().await.unwrap();
+}
+
+/// ListUploads answers in pages of bounded size, in id order, and resolves paths per page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_listed_in_pages() {
+    use cairn_meta_server::service::MAX_LIST_UPLOADS;
+
+    let (_dir, node, meta, _) = one_node().await;
+
+    tracing::info!("--- a directory, a file in it, and more uploads than one page holds");
+    let create = |parent: u64, name: &'static [u8], kind: pb::FileKind| {
+        let meta = meta.clone();
+        async move {
+            meta.call(|mut c| async move {
+                c.create(pb::CreateRequest {
+                    parent,
+                    name: name.to_vec(),
+                    kind: kind as i32,
+                    mode: 0o755,
+                    exclusive: true,
+                    ..Default::default()
+                })
+                .await
+            })
+            .await
+            .unwrap()
+            .attr
+            .unwrap()
+            .ino
+        }
+    };
+    let d = create(1, b"d", pb::FileKind::Directory).await;
+    let f = create(d, b"f", pb::FileKind::Regular).await;
+    let total = MAX_LIST_UPLOADS + 10;
+    for i in 0..total {
+        let req = if i.is_multiple_of(2) {
+            pb::OpenUploadRequest {
+                ino: f,
+                label: format!("u{i}"),
+                ..Default::default()
+            }
+        } else {
+            pb::OpenUploadRequest {
+                parent: d,
+                name: format!("n{i}").into_bytes(),
+                label: format!("u{i}"),
+                ..Default::default()
+            }
+        };
+        meta.call(|mut c| {
+            let req = req.clone();
+            async move { c.open_upload(req).await }
+        })
+        .await
+        .unwrap();
+    }
+
+    tracing::info!("--- two pages: a full one, then the rest, with paths");
+    let page = |after: u64| {
+        let meta = meta.clone();
+        async move {
+            meta.call(|mut c| async move {
+                c.list_uploads(pb::ListUploadsRequest {
+                    with_paths: true,
+                    after,
+                    limit: 100_000,
+                })
+                .await
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let first = page(0).await;
+    assert_eq!(
+        first.uploads.len(),
+        MAX_LIST_UPLOADS,
+        "the page size is the server's"
+    );
+    assert!(!first.done);
+    let last = first.uploads.last().unwrap().upload;
+    let second = page(last).await;
+    assert_eq!(second.uploads.len(), 10);
+    assert!(second.done);
+    let ids: Vec<u64> = first
+        .uploads
+        .iter()
+        .chain(&second.uploads)
+        .map(|u| u.upload)
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "id order, no repeats");
+    for u in first.uploads.iter().chain(&second.uploads) {
+        let i: usize = u.label[1..].parse().unwrap();
+        let want = if i.is_multiple_of(2) {
+            "/d/f".to_string()
+        } else {
+            format!("/d/n{i}")
+        };
+        assert_eq!(u.path, want, "upload {}", u.upload);
+    }
+    assert!(page(u64::MAX).await.uploads.is_empty());
+
     node.shutdown().await.unwrap();
 }

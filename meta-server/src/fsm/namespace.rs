@@ -146,7 +146,20 @@ impl Fsm {
         Ok(i.symlink)
     }
 
-    /// Calls `f(parent, name, child)` for every directory entry (fsck builds paths with it).
+    /// A name of `child` in directory `dir` (a scan of that directory's entries only).
+    pub fn name_in(&self, dir: u64, child: u64) -> Result<Option<Vec<u8>>, MetaError> {
+        let prefix = dir.to_be_bytes();
+        for item in self.iter_prefix(CF_DENTRIES, &prefix, &prefix)? {
+            let (k, v) = item?;
+            if Dentry::decode(&v)?.ino == child {
+                return Ok(Some(k[8..].to_vec()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Calls `f(parent, name, child)` for every directory entry (path resolution of files,
+    /// which have no parent pointer, uses it).
     pub fn for_each_dentry(&self, mut f: impl FnMut(u64, &[u8], u64)) -> Result<(), MetaError> {
         let snap = self.db.snapshot();
         let mode = IteratorMode::From(&[], Direction::Forward);

@@ -31,6 +31,15 @@ use serde::{Deserialize, Serialize};
 /// Bounds a label or host name (they are shown by `cairn uploads list`).
 pub const LABEL_MAX: usize = 4096;
 
+/// An upload as a listing shows it: its header, the number of slots recorded and the file
+/// bytes they hold.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UploadSummary {
+    pub header: UploadHeader,
+    pub slots: u64,
+    pub bytes: u64,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct UploadHeader {
     pub id: u64,
@@ -93,6 +102,47 @@ impl Fsm {
             }
         }
         Ok(out)
+    }
+
+    /// Up to `limit` uploads with an id greater than `after`, in id order (their slots are
+    /// counted, not kept), and whether the listing is complete.
+    pub fn upload_page(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<UploadSummary>, bool), MetaError> {
+        let start = after.saturating_add(1).to_be_bytes();
+        let mut out: Vec<UploadSummary> = Vec::new();
+        if after == u64::MAX {
+            return Ok((out, true));
+        }
+        for item in self.iter_prefix(CF_UPLOADS, &[], &start)? {
+            let (k, v) = item?;
+            match k.get(8) {
+                Some(0) => {
+                    if out.len() >= limit {
+                        return Ok((out, false));
+                    }
+                    out.push(UploadSummary {
+                        header: decode_json(&v)?,
+                        slots: 0,
+                        bytes: 0,
+                    });
+                }
+                Some(1) => {
+                    let slot: SlotChunk = decode_json(&v)?;
+                    match out.last_mut() {
+                        Some(u) if u.header.id.to_be_bytes() == k[..8] => {
+                            u.slots += 1;
+                            u.bytes += u64::from(slot.len);
+                        }
+                        _ => return Err(corrupt("upload slot without a header").into()),
+                    }
+                }
+                _ => return Err(corrupt("upload key").into()),
+            }
+        }
+        Ok((out, true))
     }
 
     /// One upload with its recorded slots.

@@ -1,14 +1,19 @@
 //! The client side of Raft RPCs: openraft's [`RaftNetworkFactory`] over the tonic `RaftService`.
 //!
-//! openraft's request and response types travel as JSON in [`RaftPayload::data`]; the server (see
-//! [`crate::raft::service`]) answers with the JSON of `Result<Response, RaftError>`. Transport
-//! failures become [`Unreachable`] (openraft then backs off), deadlines become [`Timeout`], and an
-//! error the remote Raft returned becomes [`RemoteError`].
+//! openraft's request and response types travel in [`RaftPayload::data`] in the binary encoding
+//! of [`codec`]; the server (see [`crate::raft::service`]) answers with the encoding of
+//! `Result<Response, RaftError>`. Transport failures become [`Unreachable`] (openraft then backs
+//! off), deadlines become [`Timeout`], and an error the remote Raft returned becomes
+//! [`RemoteError`]. An AppendEntries that would not fit in one gRPC message is not sent: it is
+//! answered [`PayloadTooLarge`] so openraft retries at once with fewer entries (the log store's
+//! byte-bounded reads normally keep it from ever happening).
+use crate::raft::codec;
 use crate::raft::{Node, NodeId, TypeConfig};
 use cairn_proto::raft_service_client::RaftServiceClient;
 use cairn_proto::RaftPayload;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -23,9 +28,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
-/// Largest snapshot chunk sent in one `InstallSnapshot` RPC. JSON encodes each byte of the chunk
-/// as up to 4 characters, so 2 MiB of data stays well below [`cairn_proto::MAX_MESSAGE_BYTES`].
-pub const SNAPSHOT_CHUNK_BYTES: u64 = 2 * 1024 * 1024;
+/// Largest snapshot chunk sent in one `InstallSnapshot` RPC: the chunk's bytes travel as they
+/// are (plus the snapshot's meta), well below [`cairn_proto::MAX_MESSAGE_BYTES`].
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Largest encoded Raft request sent: a gRPC message, less room for its framing.
+const MAX_RPC_BYTES: usize = cairn_proto::MAX_MESSAGE_BYTES - 64 * 1024;
 
 /// How long to wait between attempts to reach an unreachable peer.
 const BACKOFF: Duration = Duration::from_millis(200);
@@ -118,11 +126,25 @@ impl NetworkClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let data = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.send(action, data, ttl).await
+    }
+
+    /// Sends an encoded request and decodes the reply.
+    async fn send<Resp, E>(
+        &mut self,
+        action: RPCTypes,
+        data: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let client = match &self.client {
             Ok(c) => c.clone(),
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Msg(e.clone())))),
         };
-        let data = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let payload = RaftPayload { data: data.into() };
         let fut = async move {
             let mut client = client;
@@ -147,8 +169,8 @@ impl NetworkClient {
             }
             Ok(Ok(resp)) => resp.into_inner(),
         };
-        let result: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&resp.data)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            codec::decode(&resp.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
@@ -159,13 +181,44 @@ impl NetworkClient {
     }
 }
 
+/// What to do with an encoded AppendEntries of `entries` entries and `bytes` bytes: `None` to
+/// send it, else the error that makes openraft retry with fewer entries (or, for a single entry
+/// too large for any message — which the proposal bound rules out — give up on this attempt).
+fn too_large_append<E: std::error::Error>(
+    entries: usize,
+    bytes: usize,
+) -> Option<RPCError<NodeId, Node, E>> {
+    if bytes <= MAX_RPC_BYTES {
+        return None;
+    }
+    tracing::warn!(
+        entries,
+        bytes,
+        "AppendEntries too large for one message; sending fewer"
+    );
+    if entries > 1 {
+        let hint = (entries / 2) as u64;
+        return Some(RPCError::PayloadTooLarge(
+            PayloadTooLarge::new_entries_hint(hint),
+        ));
+    }
+    let e = Msg(format!(
+        "one log entry of {bytes} bytes exceeds a Raft message"
+    ));
+    Some(RPCError::Network(NetworkError::new(&e)))
+}
+
 impl RaftNetwork<TypeConfig> for NetworkClient {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.call(RPCTypes::AppendEntries, &rpc, option.hard_ttl())
+        let data = codec::encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if let Some(e) = too_large_append(rpc.entries.len(), data.len()) {
+            return Err(e);
+        }
+        self.send(RPCTypes::AppendEntries, data, option.hard_ttl())
             .await
     }
 
@@ -213,5 +266,18 @@ mod tests {
         let channels = f.channels.lock().unwrap();
         assert_eq!(channels.len(), 2);
         assert_eq!(channels[&2].0, "127.0.0.1:3");
+    }
+
+    #[test]
+    fn an_append_too_large_for_a_message_asks_for_fewer_entries() {
+        assert!(too_large_append::<RaftError<NodeId>>(300, MAX_RPC_BYTES).is_none());
+        match too_large_append::<RaftError<NodeId>>(300, MAX_RPC_BYTES + 1) {
+            Some(RPCError::PayloadTooLarge(p)) => assert_eq!(p.entries_hint(), 150),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            too_large_append::<RaftError<NodeId>>(1, MAX_RPC_BYTES + 1),
+            Some(RPCError::Network(_))
+        ));
     }
 }

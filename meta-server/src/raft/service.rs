@@ -1,8 +1,10 @@
 //! The server side of Raft RPCs: the tonic `RaftService`, forwarding to the local [`Raft`].
 //!
-//! Requests are openraft types as JSON; the reply is the JSON of `Result<Response, RaftError>`, so
-//! a Raft-level refusal reaches the caller's openraft as a `RemoteError`. A payload that does not
-//! decode is refused with `INVALID_ARGUMENT` and changes nothing.
+//! Requests are openraft types in the encoding of [`codec`]; the reply is the encoding of
+//! `Result<Response, RaftError>`, so a Raft-level refusal reaches the caller's openraft as a
+//! `RemoteError`. A payload that does not decode (another format, truncated, trailing bytes) is
+//! refused with `INVALID_ARGUMENT` and changes nothing.
+use crate::raft::codec;
 use crate::raft::Raft;
 use cairn_proto::raft_service_server::RaftService;
 use cairn_proto::RaftPayload;
@@ -21,13 +23,13 @@ impl RaftServiceImpl {
 }
 
 fn decode<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
-    serde_json::from_slice(&req.into_inner().data)
+    codec::decode(&req.into_inner().data)
         .map_err(|e| Status::invalid_argument(format!("malformed raft payload: {e}")))
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
-    let data = serde_json::to_vec(value)
-        .map_err(|e| Status::internal(format!("encode raft reply: {e}")))?;
+    let data =
+        codec::encode(value).map_err(|e| Status::internal(format!("encode raft reply: {e}")))?;
     Ok(Response::new(RaftPayload { data: data.into() }))
 }
 

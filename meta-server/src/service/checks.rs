@@ -1,10 +1,17 @@
 //! Request checks: every bound and precondition a request must meet before anything is
 //! proposed or read, in one place. Each failing check answers `InvalidArgument` (or the
-//! errno-carrying kind of a bad name) and changes nothing.
+//! errno-carrying kind of a bad name, `TooBig` for an xattr value) and changes nothing.
+//!
+//! Every request that becomes a Raft entry is bounded here, before it is proposed, with the
+//! state machine's own limits where it has them (`XATTR_SIZE_MAX`, `SYMLINK_MAX`,
+//! `LABEL_MAX`): an oversized entry would be refused at apply anyway, but only after it was
+//! replicated, and an entry too large for an AppendEntries stalls replication. The last
+//! backstop is `MetaNode::write`, which proposes no command larger than
+//! [`MAX_COMMAND_BYTES`](crate::command::MAX_COMMAND_BYTES).
 use super::convert;
-use crate::command::{Command, Keep, Once, Reply, SlotUpdate, Time};
+use crate::command::{Command, Keep, Kind, Once, Reply, SlotUpdate, Time};
 use crate::error::MetaError;
-use crate::fsm::{Fsm, MAX_FILE_SIZE};
+use crate::fsm::{Fsm, LABEL_MAX, MAX_FILE_SIZE, SYMLINK_MAX, XATTR_SIZE_MAX};
 use cairn_common::error::ErrorKind;
 use cairn_common::CHUNK_SIZE;
 use cairn_proto as pb;
@@ -14,8 +21,12 @@ use tonic::{Request, Status};
 pub const MAX_READDIR: usize = 1000;
 /// Most chunks one PrepareWrite may ask about.
 pub const MAX_PREPARE_CHUNKS: usize = 1024;
-/// Most slot updates one CommitWrite may carry.
+/// Most slot updates one CommitWrite or RecordUpload may carry.
 pub const MAX_SLOT_UPDATES: usize = 4096;
+/// Most replicas one slot update may list (more than any replication factor).
+pub const MAX_SLOT_REPLICAS: usize = 64;
+/// Most uploads one ListUploads page returns.
+pub const MAX_LIST_UPLOADS: usize = 256;
 /// Longest `reason` a ReportBadReplica may carry.
 pub const MAX_REASON_LEN: usize = 1024;
 /// Most open inodes an unlink or rename may list (a bound on the message, not on the mount: a
@@ -76,6 +87,72 @@ pub fn keep(session: u64, open: Vec<u64>) -> Result<Keep, Status> {
     Ok(Keep { session, open })
 }
 
+/// A symlink has a target of 1..=[`SYMLINK_MAX`] bytes without NUL; nothing else has one.
+pub fn symlink_target(kind: Kind, target: &[u8]) -> Result<(), Status> {
+    if kind != Kind::Symlink {
+        if !target.is_empty() {
+            return Err(invalid("only symlinks have a target"));
+        }
+        return Ok(());
+    }
+    if target.is_empty() || target.len() > SYMLINK_MAX || target.contains(&0) {
+        return Err(invalid(format!(
+            "symlink target must be 1..={SYMLINK_MAX} bytes without NUL"
+        )));
+    }
+    Ok(())
+}
+
+/// An xattr value of at most [`XATTR_SIZE_MAX`] bytes (`TooBig`, E2BIG, as Linux answers).
+pub fn xattr_value(value: &[u8]) -> Result<(), Status> {
+    if value.len() > XATTR_SIZE_MAX {
+        return Err(MetaError::fs(
+            ErrorKind::TooBig,
+            format!(
+                "attribute value of {} bytes is larger than {XATTR_SIZE_MAX}",
+                value.len()
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// An upload's label and host: at most [`LABEL_MAX`] bytes each.
+pub fn upload_label(label: &str, host: &str) -> Result<(), Status> {
+    if label.len() > LABEL_MAX || host.len() > LABEL_MAX {
+        return Err(invalid(format!(
+            "label and host are at most {LABEL_MAX} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// A mount session's host and mount point.
+pub fn session_origin(host: &str, mountpoint: &str) -> Result<(), Status> {
+    if host.len() > MAX_HOST || mountpoint.len() > MAX_MOUNTPOINT {
+        return Err(invalid(format!(
+            "host is at most {MAX_HOST} bytes, mount point at most {MAX_MOUNTPOINT}"
+        )));
+    }
+    Ok(())
+}
+
+/// A chunk server's identity and address at registration.
+pub fn chunk_server(uuid: &str, addr: &str) -> Result<(), Status> {
+    if uuid.is_empty() || uuid.len() > MAX_SERVER_UUID {
+        return Err(invalid(format!(
+            "chunk server uuid must be 1..={MAX_SERVER_UUID} bytes"
+        )));
+    }
+    if addr.is_empty() || addr.len() > MAX_ADDR {
+        return Err(invalid(format!(
+            "chunk server address must be 1..={MAX_ADDR} bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// At most `max` items of `what`.
 pub fn at_most(n: usize, max: usize, what: &str) -> Result<(), Status> {
     if n > max {
@@ -127,6 +204,7 @@ pub fn slot_updates(
     at_most(raw.len(), MAX_SLOT_UPDATES, "slot updates")?;
     let mut updates = Vec::with_capacity(raw.len());
     for u in raw {
+        at_most(u.replicas.len(), MAX_SLOT_REPLICAS, "replicas of one slot")?;
         let mut replicas = u.replicas.clone();
         replicas.sort_unstable();
         replicas.dedup();
@@ -190,5 +268,23 @@ mod tests {
         assert!(session(0).is_err());
         assert!(keep(1, vec![0; KEEP_MAX + 1]).is_err());
         assert!(at_most(3, 2, "things").is_err());
+    }
+
+    #[test]
+    fn values_that_become_log_entries_are_bounded() {
+        let e = xattr_value(&vec![0; XATTR_SIZE_MAX + 1]).unwrap_err();
+        assert_eq!(ErrorKind::from_status(&e), ErrorKind::TooBig);
+        assert!(xattr_value(&vec![0; XATTR_SIZE_MAX]).is_ok());
+        assert!(symlink_target(Kind::Symlink, &vec![b'a'; SYMLINK_MAX + 1]).is_err());
+        assert!(symlink_target(Kind::Symlink, b"").is_err());
+        assert!(symlink_target(Kind::Symlink, b"a\0b").is_err());
+        assert!(symlink_target(Kind::Regular, b"a").is_err());
+        assert!(symlink_target(Kind::Symlink, &vec![b'a'; SYMLINK_MAX]).is_ok());
+        let long = "x".repeat(LABEL_MAX + 1);
+        assert!(upload_label(&long, "").is_err());
+        assert!(upload_label("", &long).is_err());
+        assert!(session_origin(&"h".repeat(MAX_HOST + 1), "/m").is_err());
+        assert!(chunk_server("", "a:1").is_err());
+        assert!(chunk_server("u", &"a".repeat(MAX_ADDR + 1)).is_err());
     }
 }

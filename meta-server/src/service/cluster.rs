@@ -1,6 +1,6 @@
 //! Cluster RPCs: chunk-server registration, heartbeats (which feed the leader's liveness table)
 //! and bad-replica reports; the cluster's status and fsck; draining a chunk server.
-use super::checks::{self, invalid, MAX_ADDR, MAX_REASON_LEN, MAX_SERVER_UUID};
+use super::checks::{self, invalid, MAX_ADDR, MAX_REASON_LEN};
 use super::convert;
 use super::{Answer, Ctx};
 use crate::command::{Command, RegisterChunkServer, Reply, SetDraining, SuspectReplica, Time};
@@ -9,6 +9,7 @@ use crate::fsm::ServerRecord;
 use crate::placement::Load;
 use cairn_common::error::ErrorKind;
 use cairn_proto as pb;
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use tonic::{Request, Response};
 
@@ -161,16 +162,7 @@ pub(super) async fn register_chunk_server(
     req: Request<pb::RegisterChunkServerRequest>,
 ) -> Answer<pb::RegisterChunkServerReply> {
     let r = req.into_inner();
-    if r.uuid.is_empty() || r.uuid.len() > MAX_SERVER_UUID {
-        return Err(invalid(format!(
-            "chunk server uuid must be 1..={MAX_SERVER_UUID} bytes"
-        )));
-    }
-    if r.addr.is_empty() || r.addr.len() > MAX_ADDR {
-        return Err(invalid(format!(
-            "chunk server address must be 1..={MAX_ADDR} bytes"
-        )));
-    }
+    checks::chunk_server(&r.uuid, &r.addr)?;
     let cmd = Command::RegisterChunkServer(RegisterChunkServer {
         uuid: r.uuid.clone(),
         addr: r.addr.clone(),
@@ -334,12 +326,18 @@ pub(super) async fn fsck(ctx: &Ctx, req: Request<pb::FsckRequest>) -> Answer<pb:
         )
         .into());
     }
-    let mut report = crate::fsck::fsck(
-        ctx.node.fsm(),
-        ctx.cfg.replication as usize,
-        |id| ctx.leader.placement.is_up(id, now),
-        max_files,
-    )?;
+    // The liveness of every server as of now, so the scan needs nothing of the runtime's.
+    let up: HashSet<u64> = ctx
+        .leader
+        .placement
+        .up_servers(now)
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    let replication = ctx.cfg.replication as usize;
+    let mut report = ctx
+        .scan(move |fsm| crate::fsck::fsck(fsm, replication, |id| up.contains(&id), max_files))
+        .await?;
     let (digests, diverged) = ctx.compare_digests().await;
     report.meta_digests = digests;
     report.meta_diverged = diverged;

@@ -153,11 +153,12 @@ pub fn upload_slot(index: u64, c: &SlotChunk) -> pb::SlotUpdate {
     }
 }
 
-/// An upload as `cairn uploads list` shows it; `paths` resolves [`upload_path_ino`] (absent:
-/// no path).
+/// An upload as `cairn uploads list` shows it, with its number of recorded `slots` and the file
+/// `bytes` they hold; `paths` resolves [`upload_path_ino`] (absent: no path).
 pub fn upload_info(
     h: &UploadHeader,
-    slots: &[(u64, SlotChunk)],
+    slots: u64,
+    bytes: u64,
     paths: &HashMap<u64, String>,
 ) -> pb::UploadInfo {
     let (ino, parent, name, path) = match &h.target {
@@ -182,8 +183,8 @@ pub fn upload_info(
         host: h.host.clone(),
         created: Some(h.created.into()),
         touched: Some(h.touched.into()),
-        slots: slots.len() as u64,
-        bytes: slots.iter().map(|(_, c)| u64::from(c.len)).sum(),
+        slots,
+        bytes,
         path: path.unwrap_or_default(),
     }
 }

@@ -24,10 +24,13 @@ mod sessions;
 mod uploads;
 mod xattrs;
 
-pub use checks::{MAX_PREPARE_CHUNKS, MAX_READDIR, MAX_REASON_LEN, MAX_SLOT_UPDATES};
+pub use checks::{
+    MAX_LIST_UPLOADS, MAX_PREPARE_CHUNKS, MAX_READDIR, MAX_REASON_LEN, MAX_SLOT_UPDATES,
+};
 
 use crate::command::{Command, Reply};
 use crate::error::MetaError;
+use crate::fsm::Fsm;
 use crate::leader::LeaderState;
 use crate::node::MetaNode;
 use cairn_proto as pb;
@@ -100,6 +103,20 @@ impl Ctx {
     async fn write_empty(&self, cmd: Command) -> Result<(), Status> {
         self.node.write(cmd).await?;
         Ok(())
+    }
+
+    /// Runs `read` — a scan of the local state that may be long (fsck, paths, a page of
+    /// uploads) — on the blocking pool, off the runtime threads that also serve Raft's
+    /// heartbeats and votes.
+    async fn scan<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Fsm) -> Result<T, MetaError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let node = self.node.clone();
+        tokio::task::spawn_blocking(move || read(node.fsm()))
+            .await
+            .map_err(|e| MetaError::Storage(format!("scan task failed: {e}")))?
+            .map_err(Status::from)
     }
 
     /// Inode `ino` as this node's state machine has it now, without a read index: only for

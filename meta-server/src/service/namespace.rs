@@ -6,10 +6,9 @@ use super::checks::{self, invalid, once, request_id, MAX_READDIR};
 use super::convert::{self, attr_reply};
 use super::{Answer, Ctx};
 use crate::command::{
-    Command, Create, Kind, Link, Rename, Reply, Rmdir, SetAttr, Time, Unlink, RENAME_EXCHANGE,
+    Command, Create, Link, Rename, Reply, Rmdir, SetAttr, Time, Unlink, RENAME_EXCHANGE,
     RENAME_NOREPLACE,
 };
-use crate::fsm::SYMLINK_MAX;
 use cairn_proto as pb;
 use tonic::{Request, Response, Status};
 
@@ -81,18 +80,7 @@ pub(super) async fn create(ctx: &Ctx, req: Request<pb::CreateRequest>) -> Answer
     checks::ino(r.parent, "parent")?;
     checks::name(&r.name)?;
     let kind = convert::kind(r.kind)?;
-    if kind == Kind::Symlink {
-        if r.symlink_target.is_empty()
-            || r.symlink_target.len() > SYMLINK_MAX
-            || r.symlink_target.contains(&0)
-        {
-            return Err(invalid(format!(
-                "symlink target must be 1..={SYMLINK_MAX} bytes without NUL"
-            )));
-        }
-    } else if !r.symlink_target.is_empty() {
-        return Err(invalid("only symlinks have a target"));
-    }
+    checks::symlink_target(kind, &r.symlink_target)?;
     let parent = r.parent;
     let cmd = Command::Create(Create {
         parent: r.parent,

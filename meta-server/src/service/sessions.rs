@@ -1,6 +1,6 @@
 //! Mount-session RPCs: sessions (open, renew, close), their orphans (release at last close),
 //! and the advisory locks they own (set, test, release).
-use super::checks::{self, invalid, once, request_id, MAX_HOST, MAX_MOUNTPOINT};
+use super::checks::{self, once, request_id};
 use super::convert;
 use super::{Answer, Ctx};
 use crate::command::{
@@ -16,9 +16,7 @@ pub(super) async fn open_session(
 ) -> Answer<pb::OpenSessionReply> {
     let id = request_id(&req)?;
     let r = req.into_inner();
-    if r.host.len() > MAX_HOST || r.mountpoint.len() > MAX_MOUNTPOINT {
-        return Err(invalid("host or mountpoint too long"));
-    }
+    checks::session_origin(&r.host, &r.mountpoint)?;
     let cmd = Command::OpenSession(OpenSession {
         host: r.host,
         mountpoint: r.mountpoint,

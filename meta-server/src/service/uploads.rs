@@ -1,12 +1,11 @@
 //! Upload-session RPCs: open, record chunks into, list, inspect, abort and commit an upload
 //! (resumable writes through a mount, and `cairn put`).
-use super::checks::{self, invalid, once, request_id};
+use super::checks::{self, invalid, once, request_id, MAX_LIST_UPLOADS};
 use super::convert::{self, upload_info, upload_path_ino, upload_slot};
 use super::{Answer, Ctx};
 use crate::command::{
     AbortUpload, Command, CommitUpload, OpenUpload, RecordUpload, Reply, Time, UploadTarget,
 };
-use crate::fsm::LABEL_MAX;
 use cairn_proto as pb;
 use std::collections::HashMap;
 use tonic::{Request, Response};
@@ -28,11 +27,7 @@ pub(super) async fn open_upload(
         }
         _ => return Err(invalid("give either ino, or parent and name")),
     };
-    if r.label.len() > LABEL_MAX || r.host.len() > LABEL_MAX {
-        return Err(invalid(format!(
-            "label and host are at most {LABEL_MAX} bytes"
-        )));
-    }
+    checks::upload_label(&r.label, &r.host)?;
     let cmd = Command::OpenUpload(OpenUpload {
         target,
         base_version: r.base_version,
@@ -69,24 +64,29 @@ pub(super) async fn list_uploads(
     ctx: &Ctx,
     req: Request<pb::ListUploadsRequest>,
 ) -> Answer<pb::ListUploadsReply> {
-    let with_paths = req.into_inner().with_paths;
-    ctx.node.linearizable_read().await?;
-    let fsm = ctx.node.fsm();
-    let all = fsm.uploads()?;
-    let paths = if with_paths {
-        let inos = all
-            .iter()
-            .map(|(h, _)| upload_path_ino(&h.target))
-            .collect();
-        crate::fsck::paths_of(fsm, inos)?
-    } else {
-        HashMap::new()
+    let r = req.into_inner();
+    let limit = match r.limit as usize {
+        0 => MAX_LIST_UPLOADS,
+        n => n.min(MAX_LIST_UPLOADS),
     };
-    let uploads = all
-        .iter()
-        .map(|(h, slots)| upload_info(h, slots, &paths))
-        .collect();
-    Ok(Response::new(pb::ListUploadsReply { uploads }))
+    ctx.node.linearizable_read().await?;
+    let (uploads, done) = ctx
+        .scan(move |fsm| {
+            let (page, done) = fsm.upload_page(r.after, limit)?;
+            let paths = if r.with_paths {
+                let inos = page.iter().map(|u| upload_path_ino(&u.header.target));
+                crate::fsck::paths_of(fsm, inos.collect())?
+            } else {
+                HashMap::new()
+            };
+            let uploads = page
+                .iter()
+                .map(|u| upload_info(&u.header, u.slots, u.bytes, &paths))
+                .collect();
+            Ok((uploads, done))
+        })
+        .await?;
+    Ok(Response::new(pb::ListUploadsReply { uploads, done }))
 }
 
 pub(super) async fn get_upload(
@@ -95,13 +95,17 @@ pub(super) async fn get_upload(
 ) -> Answer<pb::GetUploadReply> {
     let r = req.into_inner();
     ctx.node.linearizable_read().await?;
-    let fsm = ctx.node.fsm();
-    let (h, slots) = fsm.upload(r.upload)?;
-    let paths = crate::fsck::paths_of(fsm, vec![upload_path_ino(&h.target)])?;
-    Ok(Response::new(pb::GetUploadReply {
-        info: Some(upload_info(&h, &slots, &paths)),
-        slots: slots.iter().map(|(i, c)| upload_slot(*i, c)).collect(),
-    }))
+    ctx.scan(move |fsm| {
+        let (h, slots) = fsm.upload(r.upload)?;
+        let paths = crate::fsck::paths_of(fsm, vec![upload_path_ino(&h.target)])?;
+        let bytes = slots.iter().map(|(_, c)| u64::from(c.len)).sum();
+        Ok(pb::GetUploadReply {
+            info: Some(upload_info(&h, slots.len() as u64, bytes, &paths)),
+            slots: slots.iter().map(|(i, c)| upload_slot(*i, c)).collect(),
+        })
+    })
+    .await
+    .map(Response::new)
 }
 
 pub(super) async fn abort_upload(

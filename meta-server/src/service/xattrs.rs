@@ -38,6 +38,7 @@ pub(super) async fn set_xattr(
     let r = req.into_inner();
     checks::ino(r.ino, "ino")?;
     check_xattr_name(&r.name).map_err(MetaError::from)?;
+    checks::xattr_value(&r.value)?;
     let cmd = Command::SetXattr(SetXattr {
         ino: r.ino,
         name: r.name,

@@ -1,8 +1,14 @@
 //! The Raft log and vote store (openraft storage v2 [`RaftLogStorage`]).
 //!
 //! Entries live in column family `raft_log` under their big-endian index, so RocksDB's key order
-//! is log order; values are JSON. The vote, the committed log id and the last purged log id live
-//! in `raft_meta`.
+//! is log order. The vote, the committed log id and the last purged log id live in `raft_meta`.
+//! Every value is in the binary encoding of [`crate::raft::codec`] (a format byte, then
+//! postcard). A value that does not decode — another format, a torn or corrupt value — is a
+//! storage error, which stops the node: an entry is never skipped or guessed at.
+//!
+//! Reads for replication are bounded: [`RaftLogReader::limited_get_log_entries`] stops after
+//! [`MAX_APPEND_BYTES`] of encoded entries (but always returns at least one), so one
+//! AppendEntries never outgrows a gRPC message however many entries a follower lacks.
 //!
 //! Durability contract (openraft relies on it for safety):
 //! - `save_vote` returns only after the vote is synced to the WAL;
@@ -14,7 +20,8 @@
 // `StorageError` is openraft's type, dictated by the storage traits; the helpers return it too.
 #![allow(clippy::result_large_err)]
 use super::{cf, CF_RAFT_LOG, CF_RAFT_META};
-use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
+use crate::raft::codec;
+use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote, MAX_APPEND_BYTES};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
     AnyError, ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogId, RaftLogReader,
@@ -83,7 +90,7 @@ impl LogStore {
         else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes)
+        codec::decode(&bytes)
             .map(Some)
             .map_err(|e| io_err(subject(), ErrorVerb::Read, e))
     }
@@ -96,7 +103,7 @@ impl LogStore {
         subject: ErrorSubject<NodeId>,
     ) -> Result<(), StorageError> {
         let bytes =
-            serde_json::to_vec(value).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
+            codec::encode(value).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
         let db = self.db.clone();
         let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
             let cf = cf(&db, CF_RAFT_META).map_err(|e| e.to_string())?;
@@ -126,19 +133,19 @@ impl LogStore {
         match self.db.iterator_cf(cf, IteratorMode::End).next() {
             None => Ok(None),
             Some(Err(e)) => Err(io_err(ErrorSubject::Logs, ErrorVerb::Read, e)),
-            Some(Ok((_, value))) => {
-                let entry: Entry = serde_json::from_slice(&value)
-                    .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-                Ok(Some(*entry.get_log_id()))
+            Some(Ok((key, value))) => {
+                let index = key_index(&key)?;
+                Ok(Some(*decode_entry(index, &value)?.get_log_id()))
             }
         }
     }
-}
 
-impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
+    /// The entries of `range` in order; with a `budget`, stops before the entry that would
+    /// take the encoded bytes read past it (the first entry is always returned).
+    fn read_entries<RB: RangeBounds<u64>>(
+        &self,
         range: RB,
+        budget: Option<usize>,
     ) -> Result<Vec<Entry>, StorageError> {
         let start = match range.start_bound() {
             Bound::Included(&i) => i,
@@ -148,6 +155,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let cf = cf(&self.db, CF_RAFT_LOG)
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
         let mut entries = Vec::new();
+        let mut bytes = 0usize;
         let iter = self.db.iterator_cf(
             cf,
             IteratorMode::From(&index_key(start), Direction::Forward),
@@ -158,11 +166,46 @@ impl RaftLogReader<TypeConfig> for LogStore {
             if !range.contains(&index) {
                 break;
             }
-            let entry: Entry = serde_json::from_slice(&value)
-                .map_err(|e| io_err(ErrorSubject::LogIndex(index), ErrorVerb::Read, e))?;
-            entries.push(entry);
+            bytes = bytes.saturating_add(value.len());
+            if budget.is_some_and(|b| bytes > b) && !entries.is_empty() {
+                break;
+            }
+            entries.push(decode_entry(index, &value)?);
         }
         Ok(entries)
+    }
+}
+
+/// The entry stored at `index`: a value that does not decode is a storage error naming it.
+fn decode_entry(index: u64, value: &[u8]) -> Result<Entry, StorageError> {
+    let entry: Entry = codec::decode(value)
+        .map_err(|e| io_err(ErrorSubject::LogIndex(index), ErrorVerb::Read, e))?;
+    if entry.get_log_id().index != index {
+        let e = format!(
+            "entry under key {index} has index {}",
+            entry.get_log_id().index
+        );
+        return Err(io_err(ErrorSubject::LogIndex(index), ErrorVerb::Read, e));
+    }
+    Ok(entry)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.read_entries(range, None)
+    }
+
+    /// For replication: at most [`MAX_APPEND_BYTES`] of entries (at least one), so one
+    /// AppendEntries fits in a gRPC message. openraft sends the rest in the next one.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.read_entries(start..end, Some(MAX_APPEND_BYTES))
     }
 }
 
@@ -202,7 +245,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // same WAL, and RocksDB recovers a WAL prefix.
         let subject = || ErrorSubject::Store;
         let bytes =
-            serde_json::to_vec(&committed).map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
+            codec::encode(&committed).map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
         let cf = cf(&self.db, CF_RAFT_META).map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
         // Unsynced: a memtable insert plus a buffered WAL append, cheap enough to do inline.
         self.db
@@ -228,7 +271,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         for entry in entries {
             let log_id = *entry.get_log_id();
-            let value = serde_json::to_vec(&entry)
+            let value = codec::encode(&entry)
                 .map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Write, e))?;
             batch.put_cf(cf, index_key(log_id.index), value);
         }
@@ -275,8 +318,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
         let meta_cf = cf(&self.db, CF_RAFT_META)
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
-        let purged = serde_json::to_vec(&log_id)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        let purged =
+            codec::encode(&log_id).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
         let mut batch = WriteBatch::default();
         batch.put_cf(meta_cf, KEY_LAST_PURGED, purged);
         batch.delete_range_cf(
@@ -290,5 +333,98 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.write_synced(batch)
             .await
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Command, SetXattr, Time};
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64, value_len: usize) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::SetXattr(SetXattr {
+                ino: 2,
+                name: b"user.x".to_vec(),
+                value: vec![7; value_len],
+                flags: 0,
+                now: Time::now(),
+            })),
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, LogStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = super::super::open_db(&dir.path().join("db")).unwrap();
+        (dir, LogStore::new(db))
+    }
+
+    fn put_raw(store: &LogStore, index: u64, value: &[u8]) {
+        let cf = cf(&store.db, CF_RAFT_LOG).unwrap();
+        store.db.put_cf(cf, index_key(index), value).unwrap();
+    }
+
+    #[tokio::test]
+    async fn replication_reads_stop_at_the_byte_budget_but_never_return_nothing() {
+        let (_dir, mut store) = store();
+        // 40 entries of ~256 KiB: 10 MiB, more than one AppendEntries may carry.
+        for i in 1..=40 {
+            put_raw(&store, i, &codec::encode(&entry(i, 256 * 1024)).unwrap());
+        }
+        let all = store.try_get_log_entries(1..41).await.unwrap();
+        assert_eq!(all.len(), 40, "unbounded reads return the whole range");
+
+        let first = store.limited_get_log_entries(1, 41).await.unwrap();
+        let bytes: usize = first.iter().map(|e| codec::encode(e).unwrap().len()).sum();
+        assert!(bytes <= MAX_APPEND_BYTES, "{bytes} bytes in one read");
+        assert!(
+            first.len() >= 10 && first.len() < 40,
+            "{} entries",
+            first.len()
+        );
+        let next = first.len() as u64 + 1;
+        let rest = store.limited_get_log_entries(next, 41).await.unwrap();
+        assert_eq!(
+            rest[0].log_id.index, next,
+            "the next read starts where it stopped"
+        );
+
+        // An entry larger than the budget still travels, alone.
+        put_raw(
+            &store,
+            41,
+            &codec::encode(&entry(41, MAX_APPEND_BYTES + 1)).unwrap(),
+        );
+        let big = store.limited_get_log_entries(41, 42).await.unwrap();
+        assert_eq!(big.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_entry_is_a_loud_storage_error() {
+        let (_dir, mut store) = store();
+        put_raw(&store, 1, &codec::encode(&entry(1, 10)).unwrap());
+        // A JSON entry of an older node, a torn value, and an entry under the wrong key.
+        let json = serde_json::to_vec(&entry(2, 10)).unwrap();
+        put_raw(&store, 2, &json);
+        let mut torn = codec::encode(&entry(3, 100)).unwrap();
+        torn.truncate(50);
+        put_raw(&store, 3, &torn);
+        put_raw(&store, 4, &codec::encode(&entry(5, 10)).unwrap());
+        for bad in 2..=4u64 {
+            let err = store.try_get_log_entries(bad..bad + 1).await.unwrap_err();
+            assert!(
+                err.to_string().contains(&bad.to_string()),
+                "error names the index: {err}"
+            );
+            // A read across it fails as a whole: nothing after it is returned without it.
+            assert!(store.try_get_log_entries(1..=bad).await.is_err());
+        }
+        assert!(
+            store.get_log_state().await.is_err(),
+            "the last entry is checked too"
+        );
+        assert_eq!(store.try_get_log_entries(1..2).await.unwrap().len(), 1);
     }
 }

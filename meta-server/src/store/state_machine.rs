@@ -16,9 +16,10 @@
 //! state differ from the others' (and a leader with a wrong view would act on it, e.g. collect
 //! chunks that are still referenced). After a restart the node replays the entry from its log.
 //!
-//! Snapshots (their format, the snapshot file, installing one) are in [`super::snapshot`].
+//! Snapshots (their format and files, building, receiving and installing one in pieces) are in
+//! [`super::snapshot`].
+use super::snapshot::{SnapshotFile, Snapshots};
 use super::digest::Digests;
-use super::snapshot::{dump_state, install, load_snapshot_file, save_snapshot_file};
 use super::{cf, CF_SM_META};
 use crate::command::Reply;
 use crate::fsm::Fsm;
@@ -31,8 +32,6 @@ use openraft::{
     StorageIOError,
 };
 use rocksdb::{WriteBatch, DB};
-use std::fs;
-use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -63,7 +62,7 @@ fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
 pub struct StateMachineStore {
     db: Arc<DB>,
     fsm: Arc<Fsm>,
-    snapshot_dir: PathBuf,
+    snapshots: Arc<Snapshots>,
     digests: Arc<Digests>,
     /// TEST HOOK (`--test-fail-apply-at`): applying the entry at this index fails as a storage
     /// error would.
@@ -72,25 +71,30 @@ pub struct StateMachineStore {
 
 /// Builds snapshots; created by openraft through [`RaftStateMachine::get_snapshot_builder`].
 pub struct SnapshotBuilder {
-    db: Arc<DB>,
-    snapshot_dir: PathBuf,
+    snapshots: Arc<Snapshots>,
 }
 
 impl StateMachineStore {
-    /// `snapshot_dir` holds the current snapshot file; it is created if missing. `digests`
-    /// is kept up to date with every applied entry.
+    /// `snapshot_dir` holds the snapshot files; it is created if missing, and a snapshot
+    /// install that a crash interrupted is finished here, before openraft reads any state.
+    /// `digests` is kept up to date with every applied entry (and reloaded after a snapshot
+    /// install, including one finished here).
     pub fn new(
         db: Arc<DB>,
         fsm: Arc<Fsm>,
         snapshot_dir: PathBuf,
         digests: Arc<Digests>,
     ) -> Result<Self, crate::error::MetaError> {
-        fs::create_dir_all(&snapshot_dir)
-            .map_err(|e| crate::error::MetaError::Storage(format!("create snapshot dir: {e}")))?;
+        let snapshots = Snapshots::open(db.clone(), snapshot_dir)
+            .map_err(|e| crate::error::MetaError::Storage(format!("snapshot store: {e}")))?;
+        // Opening may have finished an install a crash interrupted: its state has its own digest.
+        digests
+            .reload(&db)
+            .map_err(|e| crate::error::MetaError::Storage(format!("read the state digest: {e}")))?;
         Ok(StateMachineStore {
             db,
             fsm,
-            snapshot_dir,
+            snapshots: Arc::new(snapshots),
             digests,
             fail_apply_at: None,
         })
@@ -115,35 +119,15 @@ fn read_meta<T: serde::de::DeserializeOwned>(db: &DB, key: &[u8]) -> Result<Opti
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let db = self.db.clone();
-        let dir = self.snapshot_dir.clone();
-        let res =
-            tokio::task::spawn_blocking(move || -> Result<(SnapshotMeta, Vec<u8>), String> {
-                let (last_applied, membership, blob) = dump_state(&db)?;
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or(0);
-                let snapshot_id = match &last_applied {
-                    Some(l) => format!("{}-{}-{nanos}", l.leader_id, l.index),
-                    None => format!("none-{nanos}"),
-                };
-                let meta = SnapshotMeta {
-                    last_log_id: last_applied,
-                    last_membership: membership,
-                    snapshot_id,
-                };
-                save_snapshot_file(&dir, &meta, &blob)
-                    .map_err(|e| format!("save snapshot: {e}"))?;
-                Ok((meta, blob))
-            })
+        let snapshots = self.snapshots.clone();
+        let (meta, file) = tokio::task::spawn_blocking(move || snapshots.build())
             .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        let (meta, blob) = res.map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        tracing::info!(snapshot = %meta, bytes = blob.len(), "built snapshot");
+        tracing::info!(snapshot = %meta, "built snapshot");
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(blob)),
+            snapshot: Box::new(file),
         })
     }
 }
@@ -223,53 +207,46 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
-            db: self.db.clone(),
-            snapshot_dir: self.snapshot_dir.clone(),
+            snapshots: self.snapshots.clone(),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
+        let file = self
+            .snapshots
+            .incoming()
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
-        let blob = snapshot.into_inner();
-        let db = self.db.clone();
-        let dir = self.snapshot_dir.clone();
-        let meta = meta.clone();
-        let signature = meta.signature();
-        let digests = self.digests.clone();
-        let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            install(&db, &dir, &meta, &blob)?;
+        self.snapshots
+            .install(meta, *snapshot)
+            .await
             // The snapshot carries the digest of its state; the chain goes on from there.
-            digests.reload(&db)?;
-            tracing::info!(snapshot = %meta, bytes = blob.len(), "installed snapshot");
-            Ok(())
-        })
-        .await
-        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        res.map_err(|e| StorageError::IO {
-            source: StorageIOError::new(
-                ErrorSubject::Snapshot(Some(signature)),
-                ErrorVerb::Write,
-                AnyError::error(e),
-            ),
-        })
+            .and_then(|()| self.digests.reload(&self.db))
+            .map_err(|e| StorageError::IO {
+                source: StorageIOError::new(
+                    ErrorSubject::Snapshot(Some(meta.signature())),
+                    ErrorVerb::Write,
+                    AnyError::error(e),
+                ),
+            })
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let dir = self.snapshot_dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || load_snapshot_file(&dir))
+        let snapshots = self.snapshots.clone();
+        let loaded = tokio::task::spawn_blocking(move || snapshots.current())
             .await
             .map_err(|e| snap_err(ErrorVerb::Read, e))?
             .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        Ok(loaded.map(|(meta, blob)| Snapshot {
+        Ok(loaded.map(|(meta, file)| Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(blob)),
+            snapshot: Box::new(file),
         }))
     }
 }
