@@ -265,9 +265,19 @@ impl Meta {
 
     // --- file data ------------------------------------------------------------------------
 
-    /// The committed version of `ino` and its chunk list.
-    pub async fn get_chunks(&self, ino: u64) -> Result<pb::GetChunksReply, Status> {
-        let req = pb::GetChunksRequest { ino };
+    /// One page of the chunk list of `ino`'s current version: the non-hole slots from
+    /// `first_slot` on, as many as the service's page holds (`more`: ask again from
+    /// `next_slot`). Every page carries the version it was read from.
+    pub async fn get_chunks(
+        &self,
+        ino: u64,
+        first_slot: u64,
+    ) -> Result<pb::GetChunksReply, Status> {
+        let req = pb::GetChunksRequest {
+            ino,
+            first_slot,
+            max_slots: 0,
+        };
         self.rpc(req, |mut c, r| async move { c.get_chunks(r).await })
             .await
     }
@@ -359,13 +369,28 @@ impl Meta {
         }
     }
 
-    /// The slots recorded in upload session `upload`.
+    /// The slots recorded in upload session `upload`, read a page at a time.
     pub async fn get_upload(&self, upload: u64) -> Result<Vec<pb::SlotUpdate>, Status> {
-        let req = pb::GetUploadRequest { upload };
-        Ok(self
-            .rpc(req, |mut c, r| async move { c.get_upload(r).await })
-            .await?
-            .slots)
+        let mut slots = Vec::new();
+        let mut first_slot = 0;
+        loop {
+            let req = pb::GetUploadRequest {
+                upload,
+                first_slot,
+                max_slots: 0,
+            };
+            let page = self
+                .rpc(req, |mut c, r| async move { c.get_upload(r).await })
+                .await?;
+            slots.extend(page.slots);
+            if !page.more {
+                return Ok(slots);
+            }
+            if page.next_slot <= first_slot {
+                return Err(missing("GetUpload", "a next page past its first slot"));
+            }
+            first_slot = page.next_slot;
+        }
     }
 
     pub async fn abort_upload(&self, upload: u64) -> Result<(), Status> {

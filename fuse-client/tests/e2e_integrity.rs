@@ -34,7 +34,13 @@ async fn slot_locations(meta: &MetaClient, names: &[String]) -> Vec<(ChunkId, Ve
             .expect("attr");
         let ino = attr.ino;
         let reply = meta
-            .call(|mut c| async move { c.get_chunks(GetChunksRequest { ino }).await })
+            .call(|mut c| async move {
+                c.get_chunks(GetChunksRequest {
+                    ino,
+                    ..Default::default()
+                })
+                .await
+            })
             .await
             .expect("get chunks");
         for slot in reply.slots {

@@ -72,7 +72,13 @@ fn upload_chunk_ids(c: &Cluster, id: u64) -> BTreeSet<String> {
     rt().block_on(async {
         let meta = MetaClient::new(c.meta_addrs.clone());
         let r = meta
-            .call(|mut m| async move { m.get_upload(GetUploadRequest { upload: id }).await })
+            .call(|mut m| async move {
+                m.get_upload(GetUploadRequest {
+                    upload: id,
+                    ..Default::default()
+                })
+                .await
+            })
             .await
             .unwrap_or_else(|e| panic!("GetUpload {id}: {}", e.message()));
         r.slots

@@ -104,6 +104,8 @@ fn commit_cmd(slots: u64) -> Command {
         mtime: Some(Time::now()),
         now: Time::now(),
         upload: 0,
+        apply_upload: false,
+        replace: false,
     })
 }
 

@@ -199,6 +199,14 @@ pub struct CommitWrite {
     /// The upload session the chunks were recorded in (0: none); it ends with the commit.
     #[serde(default)]
     pub upload: u64,
+    /// The slots recorded in `upload` are part of the new version, applied before `updates`
+    /// (which win for a slot in both): a commit of more slots than one request carries.
+    #[serde(default)]
+    pub apply_upload: bool,
+    /// Every slot of the base version not named (in `updates` or the applied upload) becomes a
+    /// hole: the new version holds only the slots given.
+    #[serde(default)]
+    pub replace: bool,
 }
 
 // --- chunk servers and replicas --------------------------------------------------------------

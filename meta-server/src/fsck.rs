@@ -77,25 +77,23 @@ pub fn fsck(
 
     // Files whose chunks have problems, worst first in the listing.
     let mut affected: BTreeMap<u64, Problem> = BTreeMap::new();
-    fsm.for_each_inode(|inode| {
-        match inode.kind {
-            crate::command::Kind::Directory => reply.directories += 1,
-            crate::command::Kind::Regular => reply.files += 1,
-            _ => {}
-        }
-        for slot in inode.slots.values() {
-            let p = match bad.get(&slot.id) {
-                Some(p) => Some(*p),
-                None => match fsm.chunk(&slot.id) {
-                    Ok(Some(_)) => None,
-                    // A slot pointing at no chunk record: its data is gone.
-                    Ok(None) | Err(_) => Some(Problem::Missing),
-                },
-            };
-            if let Some(p) = p {
-                let e = affected.entry(inode.ino).or_insert(p);
-                *e = (*e).max(p);
-            }
+    fsm.for_each_inode(|inode| match inode.kind {
+        crate::command::Kind::Directory => reply.directories += 1,
+        crate::command::Kind::Regular => reply.files += 1,
+        _ => {}
+    })?;
+    fsm.for_each_slot(|ino, _, slot| {
+        let p = match bad.get(&slot.id) {
+            Some(p) => Some(*p),
+            None => match fsm.chunk(&slot.id) {
+                Ok(Some(_)) => None,
+                // A slot pointing at no chunk record: its data is gone.
+                Ok(None) | Err(_) => Some(Problem::Missing),
+            },
+        };
+        if let Some(p) = p {
+            let e = affected.entry(ino).or_insert(p);
+            *e = (*e).max(p);
         }
     })?;
     if affected.is_empty() {
@@ -241,7 +239,9 @@ mod tests {
             now: Time::now(),
         });
         let mut batch = WriteBatch::default();
-        let reply = fsm.apply(&cmd, index, &mut batch, &mut blake3::Hasher::new()).unwrap();
+        let reply = fsm
+            .apply(&cmd, index, &mut batch, &mut blake3::Hasher::new())
+            .unwrap();
         db.write(batch).unwrap();
         match reply {
             crate::command::Reply::Attr(i) => i.ino,
@@ -266,7 +266,8 @@ mod tests {
             now: Time::now(),
         });
         let mut batch = WriteBatch::default();
-        fsm.apply(&link, 5, &mut batch, &mut blake3::Hasher::new()).unwrap();
+        fsm.apply(&link, 5, &mut batch, &mut blake3::Hasher::new())
+            .unwrap();
         db.write(batch).unwrap();
 
         let paths = paths_of(&fsm, vec![root, a, b, f, g, 999]).unwrap();

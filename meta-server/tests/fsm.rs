@@ -119,6 +119,28 @@ impl H {
         self.create(parent, name, Kind::Directory).unwrap()
     }
 
+    /// Every non-hole slot of file `ino`, read page by page (small pages, to cross page
+    /// boundaries), checking that every page is of one version.
+    fn slots(&self, ino: u64) -> std::collections::BTreeMap<u64, SlotChunk> {
+        let mut out = std::collections::BTreeMap::new();
+        let (mut first, mut version) = (0, None);
+        loop {
+            let page = self.fsm.slot_page(ino, first, 3).unwrap();
+            assert_eq!(
+                *version.get_or_insert(page.inode.version),
+                page.inode.version
+            );
+            for s in page.slots {
+                assert!(s.index >= first, "a page starts at its first slot");
+                out.insert(s.index, s.chunk);
+            }
+            match page.next {
+                Some(n) => first = n,
+                None => return out,
+            }
+        }
+    }
+
     fn get(&self, ino: u64) -> Inode {
         self.fsm.get(ino).unwrap()
     }
@@ -195,6 +217,8 @@ impl H {
             mtime: None,
             now,
             upload: 0,
+            apply_upload: false,
+            replace: false,
         })) {
             Ok(Reply::Attr(i)) => Ok(i),
             Ok(r) => panic!("unexpected reply {r:?}"),
@@ -718,30 +742,30 @@ fn setattr_and_truncate() {
         )
         .unwrap();
     assert_eq!(i.version, 2);
-    assert_eq!(i.stored_bytes(), 2 * MB4 + 100);
+    assert_eq!(i.stored_bytes, 2 * MB4 + 100);
 
     // Truncate into slot 1: slot 2 dropped, slot 1 clipped.
     let i = h.truncate(f.ino, MB4 + 10);
     assert_eq!(i.version, 3);
     assert_eq!(i.size, MB4 + 10);
-    assert_eq!(i.slots.len(), 2);
-    assert_eq!(i.slots[&1].len, 10);
-    assert_eq!(i.slots[&0].len, MB4 as u32);
+    assert_eq!(h.slots(i.ino).len(), 2);
+    assert_eq!(h.slots(i.ino)[&1].len, 10);
+    assert_eq!(h.slots(i.ino)[&0].len, MB4 as u32);
     assert_eq!(h.refs(&c2.id), Some(0));
     assert!(h.in_gc(&c2.id));
     // Truncating at a slot boundary drops the slot starting there.
     let i = h.truncate(f.ino, MB4);
-    assert_eq!(i.slots.keys().copied().collect::<Vec<_>>(), vec![0]);
+    assert_eq!(h.slots(i.ino).keys().copied().collect::<Vec<_>>(), vec![0]);
     assert_eq!(h.refs(&c1.id), Some(0));
     // Extending keeps the data and adds a hole.
     let i = h.truncate(f.ino, 10 * MB4);
     assert_eq!(i.size, 10 * MB4);
-    assert_eq!(i.slots.len(), 1);
+    assert_eq!(h.slots(i.ino).len(), 1);
     assert_eq!(i.version, 5);
     // Same size: no new version.
     assert_eq!(h.truncate(f.ino, 10 * MB4).version, 5);
     let i = h.truncate(f.ino, 0);
-    assert!(i.slots.is_empty());
+    assert!(h.slots(i.ino).is_empty());
     assert_eq!(h.refs(&c0.id), Some(0));
 
     let d = h.mkdir(ROOT_INO, "d");
@@ -798,7 +822,7 @@ fn commit_write_versions_and_chunk_refs() {
     let i = h
         .commit(f.ino, MB4 + 1000, vec![upd(1, b, &[1]), upd(0, b, &[1])])
         .unwrap();
-    assert_eq!(i.slots.len(), 2);
+    assert_eq!(h.slots(i.ino).len(), 2);
     assert_eq!(h.refs(&b.id), Some(2));
     // A hole update releases the slot.
     let i = h
@@ -813,7 +837,7 @@ fn commit_write_versions_and_chunk_refs() {
             }],
         )
         .unwrap();
-    assert_eq!(i.slots.keys().copied().collect::<Vec<_>>(), vec![1]);
+    assert_eq!(h.slots(i.ino).keys().copied().collect::<Vec<_>>(), vec![1]);
     assert_eq!(h.refs(&b.id), Some(1));
     // Shrinking through CommitWrite drops slots past the size.
     h.commit(f.ino, 10, vec![]).unwrap();
@@ -873,7 +897,8 @@ fn commit_write_versions_and_chunk_refs() {
     // Chunk locations per slot.
     h.commit(g.ino, MB4 + 5, vec![upd(1, chunk("z", 5), &[7])])
         .unwrap();
-    let (inode, slots) = h.fsm.chunk_locations(g.ino).unwrap();
+    let page = h.fsm.slot_page(g.ino, 0, 100).unwrap();
+    let (inode, slots) = (page.inode, page.slots);
     assert_eq!(inode.ino, g.ino);
     assert_eq!(slots.len(), 2);
     assert_eq!(
@@ -937,7 +962,7 @@ fn drop_replica_removes_only_that_replica() {
         (rec.replicas, rec.refs, rec.stored_len),
         (vec![1, 3], 2, 1000)
     );
-    let (_, slots) = h.fsm.chunk_locations(f.ino).unwrap();
+    let slots = h.fsm.slot_page(f.ino, 0, 100).unwrap().slots;
     assert_eq!(slots[0].replicas, vec![1, 3]);
     assert_eq!(h.get(f.ino).version, version, "the file is untouched");
     let queued = h.fsm.repair_queue().unwrap();
@@ -1010,7 +1035,7 @@ fn reports_of_bad_copies_never_delist_a_copy_their_server_has_not_checked() {
             (vec![1, 2, 3], vec![1, 2, 3], 1)
         );
     }
-    let (_, slots) = h.fsm.chunk_locations(f.ino).unwrap();
+    let slots = h.fsm.slot_page(f.ino, 0, 100).unwrap().slots;
     assert_eq!(
         slots[0].replicas,
         vec![1, 2, 3],
@@ -1026,7 +1051,7 @@ fn reports_of_bad_copies_never_delist_a_copy_their_server_has_not_checked() {
     .unwrap();
     let rec = h.fsm.chunk(&a.id).unwrap().unwrap();
     assert_eq!((rec.replicas, rec.suspect), (vec![1, 2, 3], vec![1, 2]));
-    let (_, slots) = h.fsm.chunk_locations(f.ino).unwrap();
+    let slots = h.fsm.slot_page(f.ino, 0, 100).unwrap().slots;
     assert_eq!(slots[0].replicas, vec![3, 1, 2]);
     assert_eq!(
         h.fsm.repair_queue().unwrap().len(),
@@ -1506,6 +1531,8 @@ fn a_batch_is_all_or_nothing() {
         mtime: None,
         now,
         upload: 0,
+        apply_upload: false,
+        replace: false,
     });
     let chmod = |ino: u64| {
         Command::SetAttr(cmd::SetAttr {
@@ -1958,7 +1985,7 @@ fn an_upload_holds_its_chunks_and_commits_a_new_file_atomically() {
     let f = h.commit_upload(up, MB4 + 100).unwrap();
     assert_eq!(h.lookup(ROOT_INO, "new").unwrap().ino, f.ino);
     assert_eq!((f.size, f.mode, f.uid, f.gid), (MB4 + 100, 0o640, 7, 8));
-    assert_eq!(f.slots.len(), 2);
+    assert_eq!(h.slots(f.ino).len(), 2);
     assert_eq!(
         h.refs(&a.id),
         Some(1),
@@ -1995,7 +2022,7 @@ fn an_upload_replaces_a_file_only_at_its_base_version() {
     // A concurrent writer commits first: the upload's commit is refused, nothing changes.
     h.commit(f, MB4 + 10, vec![]).unwrap();
     assert_eq!(h.commit_upload(up, 5), Err(ErrorKind::Conflict));
-    assert_eq!(h.get(f).slots.len(), 2);
+    assert_eq!(h.slots(f).len(), 2);
     // Abort: the upload's chunk is garbage now; the file's are not.
     let now = h.now();
     h.apply(Command::AbortUpload(cmd::AbortUpload {
@@ -2014,7 +2041,7 @@ fn an_upload_replaces_a_file_only_at_its_base_version() {
     let g = h.commit_upload(up, 5).unwrap();
     assert_eq!(g.ino, f);
     assert_eq!(
-        g.slots.keys().copied().collect::<Vec<_>>(),
+        h.slots(g.ino).keys().copied().collect::<Vec<_>>(),
         vec![0],
         "exactly the recorded slots"
     );
@@ -2046,6 +2073,8 @@ fn an_upload_replaces_a_file_only_at_its_base_version() {
         mtime: None,
         now,
         upload: up,
+        apply_upload: false,
+        replace: false,
     }))
     .unwrap();
     assert!(h.fsm.uploads().unwrap().is_empty());
@@ -2080,4 +2109,139 @@ fn a_commit_or_delete_ends_the_stale_uploads_of_its_file() {
         "deleting the file ends its uploads"
     );
     assert!(h.in_gc(&a.id) && h.in_gc(&b.id));
+}
+
+/// A commit of more slots than one request carries: the slots are recorded in the upload
+/// session in batches, and one small CommitWrite applies them (`apply_upload`), with `replace`
+/// turning every slot of the old version not given into a hole, all in one entry: before it the
+/// file is wholly old, after it wholly new.
+#[test]
+fn a_commit_applies_its_recorded_upload_in_one_entry() {
+    const SLOTS: u64 = 5000;
+    let mut h = H::new();
+    let f = h.file(ROOT_INO, "f").ino;
+    let (old, new, last) = (chunk("old", 10), chunk("new", 1), chunk("last", 7));
+    // The old version: slots 0..10 and slot 6000, all one chunk.
+    let olds: Vec<SlotUpdate> = (0..10)
+        .chain([6000])
+        .map(|i| upd(i, old, &[1, 2]))
+        .collect();
+    h.commit(f, 6000 * MB4 + 10, olds).unwrap();
+    assert_eq!(h.refs(&old.id), Some(11));
+    let v = h.get(f).version;
+
+    let up = h.open_upload(UploadTarget::Inode(f), v).unwrap();
+    let all: Vec<SlotUpdate> = (0..SLOTS).map(|i| upd(i, new, &[1, 2])).collect();
+    for batch in all.chunks(4096) {
+        h.record(up, batch.to_vec()).unwrap();
+    }
+    assert_eq!(h.get(f).version, v, "recording changes nothing visible");
+    assert_eq!(h.slots(f).len(), 11);
+
+    // Another inode's commit cannot apply this upload; a stale base is a conflict; neither
+    // changes anything.
+    let g = h.file(ROOT_INO, "g").ino;
+    let apply = |ino: u64, base_version: u64, now: Time| {
+        Command::CommitWrite(cmd::CommitWrite {
+            ino,
+            base_version,
+            size: (SLOTS - 1) * MB4 + 7,
+            updates: vec![upd(SLOTS - 1, last, &[1])],
+            mtime: None,
+            now,
+            upload: up,
+            apply_upload: true,
+            replace: true,
+        })
+    };
+    let now = h.now();
+    let gv = h.get(g).version;
+    assert_eq!(h.err(apply(g, gv, now)), ErrorKind::InvalidArgument);
+    assert_eq!(h.err(apply(f, v - 1, now)), ErrorKind::Conflict);
+    assert_eq!(h.slots(f).len(), 11);
+
+    let Reply::Attr(i) = h.apply(apply(f, v, now)).unwrap() else {
+        panic!()
+    };
+    assert_eq!((i.version, i.size), (v + 1, (SLOTS - 1) * MB4 + 7));
+    let slots = h.slots(f);
+    assert_eq!(
+        slots.len() as u64,
+        SLOTS,
+        "every recorded slot, nothing else"
+    );
+    assert!(slots.range(..SLOTS - 1).all(|(_, c)| *c == new));
+    assert_eq!(slots[&(SLOTS - 1)], last, "the request's own update wins");
+    assert_eq!(i.stored_bytes, SLOTS - 1 + 7);
+    assert_eq!(h.refs(&new.id), Some(SLOTS - 1), "the file holds them now");
+    assert_eq!(h.refs(&old.id), Some(0), "slot 6000 became a hole too");
+    assert!(h.in_gc(&old.id));
+    assert!(
+        h.fsm.uploads().unwrap().is_empty(),
+        "the commit ends the upload"
+    );
+
+    // Without `replace`, slots not given keep their chunks.
+    let v = h.get(f).version;
+    let up = h.open_upload(UploadTarget::Inode(f), v).unwrap();
+    h.record(up, vec![upd(1, old, &[1])]).unwrap();
+    let now = h.now();
+    h.apply(Command::CommitWrite(cmd::CommitWrite {
+        ino: f,
+        base_version: v,
+        size: (SLOTS - 1) * MB4 + 7,
+        updates: vec![],
+        mtime: None,
+        now,
+        upload: up,
+        apply_upload: true,
+        replace: false,
+    }))
+    .unwrap();
+    let slots = h.slots(f);
+    assert_eq!((slots.len() as u64, slots[&1]), (SLOTS, old));
+    assert_eq!(h.refs(&new.id), Some(SLOTS - 2));
+}
+
+/// A file's slots are read a page at a time, every page of one version; truncation and
+/// deletion remove slot rows, and `stored_bytes` follows every change.
+#[test]
+fn slots_are_paged_and_truncation_and_deletion_remove_them() {
+    let mut h = H::new();
+    let f = h.file(ROOT_INO, "f").ino;
+    let c = chunk("c", MB4 as u32);
+    let updates: Vec<SlotUpdate> = (0..100).map(|i| upd(i * 2, c, &[1])).collect();
+    let i = h.commit(f, 200 * MB4, updates).unwrap();
+    assert_eq!(i.stored_bytes, 100 * MB4);
+
+    let p = h.fsm.slot_page(f, 0, 30).unwrap();
+    assert_eq!(p.slots.len(), 30);
+    assert_eq!(p.slots[29].index, 58);
+    assert_eq!(
+        p.next,
+        Some(60),
+        "the next page starts at the next non-hole slot"
+    );
+    assert_eq!(p.inode.version, i.version);
+    let p = h.fsm.slot_page(f, 59, 1000).unwrap();
+    assert_eq!(p.slots.first().map(|s| s.index), Some(60));
+    assert_eq!((p.slots.len(), p.next), (70, None));
+    let p = h.fsm.slot_page(f, 500, 10).unwrap();
+    assert!(p.slots.is_empty() && p.next.is_none());
+    assert!(matches!(
+        h.fsm.slot_page(999, 0, 10),
+        Err(cairn_meta_server::error::MetaError::Fs(e)) if e.kind == ErrorKind::Stale
+    ));
+
+    let i = h.truncate(f, 50 * MB4 + 5);
+    assert_eq!(h.slots(f).len(), 26, "slots 0, 2, .., 50 are left");
+    assert_eq!(h.slots(f)[&50].len, 5);
+    assert_eq!(i.stored_bytes, 25 * MB4 + 5);
+    assert_eq!(h.refs(&c.id), Some(26));
+
+    h.unlink(ROOT_INO, "f").unwrap();
+    let mut rows = 0;
+    h.fsm.for_each_slot(|_, _, _| rows += 1).unwrap();
+    assert_eq!(rows, 0, "a deleted file leaves no slot rows");
+    assert_eq!(h.refs(&c.id), Some(0));
 }

@@ -3,7 +3,7 @@
 //! status, and exactly-once retries.
 use cairn_common::error::ErrorKind;
 use cairn_common::{ChunkId, CHUNK_SIZE};
-use cairn_meta_server::service::MAX_REASON_LEN;
+use cairn_meta_server::service::{MAX_REASON_LEN, MAX_SLOT_PAGE, MAX_SLOT_UPDATES};
 use cairn_proto as pb;
 use tonic::{Request, Status};
 
@@ -227,6 +227,7 @@ async fn one_node_cluster_end_to_end() {
         mtime: None,
         then_set_attr: None,
         upload: 0,
+        ..Default::default()
     };
     let e = c.commit_write(commit(vec![1], 1)).await.unwrap_err();
     assert_eq!(
@@ -294,7 +295,10 @@ async fn one_node_cluster_end_to_end() {
     );
 
     let gc = c
-        .get_chunks(pb::GetChunksRequest { ino: f.ino })
+        .get_chunks(pb::GetChunksRequest {
+            ino: f.ino,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -329,6 +333,137 @@ async fn one_node_cluster_end_to_end() {
         .map(|t| t.server_id)
         .collect();
     assert_eq!(t, vec![3]);
+
+    tracing::info!(
+        "--- more slots than one request carries: recorded in batches, applied by one commit"
+    );
+    const BIG: u64 = 5000;
+    let big = c
+        .create(pb::CreateRequest {
+            parent: 1,
+            name: b"big".to_vec(),
+            kind: pb::FileKind::Regular as i32,
+            mode: 0o644,
+            exclusive: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .attr
+        .unwrap();
+    let small = b"one slot".to_vec();
+    let small_ref = pb::ChunkRef {
+        id: ChunkId::of(&small).as_bytes().to_vec(),
+        len: small.len() as u32,
+        stored_len: small.len() as u32,
+    };
+    let slot = |index: u64| pb::SlotUpdate {
+        index,
+        chunk: Some(small_ref.clone()),
+        replicas: vec![1, 2],
+        ticket: 0,
+    };
+    let all: Vec<pb::SlotUpdate> = (0..BIG).map(slot).collect();
+    let size = (BIG - 1) * CHUNK_SIZE as u64 + small.len() as u64;
+    let e = c
+        .commit_write(pb::CommitWriteRequest {
+            ino: big.ino,
+            base_version: big.version,
+            size,
+            updates: all.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        kind_of(e),
+        ErrorKind::InvalidArgument,
+        "one request is bounded"
+    );
+    let upload = c
+        .open_upload(pb::OpenUploadRequest {
+            ino: big.ino,
+            base_version: big.version,
+            label: "test".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .upload;
+    for batch in all.chunks(MAX_SLOT_UPDATES) {
+        c.record_upload(pb::RecordUploadRequest {
+            upload,
+            updates: batch.to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+    let a = c
+        .commit_write(pb::CommitWriteRequest {
+            ino: big.ino,
+            base_version: big.version,
+            size,
+            upload,
+            apply_upload: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .attr
+        .unwrap();
+    assert_eq!(
+        (a.version, a.size, a.stored_bytes),
+        (big.version + 1, size, BIG * small.len() as u64)
+    );
+
+    tracing::info!("--- GetChunks pages the slot list, every page of one version");
+    let (mut first, mut seen, mut pages) = (0, 0, 0);
+    loop {
+        let r = c
+            .get_chunks(pb::GetChunksRequest {
+                ino: big.ino,
+                first_slot: first,
+                max_slots: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.attr.map(|a| a.version), Some(a.version));
+        assert!(r.slots.len() <= MAX_SLOT_PAGE);
+        assert!(r
+            .slots
+            .iter()
+            .all(|s| s.index >= first && s.index < r.next_slot));
+        seen += r.slots.len() as u64;
+        pages += 1;
+        if !r.more {
+            assert_eq!(r.next_slot, BIG, "the end of the file");
+            break;
+        }
+        first = r.next_slot;
+    }
+    assert_eq!((seen, pages), (BIG, BIG.div_ceil(MAX_SLOT_PAGE as u64)));
+    let r = c
+        .get_chunks(pb::GetChunksRequest {
+            ino: big.ino,
+            first_slot: 10,
+            max_slots: 3,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let idx: Vec<u64> = r.slots.iter().map(|s| s.index).collect();
+    assert_eq!((idx, r.more, r.next_slot), (vec![10, 11, 12], true, 13));
+    c.unlink(pb::UnlinkRequest {
+        parent: 1,
+        name: b"big".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
 
     tracing::info!("--- a reported replica stays listed, suspect, and is offered last");
     let report = |server_id: u64, chunk_id: Vec<u8>, reason: String| pb::ReportBadReplicaRequest {
@@ -375,7 +510,10 @@ async fn one_node_cluster_end_to_end() {
             .unwrap();
     }
     let gc = c
-        .get_chunks(pb::GetChunksRequest { ino: f.ino })
+        .get_chunks(pb::GetChunksRequest {
+            ino: f.ino,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

@@ -7,7 +7,7 @@
 //! concurrent change, which fails the commit.
 use super::reader::StoredChunk;
 use super::slots;
-use super::upload::Uploaded;
+use super::upload::{self, Uploaded};
 use super::DataPlane;
 use crate::errno::Errno;
 use cairn_common::{ChunkId, ErrorKind, CHUNK_SIZE};
@@ -45,46 +45,92 @@ impl Base {
     }
 }
 
-/// The current committed version of `ino` and its chunk list.
+/// How many times [`load_base`] starts over when the file changes between two pages of its
+/// chunk list.
+const LOAD_ATTEMPTS: usize = 8;
+
+/// The current committed version of `ino` and its chunk list, read page by page (`GetChunks`).
+///
+/// Every page carries the version it was read from. Pages of two versions are never mixed (that
+/// would be a chunk list no version ever had): when the version changes between pages, the
+/// read starts over. So the base is exactly one committed version, as close-to-open requires.
 pub async fn load_base(dp: &Arc<DataPlane>, ino: u64) -> Result<Base, Errno> {
-    let reply = dp.meta.get_chunks(ino).await.map_err(|s| {
-        tracing::debug!(inode = ino, error = %s.message(), "GetChunks failed");
-        Errno::from(&s)
-    })?;
-    let attr = reply.attr.ok_or_else(|| {
-        tracing::error!(inode = ino, "GetChunks reply without attributes");
-        Errno::EIO
-    })?;
-    if reply.chunk_size as usize != CHUNK_SIZE {
-        tracing::error!(
+    for _ in 0..LOAD_ATTEMPTS {
+        if let Some(base) = load_pages(dp, ino).await? {
+            return Ok(base);
+        }
+        tracing::debug!(
             inode = ino,
-            chunk_size = reply.chunk_size,
-            "unexpected chunk size"
+            "file changed while its chunk list was read; again"
         );
-        return Err(Errno::EIO);
     }
-    let mut slots = BTreeMap::new();
-    for s in reply.slots {
-        let Some(c) = s.chunk else { continue };
-        let id = ChunkId::from_bytes(&c.id).map_err(|e| {
-            tracing::error!(inode = ino, slot = s.index, error = %e, "bad chunk id from meta");
+    tracing::error!(
+        inode = ino,
+        attempts = LOAD_ATTEMPTS,
+        "file kept changing while its chunk list was read"
+    );
+    Err(Errno(libc::EAGAIN))
+}
+
+/// Every page of the chunk list of `ino`; `None` when they are not all of one version.
+async fn load_pages(dp: &Arc<DataPlane>, ino: u64) -> Result<Option<Base>, Errno> {
+    let mut base: Option<Base> = None;
+    let mut first = 0;
+    loop {
+        let reply = dp.meta.get_chunks(ino, first).await.map_err(|s| {
+            tracing::debug!(inode = ino, error = %s.message(), "GetChunks failed");
+            Errno::from(&s)
+        })?;
+        let attr = reply.attr.ok_or_else(|| {
+            tracing::error!(inode = ino, "GetChunks reply without attributes");
             Errno::EIO
         })?;
-        slots.insert(
-            s.index,
-            StoredChunk {
-                id,
-                len: c.len,
-                stored_len: c.stored_len,
-                locations: Arc::from(s.locations),
-            },
-        );
+        if reply.chunk_size as usize != CHUNK_SIZE {
+            tracing::error!(
+                inode = ino,
+                chunk_size = reply.chunk_size,
+                "unexpected chunk size"
+            );
+            return Err(Errno::EIO);
+        }
+        let b = base.get_or_insert_with(|| Base {
+            version: attr.version,
+            size: attr.size,
+            slots: BTreeMap::new(),
+        });
+        if b.version != attr.version {
+            return Ok(None);
+        }
+        for s in reply.slots {
+            let Some(c) = s.chunk else { continue };
+            let id = ChunkId::from_bytes(&c.id).map_err(|e| {
+                tracing::error!(inode = ino, slot = s.index, error = %e, "bad chunk id from meta");
+                Errno::EIO
+            })?;
+            b.slots.insert(
+                s.index,
+                StoredChunk {
+                    id,
+                    len: c.len,
+                    stored_len: c.stored_len,
+                    locations: Arc::from(s.locations),
+                },
+            );
+        }
+        if !reply.more {
+            return Ok(base);
+        }
+        if reply.next_slot <= first {
+            tracing::error!(
+                inode = ino,
+                first,
+                next = reply.next_slot,
+                "GetChunks page does not advance"
+            );
+            return Err(Errno::EIO);
+        }
+        first = reply.next_slot;
     }
-    Ok(Base {
-        version: attr.version,
-        size: attr.size,
-        slots,
-    })
 }
 
 /// A new version of a file to commit: uploaded chunks on top of a base.
@@ -118,20 +164,10 @@ pub async fn commit(dp: &Arc<DataPlane>, v: NewVersion) -> Result<(Base, Option<
         then,
         upload,
     } = v;
-    let mut updates: Vec<SlotUpdate> = uploaded.iter().map(|(i, u)| u.to_update(*i)).collect();
-    if let Some(r) = &replaced {
-        updates.extend(
-            r.slots
-                .keys()
-                .filter(|i| !uploaded.contains_key(*i))
-                .map(|i| SlotUpdate {
-                    index: *i,
-                    chunk: None,
-                    replicas: Vec::new(),
-                    ticket: 0,
-                }),
-        );
-    }
+    // After O_TRUNC the commit replaces: every slot of the old version not rewritten becomes a
+    // hole (the cluster does that, so no hole travels in the request).
+    let replace = replaced.is_some();
+    let updates: Vec<SlotUpdate> = uploaded.iter().map(|(i, u)| u.to_update(*i)).collect();
     // What the file was before this commit (to recognise a retried commit of ours).
     let before = replaced.unwrap_or_else(|| base.clone());
     let mut req = CommitWriteRequest {
@@ -142,8 +178,78 @@ pub async fn commit(dp: &Arc<DataPlane>, v: NewVersion) -> Result<(Base, Option<
         mtime: mtime.or_else(|| Some(cairn_common::time::now())),
         then_set_attr: then,
         upload: upload.unwrap_or(0),
+        apply_upload: false,
+        replace,
     };
-    let expected = apply_updates(&base, size, &uploaded);
+    // More slots than one request carries: record them all in a session of their own, in
+    // bounded batches, and commit with one small request that applies it. (Not in the session
+    // of the background uploads: that one may hold slots this version no longer has, e.g.
+    // written before an O_TRUNC.) The file keeps its old version until that one entry.
+    let staged = if req.updates.len() > MAX_SLOT_UPDATES {
+        let updates = std::mem::take(&mut req.updates);
+        let id = stage(dp, ino, base.version, &updates).await?;
+        req.upload = id;
+        req.apply_upload = true;
+        Some(id)
+    } else {
+        None
+    };
+    let result = commit_request(dp, req, &base, &before, size, &uploaded).await;
+    if let Some(id) = staged {
+        match (&result, upload) {
+            // The background session ends too: the file holds its chunks now.
+            (Ok(_), Some(background)) => upload::abort_upload(dp, ino, background).await,
+            (Err(_), _) => upload::abort_upload(dp, ino, id).await,
+            _ => {}
+        }
+    }
+    result
+}
+
+/// Most slot updates one request carries (the meta service's `MAX_SLOT_UPDATES`).
+pub const MAX_SLOT_UPDATES: usize = 4096;
+
+/// Opens an upload session for a new version of `ino` on `base_version` and records `updates`
+/// in it, [`MAX_SLOT_UPDATES`] at a time; the session's id.
+async fn stage(
+    dp: &Arc<DataPlane>,
+    ino: u64,
+    base_version: u64,
+    updates: &[SlotUpdate],
+) -> Result<u64, Errno> {
+    let label = "large commit through a mount";
+    let id = upload::open_upload(dp, ino, base_version, label).await.map_err(|s| {
+        tracing::error!(inode = ino, error = %s.message(), "cannot open the upload session of a large commit");
+        Errno::from(&s)
+    })?;
+    for batch in updates.chunks(MAX_SLOT_UPDATES) {
+        if let Err(s) = dp.meta.record_upload(id, batch.to_vec()).await {
+            tracing::error!(inode = ino, upload = id, error = %s.message(), "cannot record the slots of a large commit");
+            upload::abort_upload(dp, ino, id).await;
+            return Err(Errno::from(&s));
+        }
+    }
+    tracing::debug!(
+        inode = ino,
+        upload = id,
+        slots = updates.len(),
+        "large commit staged"
+    );
+    Ok(id)
+}
+
+/// Sends commit `req` of a new version of `base` (which was `before` until the commit started;
+/// they differ after O_TRUNC), resolving the harmless conflicts.
+async fn commit_request(
+    dp: &Arc<DataPlane>,
+    mut req: CommitWriteRequest,
+    base: &Base,
+    before: &Base,
+    size: u64,
+    uploaded: &BTreeMap<u64, Uploaded>,
+) -> Result<(Base, Option<Attr>), Errno> {
+    let ino = req.ino;
+    let expected = apply_updates(base, size, uploaded);
     for attempt in 0..2 {
         match dp.meta.commit_write(req.clone()).await {
             Ok(attr) => {
@@ -167,7 +273,7 @@ pub async fn commit(dp: &Arc<DataPlane>, v: NewVersion) -> Result<(Base, Option<
                     // Whether `then` went with it is unknown here: the caller applies it.
                     return Ok((fresh, None));
                 }
-                if fresh.same_content(&before) {
+                if fresh.same_content(before) {
                     req.base_version = fresh.version;
                     continue;
                 }

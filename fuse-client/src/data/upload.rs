@@ -179,15 +179,7 @@ pub async fn record_upload(
 ) {
     let mut id = session.lock().await;
     if id.is_none() {
-        let req = cairn_proto::OpenUploadRequest {
-            ino,
-            parent: 0,
-            name: Vec::new(),
-            base_version,
-            label: "write through a mount".into(),
-            host: dp.writer_label.get().cloned().unwrap_or_default(),
-        };
-        match dp.meta.open_upload(req).await {
+        match open_upload(dp, ino, base_version, "write through a mount").await {
             Ok(upload) => *id = Some(upload),
             Err(s) => {
                 tracing::warn!(inode = ino, error = %s.message(), "cannot open an upload session");
@@ -200,6 +192,24 @@ pub async fn record_upload(
     if let Err(s) = r {
         tracing::warn!(inode = ino, upload, slot, error = %s.message(), "cannot record a chunk in the upload session");
     }
+}
+
+/// Opens an upload session for a new version of `ino` based on `base_version`; its id.
+pub async fn open_upload(
+    dp: &Arc<DataPlane>,
+    ino: u64,
+    base_version: u64,
+    label: &str,
+) -> Result<u64, tonic::Status> {
+    let req = cairn_proto::OpenUploadRequest {
+        ino,
+        parent: 0,
+        name: Vec::new(),
+        base_version,
+        label: label.into(),
+        host: dp.writer_label.get().cloned().unwrap_or_default(),
+    };
+    dp.meta.open_upload(req).await
 }
 
 /// Drops the upload session of data that will not be committed (best effort: it expires

@@ -172,7 +172,12 @@ pub async fn get(
                 let start = slot * CHUNK;
                 let len = slots::len_in_file(slot, size);
                 let Some(chunk) = slots.get(&slot).cloned() else {
-                    // A hole: zeros (kept if already there).
+                    // A hole: zeros (kept if already there). Past the part file's old end
+                    // nothing is written: unwritten bytes of a file read as zeros, so a hole
+                    // stays a hole locally too.
+                    if start >= part_len {
+                        return Ok(GetDone::Hole(len as u64));
+                    }
                     let f = file.clone();
                     tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
                         if start + len as u64 <= part_len {
@@ -210,10 +215,14 @@ pub async fn get(
                     )
                 })?;
                 let keep = (chunk.len as usize).min(len).min(data.len());
+                // The rest of the slot reads as zeros: written only over old bytes of the part
+                // file (past its old end, unwritten bytes are zeros already).
+                let zeros = (start + len as u64).min(part_len.max(start + keep as u64))
+                    - (start + keep as u64);
                 tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                     file.write_all_at(&data[..keep], start)?;
-                    if keep < len {
-                        file.write_all_at(&vec![0u8; len - keep], start + keep as u64)?;
+                    if zeros > 0 {
+                        file.write_all_at(&vec![0u8; zeros as usize], start + keep as u64)?;
                     }
                     Ok(())
                 })

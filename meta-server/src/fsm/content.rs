@@ -1,8 +1,15 @@
 //! File content: versions and slots. `CommitWrite` replaces slots and the size as one new
 //! version (conditioned on the version the writer started from), truncation drops and clips
-//! slots, and [`Fsm::chunk_locations`] reads one version's slots with where their chunks live.
+//! slots, and [`Fsm::slot_page`] reads a page of one version's slots with where their chunks
+//! live.
+//!
+//! A file's slots are rows of the `slots` column family, keyed (ino, slot index), apart from the
+//! inode record: the inode keeps the size, the version and `stored_bytes` (the sum of its slots'
+//! `len`, kept up to date by every slot change here). So no record, reply or Raft entry grows
+//! with the file: an attribute change rewrites the small inode, a reader pages through the slots
+//! by key range, and a truncation deletes a key range.
 use super::inodes::Inode;
-use super::schema::fs_err;
+use super::schema::{corrupt, fs_err, storage, u64_at, Counter, CF_CHUNKS, CF_INODES, CF_SLOTS};
 use super::tx::Tx;
 use super::Fsm;
 use crate::command::{
@@ -10,12 +17,59 @@ use crate::command::{
 };
 use crate::error::MetaError;
 use cairn_common::error::ErrorKind;
-use cairn_common::CHUNK_SIZE;
+use cairn_common::{ChunkId, CHUNK_SIZE};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
 
 /// Largest file size accepted (1 PiB).
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
 
 const CHUNK: u64 = CHUNK_SIZE as u64;
+
+/// The encoded length of a slot: chunk id (32 bytes), `len` and `stored_len` (u32 BE each).
+const SLOT_VALUE_LEN: usize = 40;
+
+/// The key of slot `index` of file `ino`.
+pub(super) fn slot_key(ino: u64, index: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&ino.to_be_bytes());
+    k[8..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// The (ino, slot index) of a key of the `slots` column family.
+fn parse_slot_key(key: &[u8]) -> Result<(u64, u64), FsError> {
+    if key.len() != 16 {
+        return Err(corrupt(format!("slot key of {} bytes", key.len())));
+    }
+    Ok((u64_at(key, 0, "slot")?, u64_at(key, 8, "slot")?))
+}
+
+pub(super) fn encode_slot(c: &SlotChunk) -> Vec<u8> {
+    let mut v = Vec::with_capacity(SLOT_VALUE_LEN);
+    v.extend_from_slice(c.id.as_bytes());
+    v.extend_from_slice(&c.len.to_be_bytes());
+    v.extend_from_slice(&c.stored_len.to_be_bytes());
+    v
+}
+
+pub(super) fn decode_slot(v: &[u8]) -> Result<SlotChunk, FsError> {
+    if v.len() != SLOT_VALUE_LEN {
+        return Err(corrupt(format!("slot value of {} bytes", v.len())));
+    }
+    let u32_at = |at: usize| {
+        v.get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| corrupt("slot value"))
+    };
+    Ok(SlotChunk {
+        id: ChunkId::from_bytes(&v[..32]).map_err(corrupt)?,
+        len: u32_at(32)?,
+        stored_len: u32_at(36)?,
+    })
+}
 
 /// One non-hole slot of a file with where its chunk lives.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,14 +81,52 @@ pub struct SlotLocation {
     pub replicas: Vec<u64>,
 }
 
+/// One page of a file's chunk list, all read from one version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlotPage {
+    /// The inode as of the page (its version is the page's version).
+    pub inode: Inode,
+    /// The non-hole slots from the page's first slot on, in index order.
+    pub slots: Vec<SlotLocation>,
+    /// Where the next page starts (`None`: the page covered every slot from its first on).
+    pub next: Option<u64>,
+}
+
 impl Fsm {
-    /// The inode and, for each non-hole slot in index order, where its chunk lives.
-    pub fn chunk_locations(&self, ino: u64) -> Result<(Inode, Vec<SlotLocation>), MetaError> {
-        let inode = self.get(ino)?;
-        let mut out = Vec::with_capacity(inode.slots.len());
-        for (&index, chunk) in &inode.slots {
-            let replicas = match self.chunk(&chunk.id)? {
+    /// Up to `max` non-hole slots of file `ino` from slot `first` on, with where their chunks
+    /// live. Read from one RocksDB snapshot, so the inode and every slot of the page are of one
+    /// version even while commands are being applied.
+    pub fn slot_page(&self, ino: u64, first: u64, max: usize) -> Result<SlotPage, MetaError> {
+        let snap = self.db.snapshot();
+        let inode: Inode = match snap
+            .get_cf(self.cf(CF_INODES)?, ino.to_be_bytes())
+            .map_err(storage)?
+        {
+            Some(v) => super::schema::decode_json(&v)?,
+            // A stale handle, like every call that addresses a missing inode by number.
+            None => return Err(super::inodes::no_inode(ino).into()),
+        };
+        let chunks = self.cf(CF_CHUNKS)?;
+        let prefix = ino.to_be_bytes();
+        let start = slot_key(ino, first);
+        let mode = IteratorMode::From(&start, Direction::Forward);
+        let mut slots = Vec::new();
+        let mut next = None;
+        for item in snap.iterator_cf(self.cf(CF_SLOTS)?, mode) {
+            let (k, v) = item.map_err(storage)?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let (_, index) = parse_slot_key(&k)?;
+            if slots.len() >= max {
+                next = Some(index);
+                break;
+            }
+            let chunk = decode_slot(&v)?;
+            let replicas = match snap.get_cf(chunks, chunk.id.as_bytes()).map_err(storage)? {
+                // Trusted copies first; suspect ones last (a reader tries them in order).
                 Some(r) => {
+                    let r = super::schema::decode_json::<super::ChunkRecord>(&r)?;
                     let mut ids = r.trusted();
                     ids.extend_from_slice(&r.suspect);
                     ids
@@ -44,13 +136,59 @@ impl Fsm {
                     Vec::new()
                 }
             };
-            out.push(SlotLocation {
+            slots.push(SlotLocation {
                 index,
-                chunk: *chunk,
+                chunk,
                 replicas,
             });
         }
-        Ok((inode, out))
+        Ok(SlotPage { inode, slots, next })
+    }
+
+    /// Calls `f(ino, index, chunk)` for every non-hole slot of every file, in (ino, index)
+    /// order, from one RocksDB snapshot (fsck).
+    pub fn for_each_slot(&self, mut f: impl FnMut(u64, u64, SlotChunk)) -> Result<(), MetaError> {
+        let snap = self.db.snapshot();
+        for item in snap.iterator_cf(self.cf(CF_SLOTS)?, IteratorMode::Start) {
+            let (k, v) = item.map_err(storage)?;
+            let (ino, index) = parse_slot_key(&k)?;
+            f(ino, index, decode_slot(&v)?);
+        }
+        Ok(())
+    }
+
+    /// Moves the slots of every inode out of the inode record (layout 0/1) into the `slots`
+    /// column family (layout 2), and records the new layout. Every replica does the same at
+    /// open, so their states stay identical. Returns how many inodes it moved slots of.
+    pub(super) fn migrate_slots(&self, b: &mut WriteBatch) -> Result<u64, MetaError> {
+        /// The slots of an inode record of layout 0/1 (the rest of the record is an [`Inode`]).
+        #[derive(Deserialize)]
+        struct OldSlots {
+            #[serde(default)]
+            slots: BTreeMap<u64, SlotChunk>,
+        }
+        let (inodes, slots_cf) = (self.cf(CF_INODES)?, self.cf(CF_SLOTS)?);
+        let mut moved = 0;
+        for item in self.db.iterator_cf(inodes, IteratorMode::Start) {
+            let (k, v) = item.map_err(storage)?;
+            let old: OldSlots = super::schema::decode_json(&v)?;
+            if old.slots.is_empty() {
+                continue;
+            }
+            let mut inode: Inode = super::schema::decode_json(&v)?;
+            inode.stored_bytes = old.slots.values().map(|c| u64::from(c.len)).sum();
+            for (index, c) in &old.slots {
+                b.put_cf(slots_cf, slot_key(inode.ino, *index), encode_slot(c));
+            }
+            b.put_cf(inodes, k, super::schema::encode_json(&inode));
+            moved += 1;
+        }
+        b.put_cf(
+            self.cf(super::schema::CF_COUNTERS)?,
+            Counter::Layout.key(),
+            super::schema::LAYOUT.to_be_bytes(),
+        );
+        Ok(moved)
     }
 }
 
@@ -75,15 +213,41 @@ pub(super) fn check_slot_chunk(index: u64, c: &SlotChunk) -> Result<(), FsError>
     Ok(())
 }
 
+/// What a new version of a file's content is made of.
+pub(super) struct NewContent<'a> {
+    pub size: u64,
+    /// Slot changes, applied in order (a later one for the same slot wins).
+    pub updates: &'a [SlotUpdate],
+    /// Every slot of the old version that `updates` does not name becomes a hole.
+    pub replace: bool,
+    pub mtime: Option<Time>,
+    pub now: Time,
+}
+
 impl CommitWrite {
     pub(super) fn apply(&self, tx: &mut Tx) -> CommandResult {
+        // A stale base is a conflict, whatever else is wrong with the commit.
+        tx.at_version(self.ino, self.base_version)?;
+        let recorded;
+        let updates = if self.apply_upload {
+            // The recorded slots first: the request's own updates win for a slot in both.
+            let mut u = tx.recorded_updates(self.upload, self.ino)?;
+            u.extend_from_slice(&self.updates);
+            recorded = u;
+            &recorded[..]
+        } else {
+            &self.updates[..]
+        };
         let reply = tx.commit_write(
             self.ino,
             self.base_version,
-            self.size,
-            &self.updates,
-            self.mtime,
-            self.now,
+            &NewContent {
+                size: self.size,
+                updates,
+                replace: self.replace,
+                mtime: self.mtime,
+                now: self.now,
+            },
         )?;
         if self.upload != 0 {
             tx.end_upload(self.upload, self.now)?;
@@ -111,18 +275,9 @@ impl Tx<'_> {
         }
     }
 
-    /// A new version of file `ino` (still at `base_version`): `updates` applied to its slots,
-    /// then cut to `size`.
-    pub(super) fn commit_write(
-        &mut self,
-        ino: u64,
-        base_version: u64,
-        size: u64,
-        updates: &[SlotUpdate],
-        mtime: Option<Time>,
-        now: Time,
-    ) -> Result<Inode, FsError> {
-        let mut i = self.regular(ino, "write to")?;
+    /// The regular file `ino`, still at `base_version` (else `Conflict`).
+    pub(super) fn at_version(&mut self, ino: u64, base_version: u64) -> Result<Inode, FsError> {
+        let i = self.regular(ino, "write to")?;
         if i.version != base_version {
             return Err(fs_err(
                 ErrorKind::Conflict,
@@ -132,7 +287,20 @@ impl Tx<'_> {
                 ),
             ));
         }
-        for u in updates {
+        Ok(i)
+    }
+
+    /// A new version of file `ino` (still at `base_version`): `new.updates` applied to its
+    /// slots (and, with `new.replace`, every other slot made a hole), then cut to `new.size`.
+    pub(super) fn commit_write(
+        &mut self,
+        ino: u64,
+        base_version: u64,
+        new: &NewContent,
+    ) -> Result<Inode, FsError> {
+        let mut i = self.at_version(ino, base_version)?;
+        let (size, now) = (new.size, new.now);
+        for u in new.updates {
             if let Some(c) = &u.chunk {
                 check_slot_chunk(u.index, c)?;
                 if u.index.checked_mul(CHUNK).is_none_or(|start| start >= size) {
@@ -141,47 +309,82 @@ impl Tx<'_> {
                         format!("slot {} lies past the new size {size}", u.index),
                     ));
                 }
-                self.incref(c, &u.replicas, u.ticket)?;
             }
-            let old = match u.chunk {
-                Some(c) => i.slots.insert(u.index, c),
-                None => i.slots.remove(&u.index),
-            };
-            if let Some(old) = old {
-                self.decref(&old.id, now)?;
+        }
+        if new.replace {
+            let named: HashSet<u64> = new.updates.iter().map(|u| u.index).collect();
+            for (index, _) in self.slots_from(ino, 0)? {
+                if !named.contains(&index) {
+                    self.set_slot(&mut i, index, None, &[], 0, now)?;
+                }
             }
+        }
+        for u in new.updates {
+            self.set_slot(&mut i, u.index, u.chunk, &u.replicas, u.ticket, now)?;
         }
         self.truncate_slots(&mut i, size, now)?;
         i.size = size;
         i.version += 1;
-        i.mtime = mtime.unwrap_or(now);
+        i.mtime = new.mtime.unwrap_or(now);
         i.ctime = now;
         self.put_inode(i.clone());
         Ok(i)
     }
 
-    /// Drops slots wholly past `size` and clips the one holding the new end.
+    /// Slot `index` of file `i` becomes `new` (`None`: a hole), a chunk stored on `replicas` by
+    /// an upload placed with `ticket`: the new chunk gains a reference, the old one loses one,
+    /// and `i.stored_bytes` follows.
+    fn set_slot(
+        &mut self,
+        i: &mut Inode,
+        index: u64,
+        new: Option<SlotChunk>,
+        replicas: &[u64],
+        ticket: u64,
+        now: Time,
+    ) -> Result<(), FsError> {
+        if let Some(c) = &new {
+            self.incref(c, replicas, ticket)?;
+        }
+        let old = self.slot(i.ino, index)?;
+        self.write_slot(i.ino, index, new);
+        if let Some(o) = &old {
+            self.decref(&o.id, now)?;
+        }
+        let len = |c: &Option<SlotChunk>| c.map_or(0, |c| u64::from(c.len));
+        i.stored_bytes = i.stored_bytes.saturating_sub(len(&old)) + len(&new);
+        Ok(())
+    }
+
+    /// Drops the slots of `i` wholly past `size` and clips the one holding the new end.
     pub(super) fn truncate_slots(
         &mut self,
         i: &mut Inode,
         size: u64,
         now: Time,
     ) -> Result<(), FsError> {
-        let first_gone = size.div_ceil(CHUNK);
-        let gone: Vec<u64> = i.slots.range(first_gone..).map(|(k, _)| *k).collect();
-        for k in gone {
-            if let Some(s) = i.slots.remove(&k) {
-                self.decref(&s.id, now)?;
-            }
+        for (index, _) in self.slots_from(i.ino, size.div_ceil(CHUNK))? {
+            self.set_slot(i, index, None, &[], 0, now)?;
         }
         if size > 0 {
             let last = (size - 1) / CHUNK;
-            if let Some(s) = i.slots.get_mut(&last) {
+            if let Some(mut s) = self.slot(i.ino, last)? {
                 let end = size - last * CHUNK;
                 if u64::from(s.len) > end {
+                    i.stored_bytes = i.stored_bytes.saturating_sub(u64::from(s.len) - end);
                     s.len = end as u32;
+                    self.write_slot(i.ino, last, Some(s));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Drops every slot of file `ino` and its references (the inode is being deleted).
+    pub(super) fn drop_slots(&mut self, ino: u64, now: Time) -> Result<(), FsError> {
+        for (index, c) in self.slots_from(ino, 0)? {
+            self.write_slot(ino, index, None);
+            self.decref(&c.id, now)?;
         }
         Ok(())
     }

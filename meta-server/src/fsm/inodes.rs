@@ -1,16 +1,15 @@
 //! Inode records and their attributes: the [`Inode`] type, attribute changes (`SetAttr`:
 //! chmod, chown, utimens, truncate), deleting an inode with everything that hangs off it, and
 //! the inode reads.
-use super::schema::{encode_json, fs_err, Counter, CF_COUNTERS, CF_INODES};
+use super::schema::{encode_json, fs_err, Counter, CF_COUNTERS, CF_INODES, LAYOUT};
 use super::tx::Tx;
 use super::Fsm;
-use crate::command::{CommandResult, FsError, Kind, Reply, SetAttr, SlotChunk, Time};
+use crate::command::{CommandResult, FsError, Kind, Reply, SetAttr, Time};
 use crate::error::MetaError;
 use cairn_common::error::ErrorKind;
 use cairn_common::ROOT_INO;
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// One inode at its current version.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -35,17 +34,13 @@ pub struct Inode {
     /// For directories: the directory holding it (the root is its own parent). 0 for other
     /// kinds, which may have several parents (hard links).
     pub parent: u64,
-    /// Regular files: the non-hole slots. Slot i covers bytes [i*CHUNK_SIZE, (i+1)*CHUNK_SIZE).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub slots: BTreeMap<u64, SlotChunk>,
+    /// Regular files: bytes of chunk data the file references (the sum of its slots' `len`;
+    /// the slots themselves are rows of the `slots` column family, see `content.rs`).
+    #[serde(default)]
+    pub stored_bytes: u64,
 }
 
 impl Inode {
-    /// Bytes of chunk data the file references.
-    pub fn stored_bytes(&self) -> u64 {
-        self.slots.values().map(|s| u64::from(s.len)).sum()
-    }
-
     pub fn is_dir(&self) -> bool {
         self.kind == Kind::Directory
     }
@@ -86,7 +81,7 @@ impl Fsm {
             rdev: 0,
             symlink: Vec::new(),
             parent: ROOT_INO,
-            slots: BTreeMap::new(),
+            stored_bytes: 0,
         };
         let counters = self.cf(CF_COUNTERS)?;
         b.put_cf(
@@ -101,6 +96,7 @@ impl Fsm {
         );
         b.put_cf(counters, Counter::Inodes.key(), 1u64.to_be_bytes());
         b.put_cf(counters, Counter::NextServerId.key(), 1u64.to_be_bytes());
+        b.put_cf(counters, Counter::Layout.key(), LAYOUT.to_be_bytes());
         Ok(true)
     }
 
@@ -190,9 +186,7 @@ impl Tx<'_> {
 
     /// Deletes inode `i`: its chunk references, its attributes, locks and uploads, its record.
     pub(super) fn delete_inode(&mut self, i: Inode, now: Time) -> Result<(), FsError> {
-        for s in i.slots.values() {
-            self.decref(&s.id, now)?;
-        }
+        self.drop_slots(i.ino, now)?;
         self.end_uploads_of(i.ino, now)?;
         self.forget_xattrs(i.ino)?;
         self.forget_locks(i.ino)?;

@@ -10,7 +10,8 @@
 //! - [`inodes`]: inode records and attributes (`SetAttr`), inode deletion;
 //! - [`namespace`]: directory entries (`Create`, `Link`, `Unlink`, `Rmdir`, `Rename`), lookups
 //!   and listings;
-//! - [`content`]: file versions and slots (`CommitWrite`, truncation);
+//! - [`content`]: file versions and slots, one row per slot (`CommitWrite`, truncation, pages
+//!   of a file's slots);
 //! - [`chunks`]: chunk records and reference counting;
 //! - [`gc`]: garbage-collection epochs and tombstones (`GcBegin`, `GcSwept`, `GcPrune`,
 //!   `GcOrphans`);
@@ -37,7 +38,7 @@ mod uploads;
 mod xattrs;
 
 pub use chunks::ChunkRecord;
-pub use content::{SlotLocation, MAX_FILE_SIZE};
+pub use content::{SlotLocation, SlotPage, MAX_FILE_SIZE};
 pub use gc::Gone;
 pub use inodes::Inode;
 pub use locks::{HeldLock, LOCKS_PER_INODE_MAX};
@@ -45,7 +46,7 @@ pub use namespace::{DirPage, LINK_MAX, SYMLINK_MAX};
 pub use schema::STATE_CFS;
 pub use servers::ServerRecord;
 pub use sessions::SessionRecord;
-pub use uploads::{Upload, UploadHeader, UploadSummary, LABEL_MAX};
+pub use uploads::{Upload, UploadHeader, UploadPage, UploadSummary, LABEL_MAX};
 pub use xattrs::{check_xattr_name, XATTR_NAME_MAX, XATTR_SIZE_MAX, XATTR_TOTAL_MAX};
 
 use crate::command::{Batch, Command, CommandResult, FsError, Reply};
@@ -65,8 +66,9 @@ pub struct Fsm {
 }
 
 impl Fsm {
-    /// Wraps the state column families of `db` (which must already exist) and creates the root
-    /// directory if it is absent (the same root on every replica).
+    /// Wraps the state column families of `db` (which must already exist), creates the root
+    /// directory if it is absent (the same root on every replica) and brings a state of an
+    /// older layout to the current one (see [`schema::LAYOUT`]).
     pub fn open(db: Arc<DB>) -> Result<Fsm, MetaError> {
         for cf in STATE_CFS {
             if db.cf_handle(cf).is_none() {
@@ -80,6 +82,14 @@ impl Fsm {
         if fsm.init_root(&mut batch)? {
             fsm.db.write(batch)?;
             tracing::info!("created the root directory");
+        } else if fsm.read_counter(Counter::Layout)? < schema::LAYOUT {
+            let moved = fsm.migrate_slots(&mut batch)?;
+            fsm.db.write(batch)?;
+            tracing::info!(
+                inodes = moved,
+                layout = schema::LAYOUT,
+                "moved file slots out of the inode records"
+            );
         }
         Ok(fsm)
     }

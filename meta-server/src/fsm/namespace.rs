@@ -13,7 +13,6 @@ use crate::error::MetaError;
 use cairn_common::error::ErrorKind;
 use cairn_common::ROOT_INO;
 use rocksdb::{Direction, IteratorMode};
-use std::collections::BTreeMap;
 
 /// Longest symlink target (PATH_MAX).
 pub const SYMLINK_MAX: usize = 4096;
@@ -417,7 +416,7 @@ impl Tx<'_> {
             rdev,
             symlink: target.to_vec(),
             parent: if is_dir { parent } else { 0 },
-            slots: BTreeMap::new(),
+            stored_bytes: 0,
         };
         self.put_inode(inode.clone());
         self.put_dentry(parent, name, Dentry { ino, kind });

@@ -4,6 +4,7 @@
 //! | CF         | key                                  | value                                   |
 //! |------------|--------------------------------------|-----------------------------------------|
 //! | `inodes`   | ino (u64 BE)                         | [`Inode`] (JSON)                        |
+//! | `slots`    | ino (u64 BE) ++ slot index (u64 BE)  | [`SlotChunk`] (binary, 40 bytes)        |
 //! | `dentries` | parent ino (u64 BE) ++ name bytes    | child ino (u64 BE) ++ [`Kind`] byte     |
 //! | `chunks`   | [`ChunkId`] (32 bytes)               | [`ChunkRecord`] (JSON)                  |
 //! | `servers`  | `i` ++ id (u64 BE) / `u` ++ uuid     | [`ServerRecord`] (JSON) / id (u64 BE)   |
@@ -22,6 +23,12 @@
 //!
 //! Keys of one area are built in that area's module; this one holds what every area shares.
 //!
+//! Values are JSON except where size matters: a file's slots are the largest table (one row per
+//! 4 MiB of every file: 262 144 rows for 1 TiB), so a slot is 40 bytes of binary (see
+//! `content.rs`) rather than some 110 of JSON. They live in their own column family, apart from
+//! the inode, so an attribute change of a huge file rewrites a small record, a reader pages
+//! through a file's slots by key range and a truncation deletes a key range.
+//!
 //! [`Inode`]: super::Inode
 //! [`ChunkRecord`]: super::ChunkRecord
 //! [`ServerRecord`]: super::ServerRecord
@@ -38,6 +45,7 @@ use cairn_common::error::ErrorKind;
 use serde::{de::DeserializeOwned, Serialize};
 
 pub const CF_INODES: &str = "inodes";
+pub const CF_SLOTS: &str = "slots";
 pub const CF_DENTRIES: &str = "dentries";
 pub const CF_CHUNKS: &str = "chunks";
 pub const CF_SERVERS: &str = "servers";
@@ -58,6 +66,7 @@ pub const CF_DIGEST: &str = "digest";
 /// Column families holding the replicated state. A snapshot is exactly their contents.
 pub const STATE_CFS: &[&str] = &[
     CF_INODES,
+    CF_SLOTS,
     CF_DENTRIES,
     CF_CHUNKS,
     CF_SERVERS,
@@ -93,7 +102,13 @@ pub enum Counter {
     LastSession,
     /// The last upload id handed out.
     LastUpload,
+    /// The layout of the state (see [`LAYOUT`]); 0 in a database older than the first change.
+    Layout,
 }
+
+/// The layout this code reads and writes. 2: a file's slots are rows of the `slots` column
+/// family (layout 0/1 kept them inside the inode record; `Fsm::open` moves them).
+pub const LAYOUT: u64 = 2;
 
 impl Counter {
     /// The counter's key (part of the on-disk format).
@@ -106,6 +121,7 @@ impl Counter {
             Counter::GcFloor => "gc_floor",
             Counter::LastSession => "next_session",
             Counter::LastUpload => "next_upload",
+            Counter::Layout => "layout",
         }
     }
 }

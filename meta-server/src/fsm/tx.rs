@@ -7,16 +7,17 @@
 //! an accepted one takes effect atomically with the Raft `last_applied` written in the same
 //! batch.
 //!
-//! The hot tables (inodes, dentries, chunks and the GC/repair queues) have typed overlays; the
-//! small ones go through the raw key-value overlay ([`Tx::kv_get`], [`Tx::kv_put`],
-//! [`Tx::kv_scan`]).
+//! The hot tables (inodes, slots, dentries, chunks and the GC/repair queues) have typed
+//! overlays; the small ones go through the raw key-value overlay ([`Tx::kv_get`],
+//! [`Tx::kv_put`], [`Tx::kv_scan`]).
+use super::content::{decode_slot, encode_slot, slot_key};
 use super::namespace::Dentry;
 use super::schema::{
-    decode_json, encode_json, fs_err, named_key, Counter, CF_CHUNKS, CF_COUNTERS, CF_DENTRIES,
-    CF_GC, CF_GONE, CF_INODES, CF_REPAIR,
+    decode_json, encode_json, fs_err, named_key, u64_at, Counter, CF_CHUNKS, CF_COUNTERS,
+    CF_DENTRIES, CF_GC, CF_GONE, CF_INODES, CF_REPAIR, CF_SLOTS,
 };
 use super::{ChunkRecord, Fsm, Gone, Inode};
-use crate::command::{FsError, Time};
+use crate::command::{FsError, SlotChunk, Time};
 use cairn_common::error::ErrorKind;
 use cairn_common::ChunkId;
 use rocksdb::WriteBatch;
@@ -60,6 +61,8 @@ pub struct Tx<'a> {
     /// The log index of the entry being applied.
     index: u64,
     inodes: BTreeMap<u64, Option<Inode>>,
+    /// (ino, slot index) → chunk (`None`: a hole).
+    slots: BTreeMap<(u64, u64), Option<SlotChunk>>,
     dentries: BTreeMap<Vec<u8>, Option<Dentry>>,
     chunks: BTreeMap<ChunkId, Option<ChunkRecord>>,
     gc: BTreeMap<ChunkId, Option<Time>>,
@@ -76,6 +79,7 @@ impl<'a> Tx<'a> {
             fsm,
             index,
             inodes: BTreeMap::new(),
+            slots: BTreeMap::new(),
             dentries: BTreeMap::new(),
             chunks: BTreeMap::new(),
             gc: BTreeMap::new(),
@@ -109,6 +113,15 @@ impl<'a> Tx<'a> {
                 cf,
                 &ino.to_be_bytes(),
                 v.as_ref().map(encode_json),
+            );
+        }
+        let cf = f.cf(CF_SLOTS)?;
+        for ((ino, index), v) in &self.slots {
+            out.put(
+                CF_SLOTS,
+                cf,
+                &slot_key(*ino, *index),
+                v.as_ref().map(encode_slot),
             );
         }
         let cf = f.cf(CF_DENTRIES)?;
@@ -224,6 +237,49 @@ impl<'a> Tx<'a> {
 
     pub fn del_inode(&mut self, ino: u64) {
         self.inodes.insert(ino, None);
+    }
+
+    // --- file slots ----------------------------------------------------------------------------
+
+    /// Slot `index` of file `ino` (`None`: a hole).
+    pub fn slot(&mut self, ino: u64, index: u64) -> Result<Option<SlotChunk>, FsError> {
+        if let Some(v) = self.slots.get(&(ino, index)) {
+            return Ok(*v);
+        }
+        let v = self
+            .fsm
+            .raw_get(CF_SLOTS, &slot_key(ino, index))?
+            .map(|v| decode_slot(&v))
+            .transpose()?;
+        self.slots.insert((ino, index), v);
+        Ok(v)
+    }
+
+    /// Stores slot `index` of file `ino` (`None`: makes it a hole). References and the inode's
+    /// `stored_bytes` are the caller's (`content.rs`).
+    pub fn write_slot(&mut self, ino: u64, index: u64, chunk: Option<SlotChunk>) {
+        self.slots.insert((ino, index), chunk);
+    }
+
+    /// The non-hole slots of file `ino` from slot `from` on, in index order, as this
+    /// transaction sees them.
+    pub fn slots_from(&mut self, ino: u64, from: u64) -> Result<Vec<(u64, SlotChunk)>, FsError> {
+        let mut out = BTreeMap::new();
+        let prefix = ino.to_be_bytes();
+        for item in self
+            .fsm
+            .iter_prefix(CF_SLOTS, &prefix, &slot_key(ino, from))?
+        {
+            let (k, v) = item?;
+            out.insert(u64_at(&k, 8, "slot")?, decode_slot(&v)?);
+        }
+        for ((_, index), v) in self.slots.range((ino, from)..=(ino, u64::MAX)) {
+            match v {
+                Some(c) => out.insert(*index, *c),
+                None => out.remove(index),
+            };
+        }
+        Ok(out.into_iter().collect())
     }
 
     // --- directory entries ---------------------------------------------------------------------

@@ -12,7 +12,7 @@
 //!
 //! An upload nobody records into for `--upload-ttl-secs` is aborted by the leader's reaper (see
 //! [`crate::reaper`]), and its chunks become garbage like any unreferenced chunk.
-use super::content::check_slot_chunk;
+use super::content::{check_slot_chunk, NewContent};
 use super::namespace::validate_name;
 use super::schema::{
     corrupt, decode_json, encode_json, fs_err, pair_key, u64_at, Counter, CF_UPLOADS,
@@ -52,6 +52,8 @@ pub struct UploadHeader {
     pub touched: Time,
 }
 
+/// A page of an upload's recorded slots and where the next page starts (`None`: none follow).
+pub type UploadPage = (Vec<(u64, SlotChunk)>, Option<u64>);
 /// An upload and its recorded slots (index, chunk).
 pub type Upload = (UploadHeader, Vec<(u64, SlotChunk)>);
 
@@ -147,16 +149,54 @@ impl Fsm {
 
     /// One upload with its recorded slots.
     pub fn upload(&self, id: u64) -> Result<Upload, MetaError> {
-        let h: UploadHeader = match self.raw_get(CF_UPLOADS, &header_key(id))? {
-            Some(v) => decode_json(&v)?,
-            None => return Err(no_upload(id).into()),
-        };
+        let h = self.upload_header(id)?;
         let slots = self
             .scan(CF_UPLOADS, &slot_prefix(id))?
             .iter()
             .map(|(k, v)| Ok((slot_index(k)?, decode_json(v)?)))
             .collect::<Result<_, FsError>>()?;
         Ok((h, slots))
+    }
+
+    /// The header of upload `id` (`NotFound` when it is gone).
+    pub fn upload_header(&self, id: u64) -> Result<UploadHeader, MetaError> {
+        match self.raw_get(CF_UPLOADS, &header_key(id))? {
+            Some(v) => Ok(decode_json(&v)?),
+            None => Err(no_upload(id).into()),
+        }
+    }
+
+    /// Up to `max` recorded slots of upload `id` from slot `first` on, and where the next page
+    /// starts (`None`: none follow).
+    pub fn upload_slot_page(
+        &self,
+        id: u64,
+        first: u64,
+        max: usize,
+    ) -> Result<UploadPage, MetaError> {
+        let prefix = slot_prefix(id);
+        let mut out = Vec::new();
+        for item in self.iter_prefix(CF_UPLOADS, &prefix, &slot_key(id, first))? {
+            let (k, v) = item?;
+            let index = slot_index(&k)?;
+            if out.len() >= max {
+                return Ok((out, Some(index)));
+            }
+            out.push((index, decode_json(&v)?));
+        }
+        Ok((out, None))
+    }
+
+    /// How many slots upload `id` recorded and the file bytes they hold.
+    pub fn upload_totals(&self, id: u64) -> Result<(u64, u64), MetaError> {
+        let (mut slots, mut bytes) = (0, 0);
+        for item in self.iter_prefix(CF_UPLOADS, &slot_prefix(id), &slot_prefix(id))? {
+            let (_, v) = item?;
+            let c: SlotChunk = decode_json(&v)?;
+            slots += 1;
+            bytes += u64::from(c.len);
+        }
+        Ok((slots, bytes))
     }
 }
 
@@ -287,8 +327,14 @@ impl CommitUpload {
                         now,
                     })?;
                     // A new file: the upload is based on its first (empty) version.
-                    let updates = slots_as_updates(&slots);
-                    let i = tx.commit_write(i.ino, i.version, size, &updates, mtime, now)?;
+                    let new = NewContent {
+                        size,
+                        updates: &slots_as_updates(&slots),
+                        replace: false,
+                        mtime,
+                        now,
+                    };
+                    let i = tx.commit_write(i.ino, i.version, &new)?;
                     tx.end_upload(id, now)?;
                     return Ok(Reply::Attr(i));
                 }
@@ -305,18 +351,14 @@ impl CommitUpload {
             ));
         }
         // Exactly the recorded slots: every other slot of the old version becomes a hole.
-        let mut updates = slots_as_updates(&slots);
-        for index in old.slots.keys() {
-            if !slots.iter().any(|(i, _)| i == index) {
-                updates.push(SlotUpdate {
-                    index: *index,
-                    chunk: None,
-                    replicas: Vec::new(),
-                    ticket: 0,
-                });
-            }
-        }
-        let i = tx.commit_write(ino, old.version, size, &updates, mtime, now)?;
+        let new = NewContent {
+            size,
+            updates: &slots_as_updates(&slots),
+            replace: true,
+            mtime,
+            now,
+        };
+        let i = tx.commit_write(ino, old.version, &new)?;
         tx.end_upload(id, now)?;
         tx.end_uploads_of(ino, now)?;
         Ok(Reply::Attr(i))
@@ -333,6 +375,23 @@ impl Tx<'_> {
             .iter()
             .map(|(k, v)| Ok((slot_index(k)?, decode_json(v)?)))
             .collect()
+    }
+
+    /// The slots recorded in upload `id`, as updates of a commit of inode `ino` (the upload
+    /// must replace that inode).
+    pub(super) fn recorded_updates(
+        &mut self,
+        id: u64,
+        ino: u64,
+    ) -> Result<Vec<SlotUpdate>, FsError> {
+        let h = self.upload_header(id)?.ok_or_else(|| no_upload(id))?;
+        if h.target != UploadTarget::Inode(ino) {
+            return Err(fs_err(
+                ErrorKind::InvalidArgument,
+                format!("upload {id} does not replace inode {ino}"),
+            ));
+        }
+        Ok(slots_as_updates(&self.upload_slots(id)?))
     }
 
     /// Drops upload `id` and its references (no-op if it is gone).

@@ -197,6 +197,8 @@ mod tests {
                 mtime: None,
                 now,
                 upload: 4,
+                apply_upload: true,
+                replace: true,
             }),
             Command::RegisterChunkServer(RegisterChunkServer {
                 uuid: "uuid-ü".into(),
@@ -347,7 +349,7 @@ mod tests {
     fn every_command_round_trips() {
         let all = every_command();
         let names: BTreeSet<&str> = all.iter().map(variant).collect();
-        assert_eq!(names.len(), 31, "one sample per command: {names:?}");
+        assert_eq!(names.len(), 32, "one sample per command: {names:?}");
         for cmd in &all {
             round_trip(cmd);
             assert_eq!(&decode::<Command>(&encode(cmd).unwrap()).unwrap(), cmd);

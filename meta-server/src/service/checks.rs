@@ -21,12 +21,17 @@ use tonic::{Request, Status};
 pub const MAX_READDIR: usize = 1000;
 /// Most chunks one PrepareWrite may ask about.
 pub const MAX_PREPARE_CHUNKS: usize = 1024;
-/// Most slot updates one CommitWrite or RecordUpload may carry.
+/// Most slot updates one CommitWrite or RecordUpload may carry. A commit of more slots records
+/// them in its upload session first, in batches of this size, and applies them with one small
+/// CommitWrite (`apply_upload`).
 pub const MAX_SLOT_UPDATES: usize = 4096;
 /// Most replicas one slot update may list (more than any replication factor).
 pub const MAX_SLOT_REPLICAS: usize = 64;
 /// Most uploads one ListUploads page returns.
 pub const MAX_LIST_UPLOADS: usize = 256;
+/// Most slots one page of GetChunks or GetUpload returns (a page of GetChunks is some 150 bytes
+/// a slot on the wire: well under a MiB).
+pub const MAX_SLOT_PAGE: usize = 4096;
 /// Longest `reason` a ReportBadReplica may carry.
 pub const MAX_REASON_LEN: usize = 1024;
 /// Most open inodes an unlink or rename may list (a bound on the message, not on the mount: a
@@ -163,6 +168,15 @@ pub fn at_most(n: usize, max: usize, what: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// The page size a GetChunks or GetUpload asks for: `max_slots`, 0 and anything above the
+/// bound meaning [`MAX_SLOT_PAGE`].
+pub fn page_size(max_slots: u32) -> usize {
+    match max_slots as usize {
+        0 => MAX_SLOT_PAGE,
+        n => n.min(MAX_SLOT_PAGE),
+    }
+}
+
 /// The request id of a call (`cairn-request-id`, the same on every retry of one logical call):
 /// `None` when absent, an error when malformed.
 pub fn request_id<T>(req: &Request<T>) -> Result<Option<(u64, u64)>, Status> {
@@ -268,6 +282,9 @@ mod tests {
         assert!(session(0).is_err());
         assert!(keep(1, vec![0; KEEP_MAX + 1]).is_err());
         assert!(at_most(3, 2, "things").is_err());
+        assert_eq!(page_size(0), MAX_SLOT_PAGE);
+        assert_eq!(page_size(7), 7);
+        assert_eq!(page_size(u32::MAX), MAX_SLOT_PAGE);
     }
 
     #[test]

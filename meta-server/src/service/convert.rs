@@ -26,7 +26,7 @@ impl From<&Inode> for pb::Attr {
             ctime: Some(i.ctime.into()),
             version: i.version,
             rdev: i.rdev,
-            stored_bytes: i.stored_bytes(),
+            stored_bytes: i.stored_bytes,
         }
     }
 }

@@ -48,12 +48,14 @@ pub(super) async fn get_chunks(
 ) -> Answer<pb::GetChunksReply> {
     let r = req.into_inner();
     checks::ino(r.ino, "ino")?;
+    let max = checks::page_size(r.max_slots);
     ctx.node.linearizable_read().await?;
     let fsm = ctx.node.fsm();
-    let (inode, slots) = fsm.chunk_locations(r.ino)?;
+    let page = fsm.slot_page(r.ino, r.first_slot, max)?;
     let addrs = ctx.leader.addrs(&fsm.servers()?);
     let now = Instant::now();
-    let slots = slots
+    let slots = page
+        .slots
         .into_iter()
         .map(|s| pb::ChunkSlot {
             index: s.index,
@@ -61,10 +63,13 @@ pub(super) async fn get_chunks(
             locations: ctx.locations(&s.replicas, &addrs, now, false),
         })
         .collect();
+    let end_of_file = page.inode.size.div_ceil(CHUNK_SIZE as u64);
     Ok(Response::new(pb::GetChunksReply {
-        attr: Some((&inode).into()),
+        attr: Some((&page.inode).into()),
         chunk_size: CHUNK_SIZE as u32,
         slots,
+        more: page.next.is_some(),
+        next_slot: page.next.unwrap_or(end_of_file.max(r.first_slot)),
     }))
 }
 
@@ -156,6 +161,9 @@ pub(super) async fn commit_write(
     checks::ino(r.ino, "ino")?;
     let size = checks::size(r.size)?;
     let mtime = r.mtime.as_ref().map(convert::time).transpose()?;
+    if r.apply_upload && r.upload == 0 {
+        return Err(invalid("apply_upload names no upload"));
+    }
     let updates = checks::slot_updates(
         ctx.node.fsm(),
         ctx.cfg.commit_quorum(),
@@ -171,6 +179,8 @@ pub(super) async fn commit_write(
         mtime,
         now,
         upload: r.upload,
+        apply_upload: r.apply_upload,
+        replace: r.replace,
     });
     let cmd = match &r.then_set_attr {
         None => commit,

@@ -25,7 +25,8 @@ mod uploads;
 mod xattrs;
 
 pub use checks::{
-    MAX_LIST_UPLOADS, MAX_PREPARE_CHUNKS, MAX_READDIR, MAX_REASON_LEN, MAX_SLOT_UPDATES,
+    MAX_LIST_UPLOADS, MAX_PREPARE_CHUNKS, MAX_READDIR, MAX_REASON_LEN, MAX_SLOT_PAGE,
+    MAX_SLOT_UPDATES,
 };
 
 use crate::command::{Command, Reply};

@@ -94,14 +94,18 @@ pub(super) async fn get_upload(
     req: Request<pb::GetUploadRequest>,
 ) -> Answer<pb::GetUploadReply> {
     let r = req.into_inner();
+    let max = checks::page_size(r.max_slots);
     ctx.node.linearizable_read().await?;
     ctx.scan(move |fsm| {
-        let (h, slots) = fsm.upload(r.upload)?;
+        let h = fsm.upload_header(r.upload)?;
+        let (slots, next) = fsm.upload_slot_page(r.upload, r.first_slot, max)?;
         let paths = crate::fsck::paths_of(fsm, vec![upload_path_ino(&h.target)])?;
-        let bytes = slots.iter().map(|(_, c)| u64::from(c.len)).sum();
+        let (count, bytes) = fsm.upload_totals(r.upload)?;
         Ok(pb::GetUploadReply {
-            info: Some(upload_info(&h, slots.len() as u64, bytes, &paths)),
+            info: Some(upload_info(&h, count, bytes, &paths)),
             slots: slots.iter().map(|(i, c)| upload_slot(*i, c)).collect(),
+            more: next.is_some(),
+            next_slot: next.unwrap_or(0),
         })
     })
     .await

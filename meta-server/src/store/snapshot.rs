@@ -635,7 +635,9 @@ mod tests {
                 now: Time::now(),
             });
             let mut batch = WriteBatch::default();
-            n.fsm.apply(&cmd, i as u64 + 1, &mut batch, &mut blake3::Hasher::new()).unwrap();
+            n.fsm
+                .apply(&cmd, i as u64 + 1, &mut batch, &mut blake3::Hasher::new())
+                .unwrap();
             n.db.write(batch).unwrap();
         }
     }

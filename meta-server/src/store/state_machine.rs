@@ -18,8 +18,8 @@
 //!
 //! Snapshots (their format and files, building, receiving and installing one in pieces) are in
 //! [`super::snapshot`].
-use super::snapshot::{SnapshotFile, Snapshots};
 use super::digest::Digests;
+use super::snapshot::{SnapshotFile, Snapshots};
 use super::{cf, CF_SM_META};
 use crate::command::Reply;
 use crate::fsm::Fsm;
