@@ -31,6 +31,11 @@ pub const CF_RAFT_LOG: &str = "raft_log";
 pub const CF_RAFT_META: &str = "raft_meta";
 /// Last applied log id and last membership of the state machine.
 pub const CF_SM_META: &str = "sm_meta";
+/// `sm_meta` key of the last applied log id (written with every applied entry and by a
+/// snapshot install).
+const KEY_LAST_APPLIED: &[u8] = b"last_applied";
+/// `sm_meta` key of the last membership.
+const KEY_MEMBERSHIP: &[u8] = b"last_membership";
 
 /// Opens (creating if missing) the node's database with every column family Raft and the state
 /// machine need.

@@ -26,8 +26,7 @@
 //! half-installed state is never taken as complete. (Re-installing a snapshot the leader sent
 //! is always correct: it only holds committed entries.) While an install runs, this node's
 //! state is partial; only a follower installs snapshots, and followers serve no reads.
-use super::state_machine::{KEY_LAST_APPLIED, KEY_MEMBERSHIP};
-use super::{cf, CF_SM_META};
+use super::{cf, CF_SM_META, KEY_LAST_APPLIED, KEY_MEMBERSHIP};
 use crate::fsm::STATE_CFS;
 use crate::raft::codec;
 use crate::raft::{LogId, SnapshotMeta, StoredMembership};

@@ -20,7 +20,7 @@
 //! [`super::snapshot`].
 use super::digest::Digests;
 use super::snapshot::{SnapshotFile, Snapshots};
-use super::{cf, CF_SM_META};
+use super::{cf, CF_SM_META, KEY_LAST_APPLIED, KEY_MEMBERSHIP};
 use crate::command::Reply;
 use crate::fsm::Fsm;
 use crate::raft::{
@@ -34,9 +34,6 @@ use openraft::{
 use rocksdb::{WriteBatch, DB};
 use std::path::PathBuf;
 use std::sync::Arc;
-
-pub(super) const KEY_LAST_APPLIED: &[u8] = b"last_applied";
-pub(super) const KEY_MEMBERSHIP: &[u8] = b"last_membership";
 
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     StorageError::IO {
