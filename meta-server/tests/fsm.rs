@@ -6,7 +6,7 @@ use cairn_meta_server::command::{
     self as cmd, Command, CommandResult, Keep, Kind, LockRange, LockType, Reply, SlotChunk,
     SlotUpdate, Time, UploadTarget, RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE,
 };
-use cairn_meta_server::fsm::{Fsm, Inode, STATE_CFS};
+use cairn_meta_server::fsm::{Fsm, Inode, UploadHeader, STATE_CFS};
 use rocksdb::{Options, WriteBatch, DB};
 use std::sync::Arc;
 
@@ -260,6 +260,19 @@ impl H {
             .map(|(n, _)| String::from_utf8(n).unwrap())
             .collect()
     }
+}
+
+/// Every upload with all its recorded slots, read through the paged listings.
+fn uploads(fsm: &Fsm) -> Vec<(UploadHeader, Vec<(u64, SlotChunk)>)> {
+    let (page, done) = fsm.upload_page(0, usize::MAX).unwrap();
+    assert!(done);
+    page.into_iter()
+        .map(|u| {
+            let (slots, next) = fsm.upload_slot_page(u.header.id, 0, usize::MAX).unwrap();
+            assert_eq!(next, None);
+            (u.header, slots)
+        })
+        .collect()
 }
 
 fn chunk(tag: &str, len: u32) -> SlotChunk {
@@ -1980,7 +1993,7 @@ fn an_upload_holds_its_chunks_and_commits_a_new_file_atomically() {
         h.lookup(ROOT_INO, "new").is_none(),
         "nothing visible before the commit"
     );
-    let (_, slots) = h.fsm.uploads().unwrap().pop().unwrap();
+    let (_, slots) = uploads(&h.fsm).pop().unwrap();
     assert_eq!(slots.len(), 2);
     let f = h.commit_upload(up, MB4 + 100).unwrap();
     assert_eq!(h.lookup(ROOT_INO, "new").unwrap().ino, f.ino);
@@ -1991,10 +2004,7 @@ fn an_upload_holds_its_chunks_and_commits_a_new_file_atomically() {
         Some(1),
         "the reference moved from the upload to the file"
     );
-    assert!(
-        h.fsm.uploads().unwrap().is_empty(),
-        "the commit ends the upload"
-    );
+    assert!(uploads(&h.fsm).is_empty(), "the commit ends the upload");
     assert_eq!(h.commit_upload(up, 1), Err(ErrorKind::NotFound));
 }
 
@@ -2061,7 +2071,7 @@ fn an_upload_replaces_a_file_only_at_its_base_version() {
         now,
     }))
     .unwrap();
-    assert_eq!(h.fsm.uploads().unwrap().len(), 1);
+    assert_eq!(uploads(&h.fsm).len(), 1);
     // A mount's commit that names its upload ends it and keeps the chunks via the file.
     let v = h.get(f).version;
     let now = h.now();
@@ -2077,7 +2087,7 @@ fn an_upload_replaces_a_file_only_at_its_base_version() {
         replace: false,
     }))
     .unwrap();
-    assert!(h.fsm.uploads().unwrap().is_empty());
+    assert!(uploads(&h.fsm).is_empty());
     assert_eq!(h.refs(&old0.id), Some(1));
     assert!(!h.in_gc(&old0.id));
 }
@@ -2093,7 +2103,7 @@ fn a_commit_or_delete_ends_the_stale_uploads_of_its_file() {
     h.record(stale, vec![upd(0, a, &[1, 2])]).unwrap();
     let other = h.open_upload(name_target("g"), 0).unwrap();
     h.commit(f, 10, vec![upd(0, b, &[1, 2])]).unwrap();
-    let left: Vec<u64> = h.fsm.uploads().unwrap().iter().map(|(u, _)| u.id).collect();
+    let left: Vec<u64> = uploads(&h.fsm).iter().map(|(u, _)| u.id).collect();
     assert_eq!(
         left,
         vec![other],
@@ -2105,7 +2115,7 @@ fn a_commit_or_delete_ends_the_stale_uploads_of_its_file() {
     h.record(again, vec![upd(0, a, &[1, 2])]).unwrap();
     h.unlink(ROOT_INO, "f").unwrap();
     assert!(
-        h.fsm.upload(again).is_err(),
+        h.fsm.upload_header(again).is_err(),
         "deleting the file ends its uploads"
     );
     assert!(h.in_gc(&a.id) && h.in_gc(&b.id));
@@ -2176,10 +2186,7 @@ fn a_commit_applies_its_recorded_upload_in_one_entry() {
     assert_eq!(h.refs(&new.id), Some(SLOTS - 1), "the file holds them now");
     assert_eq!(h.refs(&old.id), Some(0), "slot 6000 became a hole too");
     assert!(h.in_gc(&old.id));
-    assert!(
-        h.fsm.uploads().unwrap().is_empty(),
-        "the commit ends the upload"
-    );
+    assert!(uploads(&h.fsm).is_empty(), "the commit ends the upload");
 
     // Without `replace`, slots not given keep their chunks.
     let v = h.get(f).version;

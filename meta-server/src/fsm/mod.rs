@@ -46,7 +46,7 @@ pub use namespace::{DirPage, LINK_MAX, SYMLINK_MAX};
 pub use schema::STATE_CFS;
 pub use servers::ServerRecord;
 pub use sessions::SessionRecord;
-pub use uploads::{Upload, UploadHeader, UploadPage, UploadSummary, LABEL_MAX};
+pub use uploads::{UploadHeader, UploadPage, UploadSummary, LABEL_MAX};
 pub use xattrs::{check_xattr_name, XATTR_NAME_MAX, XATTR_SIZE_MAX, XATTR_TOTAL_MAX};
 
 use crate::command::{Batch, Command, CommandResult, FsError, Reply};

@@ -54,8 +54,6 @@ pub struct UploadHeader {
 
 /// A page of an upload's recorded slots and where the next page starts (`None`: none follow).
 pub type UploadPage = (Vec<(u64, SlotChunk)>, Option<u64>);
-/// An upload and its recorded slots (index, chunk).
-pub type Upload = (UploadHeader, Vec<(u64, SlotChunk)>);
 
 fn header_key(id: u64) -> Vec<u8> {
     let mut k = id.to_be_bytes().to_vec();
@@ -87,25 +85,6 @@ fn no_upload(id: u64) -> FsError {
 }
 
 impl Fsm {
-    /// Every upload with its recorded slots.
-    pub fn uploads(&self) -> Result<Vec<Upload>, MetaError> {
-        let mut out: Vec<Upload> = Vec::new();
-        for (k, v) in self.scan(CF_UPLOADS, &[])? {
-            match k.get(8) {
-                Some(0) => out.push((decode_json(&v)?, Vec::new())),
-                Some(1) => {
-                    let slot = (slot_index(&k)?, decode_json(&v)?);
-                    match out.last_mut() {
-                        Some((h, slots)) if h.id.to_be_bytes() == k[..8] => slots.push(slot),
-                        _ => return Err(corrupt("upload slot without a header").into()),
-                    }
-                }
-                _ => return Err(corrupt("upload key").into()),
-            }
-        }
-        Ok(out)
-    }
-
     /// Up to `limit` uploads with an id greater than `after`, in id order (their slots are
     /// counted, not kept), and whether the listing is complete.
     pub fn upload_page(
@@ -145,17 +124,6 @@ impl Fsm {
             }
         }
         Ok((out, true))
-    }
-
-    /// One upload with its recorded slots.
-    pub fn upload(&self, id: u64) -> Result<Upload, MetaError> {
-        let h = self.upload_header(id)?;
-        let slots = self
-            .scan(CF_UPLOADS, &slot_prefix(id))?
-            .iter()
-            .map(|(k, v)| Ok((slot_index(k)?, decode_json(v)?)))
-            .collect::<Result<_, FsError>>()?;
-        Ok((h, slots))
     }
 
     /// The header of upload `id` (`NotFound` when it is gone).
