@@ -31,9 +31,7 @@ pub struct Digests {
 /// The stored (index, digest) of the applied state; (0, zeros) for a state that never applied
 /// an entry.
 fn load(db: &DB) -> Result<(u64, Digest), String> {
-    let cf = db
-        .cf_handle(CF_DIGEST)
-        .ok_or_else(|| format!("column family {CF_DIGEST} is missing"))?;
+    let cf = super::cf(db, CF_DIGEST).map_err(|e| e.to_string())?;
     match db.get_cf(cf, KEY).map_err(|e| e.to_string())? {
         None => Ok((0, [0; 32])),
         Some(v) => {
@@ -86,9 +84,7 @@ impl Digests {
         h.update(&index.to_be_bytes());
         h.update(effects.as_bytes());
         let digest = *h.finalize().as_bytes();
-        let cf = db
-            .cf_handle(CF_DIGEST)
-            .ok_or_else(|| format!("column family {CF_DIGEST} is missing"))?;
+        let cf = super::cf(db, CF_DIGEST).map_err(|e| e.to_string())?;
         let mut v = Vec::with_capacity(40);
         v.extend_from_slice(&index.to_be_bytes());
         v.extend_from_slice(&digest);
