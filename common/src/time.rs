@@ -7,7 +7,38 @@
 //! directions are exact; the derived order is the order in time.
 use cairn_proto::Timestamp;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// TEST HOOK: a file holding a signed number of seconds added to this process's wall clock
+/// (absent or empty: 0), read at every [`Time::now`]. Tests step a meta node's clock with it
+/// while the node runs. Set once at start ([`set_test_clock_offset_file`]); never in production.
+static TEST_CLOCK_OFFSET_FILE: OnceLock<PathBuf> = OnceLock::new();
+
+/// TEST HOOK: from now on this process's wall clock is offset by the seconds in `path`.
+pub fn set_test_clock_offset_file(path: PathBuf) {
+    let _ = TEST_CLOCK_OFFSET_FILE.set(path);
+}
+
+/// The wall clock, with the test offset when one is set.
+fn system_now() -> SystemTime {
+    let now = SystemTime::now();
+    let Some(path) = TEST_CLOCK_OFFSET_FILE.get() else {
+        return now;
+    };
+    let secs: i64 = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let step = Duration::from_secs(secs.unsigned_abs());
+    let stepped = if secs >= 0 {
+        now.checked_add(step)
+    } else {
+        now.checked_sub(step)
+    };
+    stepped.unwrap_or(now)
+}
 
 /// A point in wall-clock time (see the module docs).
 #[derive(
@@ -21,12 +52,12 @@ pub struct Time {
 impl Time {
     /// The wall clock now.
     pub fn now() -> Time {
-        Time::from_system(SystemTime::now())
+        Time::from_system(system_now())
     }
 
     /// The wall clock `d` ago.
     pub fn ago(d: Duration) -> Time {
-        let now = SystemTime::now();
+        let now = system_now();
         Time::from_system(now.checked_sub(d).unwrap_or(UNIX_EPOCH))
     }
 

@@ -1057,6 +1057,137 @@ fn t42_locks_of_a_killed_mount_are_released_when_its_session_expires() {
     drop((fcntl_holder, flock_holder));
 }
 
+/// Flags of a cluster whose meta nodes' wall clocks a test can step: node `i` adds the seconds
+/// written to `clock-i` in the cluster directory (a hidden test hook of `cairn-meta`).
+const STEPPED_CLOCKS: [&str; 10] = [
+    "--session-ttl-secs",
+    "3",
+    "--heartbeat-timeout-ms",
+    "2000",
+    "--gc-grace-secs",
+    "60",
+    "--gc-interval-ms",
+    "300",
+    "--test-clock-offset-file",
+    "{dir}/clock-{id}",
+];
+
+/// Sets meta node `id`'s wall clock `secs` seconds off the machine's.
+fn step_clock(c: &Cluster, id: u64, secs: i64) {
+    std::fs::write(c.path(&format!("clock-{id}")), secs.to_string()).unwrap();
+}
+
+/// Session expiry and GC grace are timed on the leader's log clock, never by comparing wall
+/// times: when the leader's wall clock leaps ten minutes ahead, a live mount keeps its lock and
+/// its open-unlinked file, and the chunks of an overwritten version stay through their grace.
+#[test]
+fn t43_a_clock_leap_on_the_leader_expires_no_live_mount_and_shortens_no_grace() {
+    init_tracing();
+    let mut c = Cluster::start_with(3, 3, Opts::new(&STEPPED_CLOCKS, &[]));
+    let a = c.mount();
+    let b = c.mount();
+
+    info!("--- on A: a process holds LOCK_EX; a file is open after its unlink");
+    std::fs::write(a.join("flock"), b"").unwrap();
+    let holder = LockHolder::spawn(&a.join("flock"), &[Lock::FlockEx]);
+    let fb = File::open(b.join("flock")).unwrap();
+    assert_eq!(
+        flock(&fb, libc::LOCK_EX | libc::LOCK_NB),
+        Err(libc::EWOULDBLOCK)
+    );
+    let want = random_bytes(5 << 20, 3);
+    let mut orphan = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(a.join("orphan"))
+        .unwrap();
+    orphan.write_all(&want).unwrap();
+    orphan.sync_all().unwrap();
+    std::fs::remove_file(a.join("orphan")).unwrap();
+
+    info!("--- a file overwritten: its old version's chunks enter their 60 s grace");
+    let base = all_chunks(&c);
+    std::fs::write(a.join("old"), random_bytes(5 << 20, 4)).unwrap();
+    let old_version = &all_chunks(&c) - &base;
+    assert!(
+        !old_version.is_empty(),
+        "no chunk stored for the first version"
+    );
+    std::fs::write(a.join("old"), random_bytes(5 << 20, 5)).unwrap();
+
+    let leader = c.wait_for_leader(Duration::from_secs(10));
+    info!("--- leader {leader}'s wall clock leaps 10 minutes ahead; wait 3 session TTLs");
+    step_clock(&c, leader, 600);
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(
+        c.leader_id(),
+        Some(leader),
+        "the leader changed: the test did not exercise the leap"
+    );
+
+    assert_eq!(
+        flock(&fb, libc::LOCK_EX | libc::LOCK_NB),
+        Err(libc::EWOULDBLOCK),
+        "B got the lock a live process on A holds: A's session was expired by the clock leap"
+    );
+    assert!(
+        read_all_at(&orphan, want.len()) == want,
+        "the open-unlinked file on A changed or went after the clock leap"
+    );
+    let stored = all_chunks(&c);
+    let lost: Vec<_> = old_version.difference(&stored).collect();
+    assert!(
+        lost.is_empty(),
+        "GC deleted {} chunk(s) of an overwritten version within their grace after the leap",
+        lost.len()
+    );
+    std::fs::write(a.join("after"), b"still mounted").unwrap();
+    assert_eq!(std::fs::read(b.join("after")).unwrap(), b"still mounted");
+    drop(holder);
+}
+
+/// The other side of the same flaw: the leader that stamped a dead mount's renewals ran ten
+/// minutes ahead, and the new leader's clock does not. The mount's session still ends one TTL
+/// after the new leader settles, and its lock goes to the mount waiting for it.
+#[test]
+fn t44_a_dead_mount_expires_under_a_leader_whose_clock_is_behind_the_renewals() {
+    init_tracing();
+    let mut c = Cluster::start_with(3, 3, Opts::new(&STEPPED_CLOCKS, &[]));
+    let leader = c.wait_for_leader(Duration::from_secs(10));
+    info!("--- leader {leader}'s wall clock runs 10 minutes ahead while A and B mount and renew");
+    step_clock(&c, leader, 600);
+    let a = c.mount();
+    let b = c.mount();
+    std::fs::write(a.join("flock"), b"").unwrap();
+    let holder = LockHolder::spawn(&a.join("flock"), &[Lock::FlockEx]);
+    let fb = File::open(b.join("flock")).unwrap();
+    assert_eq!(
+        flock(&fb, libc::LOCK_EX | libc::LOCK_NB),
+        Err(libc::EWOULDBLOCK)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    info!("--- kill -9 mount A, then the leader: a node with a true clock takes over");
+    c.mounts[0].proc.kill9();
+    c.meta[leader as usize - 1].kill9();
+    let t0 = Instant::now();
+    wait_until("a new leader", Duration::from_secs(15), || {
+        c.leader_id().is_some_and(|l| l != leader)
+    });
+    let took = wait_until(
+        "B to get the flock of the killed mount",
+        Duration::from_secs(30),
+        || flock(&fb, libc::LOCK_EX | libc::LOCK_NB).is_ok(),
+    );
+    println!(
+        "lock of the killed mount free {:?} after the leader was killed",
+        t0.elapsed().max(took)
+    );
+    drop(holder);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Unlinked but open, large directories
 // ---------------------------------------------------------------------------------------------

@@ -312,10 +312,14 @@ pub struct Once {
     pub cmd: Box<Command>,
 }
 
-/// Forgets request ids recorded before `before` (clients stop retrying long before).
+/// Forgets request ids no client retries any more: those applied by entries below
+/// `before_index` (the leader picks an index its log clock applied long enough ago, see
+/// `crate::log_clock`). Records kept before they carried their index fall back to the wall
+/// time `before`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct PruneRequests {
     pub before: Time,
+    pub before_index: u64,
 }
 
 /// Applies `cmds` in order as one entry: all or nothing; the reply is the last one's.
@@ -360,12 +364,13 @@ pub struct RenewSession {
     pub now: Time,
 }
 
-/// Ends a session: drops its locks and deletes its orphans. With `idle_before` (expiry by the
-/// leader), only if the session was last renewed before then: a renewal wins the race.
+/// Ends a session: drops its locks and deletes its orphans. With `idle_through` (expiry by the
+/// leader), only if the session was last renewed by an entry at or below that log index: a
+/// renewal committed in between wins the race.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct CloseSession {
     pub session: u64,
-    pub idle_before: Option<Time>,
+    pub idle_through: Option<u64>,
     pub now: Time,
 }
 
@@ -433,12 +438,12 @@ pub struct RecordUpload {
     pub now: Time,
 }
 
-/// Drops an upload and its references. With `idle_before` (expiry), only if no chunk was
-/// recorded since then.
+/// Drops an upload and its references. With `idle_through` (expiry), only if it was last
+/// touched (begun, or a chunk recorded) by an entry at or below that log index.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct AbortUpload {
     pub upload: u64,
-    pub idle_before: Option<Time>,
+    pub idle_through: Option<u64>,
     pub now: Time,
 }
 

@@ -154,6 +154,10 @@ pub struct Config {
     /// node must stop). Never set in production.
     #[arg(long, hide = true)]
     pub test_fail_apply_at: Option<u64>,
+    /// TEST HOOK: a file holding seconds (signed) added to this node's wall clock, read at every
+    /// use, so a test can step the clock of a running node. Never set in production.
+    #[arg(long, hide = true)]
+    pub test_clock_offset_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -184,6 +188,7 @@ impl Config {
             session_ttl_secs: 60,
             upload_ttl_secs: 86_400,
             test_fail_apply_at: None,
+            test_clock_offset_file: None,
         }
     }
 
@@ -288,6 +293,20 @@ impl Config {
             rate_bytes: self.repair_rate_mb.saturating_mul(1 << 20),
             concurrency: self.repair_concurrency,
         }
+    }
+
+    /// The longest age this node's expiries ask its log clock about (see `crate::log_clock`).
+    pub fn longest_expiry(&self) -> Duration {
+        [
+            self.gc_grace_secs,
+            self.session_ttl_secs,
+            self.upload_ttl_secs,
+        ]
+        .into_iter()
+        .map(Duration::from_secs)
+        .chain([crate::gc::REQUEST_ID_TTL])
+        .max()
+        .unwrap_or_default()
     }
 
     pub fn gc_config(&self) -> crate::gc::GcConfig {

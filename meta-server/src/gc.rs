@@ -2,7 +2,7 @@
 //!
 //! Runs on every meta node and acts only on a leader that has held office for longer than the
 //! heartbeat timeout (like repair, behind [`LeaderOnly`]). Each round takes up to [`ROUND`] chunks that have been
-//! unreferenced for longer than `--gc-grace-secs` (or whose collection is under way) and:
+//! unreferenced for longer than `--gc-grace-secs` (on the log clock, [`crate::log_clock`]) (or whose collection is under way) and:
 //!
 //! 1. asks every up server listing a copy to **mark** it (`MarkChunks`);
 //! 2. commits `GcBegin` for them: a new GC epoch; only chunks still unreferenced are accepted;
@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 /// Most chunks one round handles.
 const ROUND: usize = 1000;
 /// How long the results of mutations are kept by request id (see `Command::Once`).
-const REQUEST_ID_TTL: Duration = Duration::from_secs(600);
+pub const REQUEST_ID_TTL: Duration = Duration::from_secs(600);
 
 #[derive(Clone, Debug)]
 pub struct GcConfig {
@@ -149,12 +149,16 @@ impl Worker for Collector {
             if let Err(e) = self.node.write(Command::GcPrune(GcPrune { before })).await {
                 tracing::warn!(error = %e, "gc: pruning tombstones failed");
             }
-            // Clients retry a call for 30 s at most: request ids older than 10 minutes
-            // will never be seen again.
-            let before = Time::ago(REQUEST_ID_TTL);
-            let prune = Command::PruneRequests(PruneRequests { before });
-            if let Err(e) = self.node.write(prune).await {
-                tracing::warn!(error = %e, "gc: pruning request ids failed");
+            // Clients retry a call for 30 s at most: request ids applied more than 10 minutes
+            // ago by the log clock will never be seen again.
+            if let Some(before_index) = self.node.applied_before(REQUEST_ID_TTL) {
+                let prune = Command::PruneRequests(PruneRequests {
+                    before: Time::ago(REQUEST_ID_TTL),
+                    before_index,
+                });
+                if let Err(e) = self.node.write(prune).await {
+                    tracing::warn!(error = %e, "gc: pruning request ids failed");
+                }
             }
         }
         Ok(WorkerState::Idle)
@@ -169,8 +173,10 @@ impl Collector {
     /// One round: mark, begin, delete marked, record.
     pub async fn round(&self) -> Result<(), MetaError> {
         let fsm = self.node.fsm();
-        let before = Time::ago(self.cfg.grace);
-        let candidates = fsm.gc_candidates(before, ROUND)?;
+        // The grace is counted on the log clock (see `crate::log_clock`): a wall-clock step on
+        // this leader cannot shorten it.
+        let through = self.node.applied_before(self.cfg.grace);
+        let candidates = fsm.gc_candidates(through, Time::ago(self.cfg.grace), ROUND)?;
         if candidates.is_empty() {
             return Ok(());
         }

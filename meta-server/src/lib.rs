@@ -32,6 +32,7 @@ pub mod fsck;
 pub mod fsm;
 pub mod gc;
 pub mod leader;
+pub mod log_clock;
 pub mod node;
 pub mod placement;
 pub mod raft;
@@ -124,6 +125,13 @@ pub async fn start_with_listener(
     )
     .context("open snapshot store")?
     .fail_apply_at(config.test_fail_apply_at);
+    if let Some(path) = &config.test_clock_offset_file {
+        tracing::warn!(
+            path = %path.display(),
+            "TEST HOOK: this node's wall clock is offset by the seconds in this file"
+        );
+        cairn_common::time::set_test_clock_offset_file(path.clone());
+    }
     if let Some(index) = config.test_fail_apply_at {
         tracing::warn!(
             index,
@@ -147,6 +155,7 @@ pub async fn start_with_listener(
         fsm,
         raft.clone(),
         digests,
+        Arc::new(log_clock::LogClock::new(config.longest_expiry())),
     ));
 
     let raft_svc = RaftServiceServer::new(raft::service::RaftServiceImpl::new(raft.clone()))

@@ -2,6 +2,7 @@
 use crate::command::{Command, Reply};
 use crate::error::MetaError;
 use crate::fsm::Fsm;
+use crate::log_clock::LogClock;
 use crate::raft::{Node, NodeId, Raft};
 use crate::store::digest::{Digest, Digests};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
@@ -19,6 +20,8 @@ pub struct MetaNode {
     digests: Arc<Digests>,
     /// (term, when this node became leader in it), kept by a task watching Raft's metrics.
     leader_since: Arc<Mutex<Option<(u64, Instant)>>>,
+    /// When this node applied which index, fed by the same task: expiries are timed with it.
+    log_clock: Arc<LogClock>,
 }
 
 fn not_leader(f: ForwardToLeader<NodeId, Node>) -> MetaError {
@@ -29,21 +32,26 @@ fn not_leader(f: ForwardToLeader<NodeId, Node>) -> MetaError {
 
 impl MetaNode {
     /// Must be called inside a tokio runtime: it starts the task that notes when this node
-    /// becomes leader (it ends when Raft shuts down).
+    /// becomes leader and what it has applied when (it ends when Raft shuts down).
     pub fn new(
         id: u64,
         addr: String,
         fsm: Arc<Fsm>,
         raft: Raft,
         digests: Arc<Digests>,
+        log_clock: Arc<LogClock>,
     ) -> MetaNode {
         let leader_since = Arc::new(Mutex::new(None));
         let mut metrics = raft.metrics();
         let since = leader_since.clone();
+        let clock = log_clock.clone();
         tokio::spawn(async move {
             loop {
                 {
                     let m = metrics.borrow_and_update();
+                    if let Some(applied) = m.last_applied {
+                        clock.applied(applied.index);
+                    }
                     let leading = m.state == ServerState::Leader && m.current_leader == Some(id);
                     let mut s = since.lock().unwrap_or_else(|e| e.into_inner());
                     *s = match (*s, leading) {
@@ -64,7 +72,15 @@ impl MetaNode {
             raft,
             digests,
             leader_since,
+            log_clock,
         }
+    }
+
+    /// The last index this node had applied `age` ago by its monotonic clock (`None` if it
+    /// was not running then): every entry at or below it was committed at least `age` ago.
+    /// See [`crate::log_clock`].
+    pub fn applied_before(&self, age: std::time::Duration) -> Option<u64> {
+        self.log_clock.applied_before(age)
     }
 
     /// When this node became the leader, if it is the leader.

@@ -6,8 +6,14 @@
 //! They run on every node and act only on a leader that has held office for at least one TTL
 //! (each behind [`LeaderOnly`] with its own TTL as the settle time): a new leader cannot tell a
 //! dead mount from one that could not renew during the election, so it first gives every live
-//! mount a full TTL to reach it. The expiry itself is a `CloseSession` / `AbortUpload` with
-//! `idle_before`, so a renewal (or a recorded chunk) committed in between wins.
+//! mount a full TTL to reach it.
+//!
+//! Idleness is measured on the log clock ([`crate::log_clock`]), never by comparing wall
+//! times: a session or upload is idle for a TTL when the entry that last renewed (touched) it
+//! is at or below the index this node had applied a TTL ago by its own monotonic clock. A
+//! clock step on the leader, or clocks that differ between meta nodes, cannot expire a live
+//! mount nor keep a dead one. The expiry itself is a `CloseSession` / `AbortUpload` with
+//! `idle_through` that index, so a renewal (or a recorded chunk) committed in between wins.
 use crate::command::{AbortUpload, CloseSession, Command, Time};
 use crate::error::MetaError;
 use crate::leader::LeaderOnly;
@@ -69,10 +75,12 @@ impl Worker for SessionReaper {
     }
 
     async fn work(&mut self) -> Result<WorkerState, MetaError> {
-        let now = Time::now();
-        let idle_before = Time::ago(self.ttl);
+        let Some(idle_through) = self.node.applied_before(self.ttl) else {
+            // This node has not run for a TTL yet: it cannot tell an idle session.
+            return Ok(WorkerState::Idle);
+        };
         for s in self.node.fsm().sessions()? {
-            if s.renewed >= idle_before {
+            if s.renewed_index > idle_through {
                 continue;
             }
             tracing::warn!(
@@ -80,13 +88,14 @@ impl Worker for SessionReaper {
                 host = %s.host,
                 mountpoint = %s.mountpoint,
                 pid = s.pid,
+                last_renewed = ?s.renewed,
                 "mount session expired: releasing its locks and open unlinked files"
             );
             self.node
                 .write(Command::CloseSession(CloseSession {
                     session: s.id,
-                    idle_before: Some(idle_before),
-                    now,
+                    idle_through: Some(idle_through),
+                    now: Time::now(),
                 }))
                 .await?;
         }
@@ -106,7 +115,10 @@ impl Worker for UploadReaper {
     }
 
     async fn work(&mut self) -> Result<WorkerState, MetaError> {
-        let idle_before = Time::ago(self.ttl);
+        let Some(idle_through) = self.node.applied_before(self.ttl) else {
+            // This node has not run for a TTL yet: it cannot tell an idle upload.
+            return Ok(WorkerState::Idle);
+        };
         // Page by page, each read off the runtime threads: there may be many uploads.
         let mut after = 0;
         loop {
@@ -118,7 +130,7 @@ impl Worker for UploadReaper {
             for u in &page {
                 let (h, slots) = (&u.header, u.slots);
                 after = h.id;
-                if h.touched >= idle_before {
+                if h.touched_index > idle_through {
                     continue;
                 }
                 tracing::warn!(
@@ -131,7 +143,7 @@ impl Worker for UploadReaper {
                 self.node
                     .write(Command::AbortUpload(AbortUpload {
                         upload: h.id,
-                        idle_before: Some(idle_before),
+                        idle_through: Some(idle_through),
                         now: Time::now(),
                     }))
                     .await?;

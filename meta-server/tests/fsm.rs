@@ -1350,6 +1350,7 @@ fn gc_collects_only_garbage_and_refuses_uploads_older_than_the_collection() {
     assert!(h
         .fsm
         .gc_candidates(
+            Some(u64::MAX),
             Time {
                 secs: i64::MAX,
                 nanos: 0
@@ -1516,8 +1517,11 @@ fn a_request_id_makes_a_mutation_exactly_once() {
     once(&mut h, 2, "f").unwrap();
 
     let later = h.now();
-    h.apply(Command::PruneRequests(cmd::PruneRequests { before: later }))
-        .unwrap();
+    h.apply(Command::PruneRequests(cmd::PruneRequests {
+        before: later,
+        before_index: h.index + 1,
+    }))
+    .unwrap();
     assert_eq!(
         once(&mut h, 1, "f").unwrap_err().kind,
         ErrorKind::AlreadyExists,
@@ -1690,7 +1694,7 @@ fn locks_conflict_across_owners_split_and_die_with_their_session() {
     let now = h.now();
     h.apply(Command::CloseSession(cmd::CloseSession {
         session: a,
-        idle_before: None,
+        idle_through: None,
         now,
     }))
     .unwrap();
@@ -1719,14 +1723,15 @@ fn locks_conflict_across_owners_split_and_die_with_their_session() {
 fn a_renewed_session_survives_a_stale_expiry() {
     let mut h = H::new();
     let s = h.open_session();
-    let decided = h.now();
+    // The reaper decides at the index it last applied; a renewal commits after that.
+    let decided = h.index;
     let now = h.now();
     h.apply(Command::RenewSession(cmd::RenewSession { session: s, now }))
         .unwrap();
     let now = h.now();
     h.apply(Command::CloseSession(cmd::CloseSession {
         session: s,
-        idle_before: Some(decided),
+        idle_through: Some(decided),
         now,
     }))
     .unwrap();
@@ -1735,11 +1740,11 @@ fn a_renewed_session_survives_a_stale_expiry() {
         1,
         "renewed after the decision: kept"
     );
-    let later = h.now();
+    let later = h.index;
     let now = h.now();
     h.apply(Command::CloseSession(cmd::CloseSession {
         session: s,
-        idle_before: Some(later),
+        idle_through: Some(later),
         now,
     }))
     .unwrap();
@@ -1835,7 +1840,7 @@ fn an_open_file_outlives_its_last_name() {
     let now = h.now();
     h.apply(Command::CloseSession(cmd::CloseSession {
         session: s,
-        idle_before: None,
+        idle_through: None,
         now,
     }))
     .unwrap();
@@ -2037,7 +2042,7 @@ fn an_upload_replaces_a_file_only_at_its_base_version() {
     let now = h.now();
     h.apply(Command::AbortUpload(cmd::AbortUpload {
         upload: up,
-        idle_before: None,
+        idle_through: None,
         now,
     }))
     .unwrap();
@@ -2062,12 +2067,12 @@ fn an_upload_replaces_a_file_only_at_its_base_version() {
 
     // Expiry races with a record: a stale decision does nothing.
     let up = h.open_upload(UploadTarget::Inode(f), 0).unwrap();
-    let decided = h.now();
+    let decided = h.index;
     h.record(up, vec![upd(0, old0, &[1, 2])]).unwrap();
     let now = h.now();
     h.apply(Command::AbortUpload(cmd::AbortUpload {
         upload: up,
-        idle_before: Some(decided),
+        idle_through: Some(decided),
         now,
     }))
     .unwrap();
@@ -2251,4 +2256,89 @@ fn slots_are_paged_and_truncation_and_deletion_remove_them() {
     h.fsm.for_each_slot(|_, _, _| rows += 1).unwrap();
     assert_eq!(rows, 0, "a deleted file leaves no slot rows");
     assert_eq!(h.refs(&c.id), Some(0));
+}
+
+/// Expiries are decided on log positions, never by comparing wall times (see the meta server's
+/// `log_clock`): a leader whose wall clock leaps a day ahead neither forgets a request id nor
+/// hands a chunk to GC before its grace, and a request id or a chunk goes once its index is old
+/// enough, whatever the wall clock says.
+#[test]
+fn request_ids_and_gc_grace_follow_log_positions_not_wall_clocks() {
+    let mut h = H::new();
+    let mkdir = |name: &str, now: Time| {
+        Command::Once(cmd::Once {
+            client: 7,
+            seq: 1,
+            now,
+            cmd: Box::new(Command::Create(cmd::Create {
+                parent: ROOT_INO,
+                name: name.as_bytes().to_vec(),
+                kind: Kind::Directory,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                symlink_target: Vec::new(),
+                exclusive: true,
+                now,
+            })),
+        })
+    };
+    tracing::info!("--- a request and an unreferenced chunk, at known log indexes");
+    let now = h.now();
+    let first = h.apply(mkdir("d", now)).unwrap();
+    let request_at = h.index;
+    let f = h.file(ROOT_INO, "f").ino;
+    let a = chunk("a", 10);
+    h.commit(f, 10, vec![upd(0, a, &[1, 2])]).unwrap();
+    h.unlink(ROOT_INO, "f").unwrap();
+    let unreferenced_at = h.index;
+    assert!(h.in_gc(&a.id));
+
+    tracing::info!("--- the leader's wall clock leaps a day ahead; the log clock has not moved");
+    let far = Time {
+        secs: now.secs + 86_400,
+        nanos: 0,
+    };
+    h.apply(Command::PruneRequests(cmd::PruneRequests {
+        before: far,
+        before_index: request_at,
+    }))
+    .unwrap();
+    let t = h.now();
+    assert_eq!(
+        h.apply(mkdir("d", t)).unwrap(),
+        first,
+        "a retry still gets the recorded reply, and changes nothing"
+    );
+    let candidates = |h: &H, through| {
+        h.fsm
+            .gc_candidates(through, far, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        candidates(&h, None).is_empty(),
+        "a node that has not run for a grace collects nothing, whatever its wall clock says"
+    );
+    assert!(
+        candidates(&h, Some(unreferenced_at - 1)).is_empty(),
+        "unreferenced after the index applied a grace ago: still in its grace"
+    );
+
+    tracing::info!("--- once their indexes are old enough, both go");
+    assert_eq!(candidates(&h, Some(unreferenced_at)), vec![a.id]);
+    h.apply(Command::PruneRequests(cmd::PruneRequests {
+        before: now,
+        before_index: request_at + 1,
+    }))
+    .unwrap();
+    let t = h.now();
+    assert_eq!(
+        h.apply(mkdir("d", t)).unwrap_err().kind,
+        ErrorKind::AlreadyExists,
+        "the id was forgotten: the retry ran again"
+    );
 }

@@ -123,7 +123,8 @@ pub struct Cluster {
     chunk_args: Vec<String>,
 }
 
-/// Extra command-line flags for the processes of a cluster.
+/// Extra command-line flags for the processes of a cluster. In meta flags, `{id}` is replaced
+/// by the node's id and `{dir}` by the cluster's directory.
 #[derive(Clone, Debug, Default)]
 pub struct Opts {
     pub meta_args: Vec<String>,
@@ -324,7 +325,14 @@ impl Cluster {
                 "--data-dir".into(),
                 self.path(&format!("meta{id}")).display().to_string(),
             ];
-            args.extend(opts.meta_args.iter().cloned());
+            // `{id}` and `{dir}` in an extra flag stand for this node's id and the cluster's
+            // directory (per-node files of test hooks).
+            let dir = self.dir.path().display().to_string();
+            args.extend(
+                opts.meta_args
+                    .iter()
+                    .map(|a| a.replace("{id}", &id.to_string()).replace("{dir}", &dir)),
+            );
             let p = Proc::spawn(
                 &format!("meta{id}"),
                 &self.bin.join("cairn-meta"),

@@ -20,16 +20,44 @@ pub struct Gone {
     pub at: Time,
 }
 
+/// A chunk's entry in the GC queue: since when it is unreferenced.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Queued {
+    /// The wall time it became unreferenced, as the leader stamped it: shown, not compared
+    /// (except for entries queued before `index` was kept, which have nothing else).
+    #[serde(flatten)]
+    pub at: Time,
+    /// The log index of the entry that unreferenced it: the grace is counted from here on the
+    /// log clock (see `crate::log_clock`). 0 in entries queued before it was kept.
+    #[serde(default)]
+    pub index: u64,
+}
+
+impl Queued {
+    /// Whether the grace is over, given the last index the log clock applied a grace ago
+    /// (`None`: this node has not run that long) and the wall time a grace ago (for old entries).
+    fn past_grace(&self, through: Option<u64>, before: Time) -> bool {
+        match (self.index, through) {
+            (_, None) => false,
+            (0, Some(_)) => self.at < before,
+            (index, Some(through)) => index <= through,
+        }
+    }
+}
+
 impl Fsm {
     /// The current GC epoch: the ticket PrepareWrite hands out.
     pub fn gc_epoch(&self) -> Result<u64, MetaError> {
         Ok(self.read_counter(Counter::GcEpoch)?)
     }
 
-    /// Up to `limit` unreferenced chunks that became so before `before` (or are being
-    /// collected), with their records: the GC worker's work list.
+    /// Up to `limit` chunks whose grace is over (they became unreferenced by an entry at or
+    /// below `through`, the index the log clock applied a grace ago; older entries: before the
+    /// wall time `before`) or that are being collected, with their records: the GC worker's
+    /// work list.
     pub fn gc_candidates(
         &self,
+        through: Option<u64>,
         before: Time,
         limit: usize,
     ) -> Result<Vec<(ChunkId, ChunkRecord)>, MetaError> {
@@ -40,11 +68,11 @@ impl Fsm {
             }
             let (k, v) = item?;
             let id = ChunkId::from_bytes(&k).map_err(corrupt)?;
-            let since: Time = decode_json(&v)?;
+            let queued: Queued = decode_json(&v)?;
             let Some(rec) = self.chunk(&id)? else {
                 continue;
             };
-            if rec.refs == 0 && (rec.collecting.is_some() || since < before) {
+            if rec.refs == 0 && (rec.collecting.is_some() || queued.past_grace(through, before)) {
                 out.push((id, rec));
             }
         }

@@ -39,7 +39,7 @@ mod xattrs;
 
 pub use chunks::ChunkRecord;
 pub use content::{SlotLocation, SlotPage, MAX_FILE_SIZE};
-pub use gc::Gone;
+pub use gc::{Gone, Queued};
 pub use inodes::Inode;
 pub use locks::{HeldLock, LOCKS_PER_INODE_MAX};
 pub use namespace::{DirPage, LINK_MAX, SYMLINK_MAX};

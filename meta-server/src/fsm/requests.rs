@@ -1,7 +1,8 @@
 //! Exactly-once mutations: a mutation applied under a request id (`Once`) records its reply,
 //! and a retry of the same id — the client lost the reply with the leader that sent it — gets
 //! the recorded reply and changes nothing. Failures are not recorded: they changed nothing,
-//! so a retry may run. `PruneRequests` forgets ids no client will retry any more.
+//! so a retry may run. `PruneRequests` forgets ids no client will retry any more, by the log
+//! index that applied them (see `crate::log_clock`), never by wall time.
 use super::schema::{decode_json, fs_err, pair_key, CF_REQUESTS};
 use super::tx::Tx;
 use crate::command::{CommandResult, Once, PruneRequests, Reply, Time};
@@ -47,7 +48,12 @@ impl PruneRequests {
         for item in tx.fsm().iter_prefix(CF_REQUESTS, &[], &[])? {
             let (k, v) = item?;
             let rec: RequestRecord = decode_json(&v)?;
-            if rec.at < self.before {
+            // Records from before they kept their index (0) fall back to the wall time.
+            let expired = match rec.index {
+                0 => rec.at < self.before,
+                index => index < self.before_index,
+            };
+            if expired {
                 old.push(k.to_vec());
             }
         }

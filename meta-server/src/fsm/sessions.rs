@@ -25,7 +25,12 @@ pub struct SessionRecord {
     pub mountpoint: String,
     pub pid: u32,
     pub opened: Time,
+    /// Wall time of the last renewal, as the leader stamped it: shown to people, never compared.
     pub renewed: Time,
+    /// The log index of the entry that opened or last renewed the session: expiry compares this
+    /// with the log clock (see `crate::log_clock`), never the wall times.
+    #[serde(default)]
+    pub renewed_index: u64,
 }
 
 impl Fsm {
@@ -54,6 +59,7 @@ impl OpenSession {
             pid: self.pid,
             opened: self.now,
             renewed: self.now,
+            renewed_index: tx.index(),
         };
         tx.kv_put_json(CF_SESSIONS, id.to_be_bytes().to_vec(), &rec);
         Ok(Reply::Session(id))
@@ -64,6 +70,7 @@ impl RenewSession {
     pub(super) fn apply(&self, tx: &mut Tx) -> CommandResult {
         let mut rec = tx.must_session(self.session)?;
         rec.renewed = rec.renewed.max(self.now);
+        rec.renewed_index = tx.index();
         tx.kv_put_json(CF_SESSIONS, self.session.to_be_bytes().to_vec(), &rec);
         Ok(Reply::Empty)
     }
@@ -75,7 +82,7 @@ impl CloseSession {
         let Some(rec) = tx.session(id)? else {
             return Ok(Reply::Empty);
         };
-        if self.idle_before.is_some_and(|b| rec.renewed >= b) {
+        if self.idle_through.is_some_and(|i| rec.renewed_index > i) {
             // Renewed after the leader decided to expire it: the mount is alive.
             return Ok(Reply::Empty);
         }

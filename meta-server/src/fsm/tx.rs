@@ -16,7 +16,7 @@ use super::schema::{
     decode_json, encode_json, fs_err, named_key, u64_at, Counter, CF_CHUNKS, CF_COUNTERS,
     CF_DENTRIES, CF_GC, CF_GONE, CF_INODES, CF_REPAIR, CF_SLOTS,
 };
-use super::{ChunkRecord, Fsm, Gone, Inode};
+use super::{ChunkRecord, Fsm, Gone, Inode, Queued};
 use crate::command::{FsError, SlotChunk, Time};
 use cairn_common::error::ErrorKind;
 use cairn_common::ChunkId;
@@ -65,7 +65,7 @@ pub struct Tx<'a> {
     slots: BTreeMap<(u64, u64), Option<SlotChunk>>,
     dentries: BTreeMap<Vec<u8>, Option<Dentry>>,
     chunks: BTreeMap<ChunkId, Option<ChunkRecord>>,
-    gc: BTreeMap<ChunkId, Option<Time>>,
+    gc: BTreeMap<ChunkId, Option<Queued>>,
     repair: BTreeMap<ChunkId, Option<Time>>,
     gone: BTreeMap<ChunkId, Option<Gone>>,
     counters: BTreeMap<Counter, u64>,
@@ -356,9 +356,11 @@ impl<'a> Tx<'a> {
         self.chunks.insert(id, rec);
     }
 
-    /// Queues chunk `id` for collection since `since` (`None`: takes it off the queue).
+    /// Queues chunk `id` for collection from this entry on, stamped `since` for people
+    /// (`None`: takes it off the queue). The grace counts from this entry's index.
     pub fn set_gc(&mut self, id: ChunkId, since: Option<Time>) {
-        self.gc.insert(id, since);
+        let index = self.index;
+        self.gc.insert(id, since.map(|at| Queued { at, index }));
     }
 
     /// Notes that chunk `id` lost a replica at `at` (`None`: a replica was added back).

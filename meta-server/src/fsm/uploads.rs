@@ -48,8 +48,12 @@ pub struct UploadHeader {
     pub label: String,
     pub host: String,
     pub created: Time,
-    /// Last time a chunk was recorded (expiry counts from here).
+    /// Wall time a chunk was last recorded, as the leader stamped it: shown, never compared.
     pub touched: Time,
+    /// The log index of the entry that began the upload or last recorded a chunk: expiry
+    /// compares this with the log clock (see `crate::log_clock`).
+    #[serde(default)]
+    pub touched_index: u64,
 }
 
 /// A page of an upload's recorded slots and where the next page starts (`None`: none follow).
@@ -216,6 +220,7 @@ impl OpenUpload {
             host: host.to_owned(),
             created: self.now,
             touched: self.now,
+            touched_index: tx.index(),
         };
         tx.kv_put(CF_UPLOADS, header_key(id), Some(encode_json(&h)));
         Ok(Reply::Upload(id))
@@ -242,6 +247,7 @@ impl RecordUpload {
             tx.kv_put(CF_UPLOADS, key, Some(encode_json(c)));
         }
         h.touched = h.touched.max(now);
+        h.touched_index = tx.index();
         tx.kv_put(CF_UPLOADS, header_key(id), Some(encode_json(&h)));
         Ok(Reply::Empty)
     }
@@ -253,7 +259,7 @@ impl AbortUpload {
         let Some(h) = tx.upload_header(id)? else {
             return Err(no_upload(id));
         };
-        if self.idle_before.is_some_and(|b| h.touched >= b) {
+        if self.idle_through.is_some_and(|i| h.touched_index > i) {
             // A chunk was recorded after the leader decided to expire it: the writer is alive.
             return Ok(Reply::Empty);
         }

@@ -232,7 +232,10 @@ mod tests {
                 now,
                 cmd: Box::new(create.clone()),
             }),
-            Command::PruneRequests(PruneRequests { before: now }),
+            Command::PruneRequests(PruneRequests {
+                before: now,
+                before_index: 5,
+            }),
             Command::Batch(Batch {
                 cmds: vec![create, Command::GcPrune(GcPrune { before: now })],
             }),
@@ -257,7 +260,7 @@ mod tests {
             Command::RenewSession(RenewSession { session: 9, now }),
             Command::CloseSession(CloseSession {
                 session: 9,
-                idle_before: Some(now),
+                idle_through: Some(7),
                 now,
             }),
             Command::ReleaseOrphan(ReleaseOrphan {
@@ -305,7 +308,7 @@ mod tests {
             }),
             Command::AbortUpload(AbortUpload {
                 upload: 4,
-                idle_before: None,
+                idle_through: None,
                 now,
             }),
             Command::CommitUpload(CommitUpload {

@@ -52,7 +52,7 @@ pub(super) async fn close_session(
     let session = checks::session(req.into_inner().session)?;
     let cmd = Command::CloseSession(CloseSession {
         session,
-        idle_before: None,
+        idle_through: None,
         now: Time::now(),
     });
     ctx.write_empty(cmd).await?;

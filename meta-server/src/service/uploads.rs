@@ -120,7 +120,7 @@ pub(super) async fn abort_upload(
     let r = req.into_inner();
     let cmd = Command::AbortUpload(AbortUpload {
         upload: r.upload,
-        idle_before: None,
+        idle_through: None,
         now: Time::now(),
     });
     ctx.write_empty(once(id, cmd)).await?;
