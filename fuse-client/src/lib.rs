@@ -22,10 +22,13 @@
 //! - [`errno`]: the one mapping from wire errors to errno.
 //!
 //! The other commands:
+//! - [`bench`]: `cairn bench <dir>` (one fixed metadata and data workload, run on a mount or a
+//!   local disk alike) and `cairn bench --compare` of two results.
 //! - [`status`]: `cairn status [--json]` (the cluster report).
 //! - [`admin`]: `cairn fsck`, `cairn scrub [--now]`, `cairn chunk drain`.
 //! - [`transfer`]: `cairn put`, `cairn get` (resumable copies) and `cairn uploads list|abort`.
 pub mod admin;
+pub mod bench;
 pub mod data;
 pub mod errno;
 pub mod fs;

@@ -1,6 +1,8 @@
-//! The `cairn` binary: `cairn mount`, `cairn status`, `cairn put`/`get` and the admin commands.
-use cairn_fuse_client::{admin, mount, status, transfer};
-use clap::{Parser, Subcommand};
+//! The `cairn` binary: `cairn mount`, `cairn status`, `cairn put`/`get`, `cairn bench` and the
+//! admin commands.
+use anyhow::Context;
+use cairn_fuse_client::{admin, bench, mount, status, transfer};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -102,6 +104,46 @@ enum Cmd {
         #[command(subcommand)]
         cmd: UploadsCmd,
     },
+    /// Measure a directory — a Cairn mount or a local disk — with one fixed workload of
+    /// metadata and data operations; `scripts/bench` runs it on both and compares.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// The directory to measure; the bench works in a fresh sub-directory that it removes.
+    #[arg(required_unless_present = "compare")]
+    dir: Option<PathBuf>,
+    /// Files (and directories, and random reads) of each per-file row.
+    #[arg(long, default_value_t = 1000)]
+    files: usize,
+    /// MiB of the sequential file; each of the 4 parallel writers writes a quarter of it.
+    #[arg(long, default_value_t = 1024)]
+    data_mib: u64,
+    /// The tree the copy row copies, as `cp -r` would.
+    #[arg(long, default_value = "/usr/include")]
+    copy_src: PathBuf,
+    /// Leave out the data rows (seq-write, seq-read, rand-read, par-write).
+    #[arg(long)]
+    skip_data: bool,
+    /// Leave out the copy row.
+    #[arg(long)]
+    skip_copy: bool,
+    /// Run only these rows, comma separated.
+    #[arg(long, value_delimiter = ',', help = format!(
+        "Run only these rows, comma separated: {}", bench::row_ids()))]
+    rows: Vec<String>,
+    /// Before cold reads, evict only the bench's own files from the page cache, not (as root)
+    /// the whole machine's page, dentry and inode caches.
+    #[arg(long)]
+    no_drop_caches: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Run nothing: print two `--json` results side by side, with the ratio A/B per row (the
+    /// columns are named after the files).
+    #[arg(long, num_args = 2, value_names = ["A", "B"], conflicts_with = "dir")]
+    compare: Option<Vec<PathBuf>>,
 }
 
 #[derive(Subcommand)]
@@ -246,6 +288,7 @@ fn main() -> ExitCode {
         Cmd::Uploads {
             cmd: UploadsCmd::Abort { id, meta },
         } => return transfer::uploads_abort_main(split_addrs(&meta), id),
+        Cmd::Bench(args) => run_bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -266,6 +309,30 @@ fn run_status(meta: Vec<String>, json: bool, timeout: f64) -> anyhow::Result<()>
         println!("{}", serde_json::to_string_pretty(&st)?);
     } else {
         print!("{}", status::table(&st));
+    }
+    Ok(())
+}
+
+fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some([a, b]) = args.compare.as_deref() {
+        print!("{}", bench::compare_files(a, b)?);
+        return Ok(());
+    }
+    let dir = args.dir.context("no directory to measure")?;
+    let opts = bench::Options {
+        files: args.files,
+        data_mib: args.data_mib,
+        copy_src: args.copy_src,
+        skip_data: args.skip_data,
+        skip_copy: args.skip_copy,
+        rows: args.rows,
+        drop_caches: !args.no_drop_caches,
+    };
+    let report = bench::run(&dir, &opts)?;
+    if args.json {
+        println!("{}", report.json()?);
+    } else {
+        print!("{}", report.table());
     }
     Ok(())
 }
