@@ -162,6 +162,22 @@ fn stored_bytes(c: &Cluster) -> u64 {
     total
 }
 
+/// Writes `data` to a new file at `path`, fsyncs it and unlinks it, keeping it open (read and
+/// write): an orphan of this mount.
+fn write_open_unlink(path: &Path, data: &[u8]) -> File {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+    std::fs::remove_file(path).unwrap();
+    f
+}
+
 /// flock(2) on a file: Ok or the errno.
 fn flock(f: &File, op: i32) -> Result<(), i32> {
     check(unsafe { libc::flock(f.as_raw_fd(), op) }).map(|_| ())
@@ -1096,16 +1112,7 @@ fn t43_a_clock_leap_on_the_leader_expires_no_live_mount_and_shortens_no_grace() 
         Err(libc::EWOULDBLOCK)
     );
     let want = random_bytes(5 << 20, 3);
-    let mut orphan = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(a.join("orphan"))
-        .unwrap();
-    orphan.write_all(&want).unwrap();
-    orphan.sync_all().unwrap();
-    std::fs::remove_file(a.join("orphan")).unwrap();
+    let orphan = write_open_unlink(&a.join("orphan"), &want);
 
     info!("--- a file overwritten: its old version's chunks enter their 60 s grace");
     let base = all_chunks(&c);
@@ -1218,16 +1225,7 @@ fn t50_an_unlinked_open_file_lives_until_its_last_close() {
     info!("--- write 8 MiB (two whole chunks), fsync, unlink while open");
     let base = all_chunks(&c);
     let mut want = random_bytes(8 << 20, 1);
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(mnt.join("f"))
-        .unwrap();
-    f.write_all(&want).unwrap();
-    f.sync_all().unwrap();
-    std::fs::remove_file(mnt.join("f")).unwrap();
+    let f = write_open_unlink(&mnt.join("f"), &want);
     assert_eq!(
         io_errno(std::fs::metadata(mnt.join("f"))),
         Some(libc::ENOENT),

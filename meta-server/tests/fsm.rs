@@ -1478,6 +1478,27 @@ fn gc_orphans_tombstone_unknown_chunks_only() {
         .unwrap();
 }
 
+/// `Create` of `name` in the root under request id (`client`, `seq`).
+fn create_once(client: u64, seq: u64, name: &str, kind: Kind, now: Time) -> Command {
+    Command::Once(cmd::Once {
+        client,
+        seq,
+        now,
+        cmd: Box::new(Command::Create(cmd::Create {
+            parent: ROOT_INO,
+            name: name.as_bytes().to_vec(),
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            symlink_target: Vec::new(),
+            exclusive: true,
+            now,
+        })),
+    })
+}
+
 /// A mutation under a request id is applied once; its retry gets the recorded reply. Failures
 /// are not recorded, and old ids are pruned.
 #[test]
@@ -1485,23 +1506,7 @@ fn a_request_id_makes_a_mutation_exactly_once() {
     let mut h = H::new();
     let once = |h: &mut H, seq: u64, name: &str| {
         let now = h.now();
-        h.apply(Command::Once(cmd::Once {
-            client: 5,
-            seq,
-            now,
-            cmd: Box::new(Command::Create(cmd::Create {
-                parent: ROOT_INO,
-                name: name.as_bytes().to_vec(),
-                kind: Kind::Regular,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                rdev: 0,
-                symlink_target: vec![],
-                exclusive: true,
-                now,
-            })),
-        }))
+        h.apply(create_once(5, seq, name, Kind::Regular, now))
     };
     let first = once(&mut h, 1, "f").unwrap();
     let retry = once(&mut h, 1, "f").unwrap();
@@ -2265,25 +2270,7 @@ fn slots_are_paged_and_truncation_and_deletion_remove_them() {
 #[test]
 fn request_ids_and_gc_grace_follow_log_positions_not_wall_clocks() {
     let mut h = H::new();
-    let mkdir = |name: &str, now: Time| {
-        Command::Once(cmd::Once {
-            client: 7,
-            seq: 1,
-            now,
-            cmd: Box::new(Command::Create(cmd::Create {
-                parent: ROOT_INO,
-                name: name.as_bytes().to_vec(),
-                kind: Kind::Directory,
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                rdev: 0,
-                symlink_target: Vec::new(),
-                exclusive: true,
-                now,
-            })),
-        })
-    };
+    let mkdir = |name: &str, now: Time| create_once(7, 1, name, Kind::Directory, now);
     tracing::info!("--- a request and an unreferenced chunk, at known log indexes");
     let now = h.now();
     let first = h.apply(mkdir("d", now)).unwrap();
