@@ -2,7 +2,7 @@
 use crate::command::FsError;
 use cairn_common::error::{not_leader, status, ErrorKind};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum MetaError {
     /// This node is not the Raft leader; `leader` is the leader's address when known.
     #[error("not the leader (leader: {leader:?})")]

@@ -9,7 +9,9 @@
 //! - [`store`]: the single RocksDB instance under openraft: the log and vote ([`store::log`]),
 //!   the state machine adapter ([`store::state_machine`]) and snapshots ([`store::snapshot`]).
 //! - [`raft`]: the openraft type configuration and Raft RPCs between meta nodes over gRPC.
-//! - [`node`]: [`node::MetaNode`], the handle to propose writes and do linearizable reads.
+//! - [`node`]: [`node::MetaNode`], the handle to propose writes and do linearizable reads
+//!   ([`read_index`]: one leadership confirmation for all reads waiting together;
+//!   [`log_clock`]: which index was applied when, to time expiries without wall clocks).
 //!
 //! Serving and running the cluster:
 //! - [`service`]: the client-facing `MetaService`, one module per area of RPCs.
@@ -36,6 +38,7 @@ pub mod log_clock;
 pub mod node;
 pub mod placement;
 pub mod raft;
+pub mod read_index;
 pub mod reaper;
 pub mod repair;
 pub mod service;
@@ -116,7 +119,7 @@ pub async fn start_with_listener(
             .map_err(anyhow::Error::msg)
             .context("read the applied-state digest")?,
     );
-    let log_store = store::LogStore::new(db.clone());
+    let log_store = store::LogStore::new(db.clone()).context("start the Raft log syncer")?;
     let sm_store = store::StateMachineStore::new(
         db.clone(),
         fsm.clone(),

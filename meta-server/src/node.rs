@@ -3,9 +3,10 @@ use crate::command::{Command, Reply};
 use crate::error::MetaError;
 use crate::fsm::Fsm;
 use crate::log_clock::LogClock;
-use crate::raft::{Node, NodeId, Raft};
+use crate::raft::Raft;
+use crate::read_index::{not_leader, ReadIndex};
 use crate::store::digest::{Digest, Digests};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -22,12 +23,8 @@ pub struct MetaNode {
     leader_since: Arc<Mutex<Option<(u64, Instant)>>>,
     /// When this node applied which index, fed by the same task: expiries are timed with it.
     log_clock: Arc<LogClock>,
-}
-
-fn not_leader(f: ForwardToLeader<NodeId, Node>) -> MetaError {
-    MetaError::NotLeader {
-        leader: f.leader_node.map(|n| n.addr),
-    }
+    /// Linearizable reads, one leadership confirmation for all that wait together.
+    read_index: ReadIndex,
 }
 
 impl MetaNode {
@@ -65,6 +62,7 @@ impl MetaNode {
                 }
             }
         });
+        let read_index = ReadIndex::start(raft.clone());
         MetaNode {
             id,
             addr,
@@ -73,6 +71,7 @@ impl MetaNode {
             digests,
             leader_since,
             log_clock,
+            read_index,
         }
     }
 
@@ -125,16 +124,10 @@ impl MetaNode {
     }
 
     /// Waits until this node, as leader, has confirmed its leadership with a quorum and applied
-    /// everything committed so far (read index). `NotLeader` otherwise.
+    /// everything committed so far (read index). `NotLeader` otherwise. Concurrent reads share
+    /// one confirmation round (see [`crate::read_index`]).
     pub async fn linearizable_read(&self) -> Result<(), MetaError> {
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f)),
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                Err(MetaError::Raft(format!("leadership not confirmed: {e}")))
-            }
-            Err(RaftError::Fatal(e)) => Err(MetaError::Raft(e.to_string())),
-        }
+        self.read_index.wait().await
     }
 
     /// The current leader (id, address) as this node knows it.
