@@ -1088,6 +1088,19 @@ const STEPPED_CLOCKS: [&str; 10] = [
     "{dir}/clock-{id}",
 ];
 
+/// A process on mount `a` holds LOCK_EX on `flock`; returns it and that file opened on mount
+/// `b`, where the lock is checked to be refused.
+fn flock_held_on(a: &Path, b: &Path) -> (LockHolder, File) {
+    std::fs::write(a.join("flock"), b"").unwrap();
+    let holder = LockHolder::spawn(&a.join("flock"), &[Lock::FlockEx]);
+    let fb = File::open(b.join("flock")).unwrap();
+    assert_eq!(
+        flock(&fb, libc::LOCK_EX | libc::LOCK_NB),
+        Err(libc::EWOULDBLOCK)
+    );
+    (holder, fb)
+}
+
 /// Sets meta node `id`'s wall clock `secs` seconds off the machine's.
 fn step_clock(c: &Cluster, id: u64, secs: i64) {
     std::fs::write(c.path(&format!("clock-{id}")), secs.to_string()).unwrap();
@@ -1104,13 +1117,7 @@ fn t43_a_clock_leap_on_the_leader_expires_no_live_mount_and_shortens_no_grace() 
     let b = c.mount();
 
     info!("--- on A: a process holds LOCK_EX; a file is open after its unlink");
-    std::fs::write(a.join("flock"), b"").unwrap();
-    let holder = LockHolder::spawn(&a.join("flock"), &[Lock::FlockEx]);
-    let fb = File::open(b.join("flock")).unwrap();
-    assert_eq!(
-        flock(&fb, libc::LOCK_EX | libc::LOCK_NB),
-        Err(libc::EWOULDBLOCK)
-    );
+    let (holder, fb) = flock_held_on(&a, &b);
     let want = random_bytes(5 << 20, 3);
     let orphan = write_open_unlink(&a.join("orphan"), &want);
 
@@ -1167,13 +1174,7 @@ fn t44_a_dead_mount_expires_under_a_leader_whose_clock_is_behind_the_renewals() 
     step_clock(&c, leader, 600);
     let a = c.mount();
     let b = c.mount();
-    std::fs::write(a.join("flock"), b"").unwrap();
-    let holder = LockHolder::spawn(&a.join("flock"), &[Lock::FlockEx]);
-    let fb = File::open(b.join("flock")).unwrap();
-    assert_eq!(
-        flock(&fb, libc::LOCK_EX | libc::LOCK_NB),
-        Err(libc::EWOULDBLOCK)
-    );
+    let (holder, fb) = flock_held_on(&a, &b);
     std::thread::sleep(Duration::from_secs(2));
 
     info!("--- kill -9 mount A, then the leader: a node with a true clock takes over");
