@@ -119,7 +119,7 @@ pub async fn start_with_listener(
             .map_err(anyhow::Error::msg)
             .context("read the applied-state digest")?,
     );
-    let log_store = store::LogStore::new(db.clone()).context("start the Raft log syncer")?;
+    let log_store = store::LogStore::new(db.clone());
     let sm_store = store::StateMachineStore::new(
         db.clone(),
         fsm.clone(),

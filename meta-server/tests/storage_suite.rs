@@ -18,7 +18,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RocksBui
         let digests = Arc::new(Digests::load(&db).expect("load digests"));
         let sm = StateMachineStore::new(db.clone(), fsm, dir.path().join("snapshot"), digests)
             .expect("state machine store");
-        Ok((dir, LogStore::new(db).expect("log store"), sm))
+        Ok((dir, LogStore::new(db), sm))
     }
 }
 

@@ -12,16 +12,13 @@
 //!
 //! Durability contract (openraft relies on it for safety):
 //! - `save_vote` returns only after the vote is synced to the WAL;
-//! - `append` writes the entries unsynced (readable at once) and reports completion through its
-//!   callback only after a WAL sync that began after the write ([`super::log_sync`]: one sync
-//!   for every append queued meanwhile);
+//! - `append` reports completion through its callback only after the entries are synced;
 //! - `save_committed` is deliberately not synced (see there);
 //! - `purge` first syncs the WAL, because the state-machine writes produced by the purged
 //!   entries were written without sync (see [`super`]).
 
 // `StorageError` is openraft's type, dictated by the storage traits; the helpers return it too.
 #![allow(clippy::result_large_err)]
-use super::log_sync::LogSyncer;
 use super::{cf, CF_RAFT_LOG, CF_RAFT_META};
 use crate::raft::codec;
 use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote, MAX_APPEND_BYTES};
@@ -45,7 +42,6 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    syncer: LogSyncer,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -80,10 +76,8 @@ fn synced() -> WriteOptions {
 }
 
 impl LogStore {
-    /// Starts the log syncer thread (it ends when the last clone of the store is dropped).
-    pub fn new(db: Arc<DB>) -> std::io::Result<LogStore> {
-        let syncer = LogSyncer::start(&db)?;
-        Ok(LogStore { db, syncer })
+    pub fn new(db: Arc<DB>) -> LogStore {
+        LogStore { db }
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -281,18 +275,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Write, e))?;
             batch.put_cf(cf, index_key(log_id.index), value);
         }
-        // Written without sync: readable when this returns, as openraft requires. A memtable
-        // and WAL-buffer write, short enough for openraft's core task.
-        if let Err(e) = self.db.write_opt(batch, &WriteOptions::default()) {
-            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-            return Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, e));
+        // DURABILITY: the batch is written with sync=true and the callback fires only after the
+        // write returned, so openraft never counts an entry as persisted (for commit quorum or
+        // for the leader's own ack) before it is on disk.
+        match self.write_synced(batch).await {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.clone())));
+                Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
+            }
         }
-        // DURABILITY: the callback — the only way openraft learns the entries are persisted
-        // (for the commit quorum, the leader's own ack, a follower's reply) — fires only after a
-        // WAL sync that began after the write above (see `log_sync`).
-        self.syncer
-            .after_sync(callback)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -363,7 +358,7 @@ mod tests {
     fn store() -> (tempfile::TempDir, LogStore) {
         let dir = tempfile::tempdir().unwrap();
         let db = super::super::open_db(&dir.path().join("db")).unwrap();
-        (dir, LogStore::new(db).unwrap())
+        (dir, LogStore::new(db))
     }
 
     fn put_raw(store: &LogStore, index: u64, value: &[u8]) {

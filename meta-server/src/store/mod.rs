@@ -3,8 +3,7 @@
 //! The Raft log, the vote and the replicated state machine share one database (one WAL), each in
 //! its own column families:
 //!
-//! - `raft_log`: log entries, keyed by big-endian index (see [`log`]; made durable in groups by
-//!   [`log_sync`]);
+//! - `raft_log`: log entries, keyed by big-endian index (see [`log`]);
 //! - `raft_meta`: vote, committed log id, last purged log id (see [`log`]);
 //! - `sm_meta`: last applied log id and last membership of the state machine (see
 //!   [`state_machine`]; snapshots of the state and their file: [`snapshot`]);
@@ -15,7 +14,6 @@
 //! `flush_wal(true)` before purging) makes every earlier write durable too.
 pub mod digest;
 pub mod log;
-pub mod log_sync;
 pub mod snapshot;
 pub mod state_machine;
 
