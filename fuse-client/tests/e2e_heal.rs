@@ -462,6 +462,18 @@ fn t50_chunks_of_an_upload_that_never_committed_are_collected() {
         Duration::from_secs(60),
         || (1..=3).all(|n| c.chunk_files(n) == live),
     );
+    // The copies go from disk (step 3 of a GC round) before the round commits `GcSwept` and
+    // counts them (step 4): wait for the count too.
+    let counted = |c: &Cluster| {
+        c.status()
+            .and_then(|st| st["repair"]["gc_collected"].as_u64())
+            .is_some_and(|n| n >= orphans as u64)
+    };
+    wait_until(
+        "the collected chunks to be counted",
+        Duration::from_secs(30),
+        || counted(&c),
+    );
     let st = c.status().unwrap();
     assert!(
         st["repair"]["gc_collected"].as_u64().unwrap() >= orphans as u64,
