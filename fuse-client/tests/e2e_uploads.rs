@@ -62,6 +62,32 @@ fn uploads(c: &Cluster) -> Vec<Value> {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("uploads list output {out:?}: {e}"))
 }
 
+/// `uploads(c)` once it has stopped changing: a client killed with -9 may have left a
+/// `RecordUpload` in flight, which the leader still commits after the kill (the request had
+/// arrived whole). Reading the listing before that lands would undercount what is recorded.
+fn settled_uploads(c: &Cluster) -> Vec<Value> {
+    // Ages tick by themselves; what is recorded is the id and the byte count.
+    let recorded = |ups: &[Value]| -> Vec<(Value, Value)> {
+        ups.iter()
+            .map(|u| (u["id"].clone(), u["bytes"].clone()))
+            .collect()
+    };
+    let t0 = Instant::now();
+    let mut last = uploads(c);
+    loop {
+        std::thread::sleep(Duration::from_millis(700));
+        let now = uploads(c);
+        if recorded(&now) == recorded(&last) {
+            return now;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the upload listing kept changing after the client was killed: {now:?}"
+        );
+        last = now;
+    }
+}
+
 /// The upload whose target is `path`, if listed.
 fn upload_of(c: &Cluster, path: &str) -> Option<Value> {
     uploads(c).into_iter().find(|u| u["target"] == path)
@@ -221,7 +247,7 @@ fn t10_an_interrupted_put_resumes_and_sends_only_the_missing_chunks() {
         Duration::from_secs(300),
         || uploads(&c).iter().filter_map(|u| u["bytes"].as_u64()).sum(),
     );
-    let ups = uploads(&c);
+    let ups = settled_uploads(&c);
     assert_eq!(ups.len(), 1, "one interrupted upload is listed: {ups:?}");
     let up = &ups[0];
     assert_eq!(up["target"], "/big", "{up}");
