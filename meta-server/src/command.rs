@@ -1,9 +1,10 @@
 //! The commands replicated through the Raft log, and their results: the format of a log entry,
 //! in one place.
 //!
-//! Each [`Command`] is one log entry (a [`Batch`] or [`Once`] wraps others in the same entry)
-//! and is applied by [`crate::fsm::Fsm::apply`] as one RocksDB write batch, so it takes effect
-//! entirely or not at all. Every command is a struct of its own; the state machine module of
+//! Each [`Command`] is one log entry (a [`Batch`] or [`Once`] wraps others in the same entry;
+//! a [`Group`] carries the independent commands of many writers, proposed together by
+//! [`crate::proposer`]) and is applied by [`crate::fsm::Fsm::apply`] as one RocksDB write batch,
+//! so it takes effect entirely or not at all. Every command is a struct of its own; the state machine module of
 //! its area applies it (`fsm/namespace.rs` applies [`Rename`], `fsm/uploads.rs` applies
 //! [`CommitUpload`], …). Commands carry everything their effect depends on (including `now`,
 //! stamped by the leader when it proposes them), so every replica computes the same state.
@@ -78,6 +79,8 @@ pub enum Command {
     RecordUpload(RecordUpload),
     AbortUpload(AbortUpload),
     CommitUpload(CommitUpload),
+    // Group commit (fsm/mod.rs, crate::proposer). Last, so older variants keep their tags.
+    Group(Group),
 }
 
 // --- namespace -------------------------------------------------------------------------------
@@ -328,6 +331,16 @@ pub struct Batch {
     pub cmds: Vec<Command>,
 }
 
+/// Independent commands of different writers, proposed as one entry so that one log append
+/// (one fsync on each node) serves them all ([`crate::proposer`]). Unlike a [`Batch`], each
+/// applies on its own, in order, with its own result ([`Reply::Group`]): a refused one changes
+/// nothing and does not stop the ones after it; a later one sees the earlier ones' changes.
+/// A group is never nested, and never wrapped in a [`Once`] or a [`Batch`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub cmds: Vec<Command>,
+}
+
 // --- extended attributes ---------------------------------------------------------------------
 
 /// setxattr(2). `flags`: [`XATTR_CREATE`], [`XATTR_REPLACE`].
@@ -491,6 +504,8 @@ pub enum Reply {
     },
     /// `OpenUpload`: the new upload's id.
     Upload(u64),
+    /// `Group`: each command's own result, in the group's order.
+    Group(Vec<CommandResult>),
 }
 
 /// A deterministic failure decided by the state machine.
@@ -523,8 +538,9 @@ impl FsError {
 pub type CommandResult = Result<Reply, FsError>;
 
 impl Command {
-    /// Refuses a command too large for one log entry (`TooBig`), before it is proposed.
-    pub fn check_size(&self) -> Result<(), FsError> {
+    /// Refuses a command too large for one log entry (`TooBig`), before it is proposed; else
+    /// its encoded size.
+    pub fn check_size(&self) -> Result<usize, FsError> {
         let len = crate::raft::codec::encoded_len(self)
             .map_err(|e| FsError::new(ErrorKind::InvalidArgument, e.to_string()))?;
         if len > MAX_COMMAND_BYTES {
@@ -533,6 +549,6 @@ impl Command {
                 format!("request of {len} bytes exceeds the largest log entry ({MAX_COMMAND_BYTES} bytes)"),
             ));
         }
-        Ok(())
+        Ok(len)
     }
 }

@@ -37,6 +37,7 @@ pub mod leader;
 pub mod log_clock;
 pub mod node;
 pub mod placement;
+pub mod proposer;
 pub mod raft;
 pub mod read_index;
 pub mod reaper;

@@ -3,10 +3,10 @@ use crate::command::{Command, Reply};
 use crate::error::MetaError;
 use crate::fsm::Fsm;
 use crate::log_clock::LogClock;
+use crate::proposer::Proposer;
 use crate::raft::Raft;
-use crate::read_index::{not_leader, ReadIndex};
+use crate::read_index::ReadIndex;
 use crate::store::digest::{Digest, Digests};
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -25,6 +25,8 @@ pub struct MetaNode {
     log_clock: Arc<LogClock>,
     /// Linearizable reads, one leadership confirmation for all that wait together.
     read_index: ReadIndex,
+    /// Writes, proposed together when they arrive together (group commit).
+    proposer: Proposer,
 }
 
 impl MetaNode {
@@ -63,6 +65,7 @@ impl MetaNode {
             }
         });
         let read_index = ReadIndex::start(raft.clone());
+        let proposer = Proposer::start(raft.clone());
         MetaNode {
             id,
             addr,
@@ -72,6 +75,7 @@ impl MetaNode {
             leader_since,
             log_clock,
             read_index,
+            proposer,
         }
     }
 
@@ -111,16 +115,12 @@ impl MetaNode {
     ///
     /// A command larger than [`MAX_COMMAND_BYTES`](crate::command::MAX_COMMAND_BYTES) is
     /// refused (`TooBig`) before it reaches the log: an oversized entry could not be replicated.
+    ///
+    /// Commands written concurrently share log entries (see [`crate::proposer`]); each still
+    /// gets its own result, only once its entry is committed and applied.
     pub async fn write(&self, cmd: Command) -> Result<Reply, MetaError> {
-        cmd.check_size()?;
-        match self.raft.client_write(cmd).await {
-            Ok(resp) => Ok(resp.data?),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(not_leader(f)),
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(MetaError::Raft(e.to_string()))
-            }
-            Err(RaftError::Fatal(e)) => Err(MetaError::Raft(e.to_string())),
-        }
+        let len = cmd.check_size()?;
+        self.proposer.write(cmd, len).await
     }
 
     /// Waits until this node, as leader, has confirmed its leadership with a quorum and applied

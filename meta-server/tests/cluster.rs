@@ -1,6 +1,7 @@
 //! An in-process 3-node metadata cluster on 127.0.0.1:0: election, leader failover, restart
 //! catch-up, catch-up by snapshot after the log was purged, oversized requests refused before
-//! they reach the log, and catch-up through more entries than one AppendEntries may carry.
+//! they reach the log, catch-up through more entries than one AppendEntries may carry, and
+//! concurrent writers sharing log entries (group commit) with a result each.
 //!
 //! Writes are real commands (`RegisterChunkServer`, idempotent per uuid): registering a uuid
 //! again returns the id it got the first time, which proves the state survived. At the end of a
@@ -572,6 +573,92 @@ async fn t40_follower_catches_up_through_more_bytes_than_one_append_carries() {
     );
 
     tracing::info!("--- every node holds the same replicated state");
+    let dumps = c.stop_all_and_dump().await;
+    assert_same_state(&dumps);
+}
+
+/// Group commit: writers that arrive together share log entries, and each still gets its own
+/// result — the creates of new names their inodes, the creates of a name that exists their
+/// `AlreadyExists` — with every acknowledged create there exactly once on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t50_concurrent_writers_share_entries_and_keep_their_own_results() {
+    init_tracing();
+    let c = Cluster::start(3, 10_000).await;
+    let leader = c.leader().await;
+    c.create_file("taken").await;
+    let node = c.nodes[&leader].node.clone();
+    let create = |name: String| {
+        Command::Create(cmd::Create {
+            parent: cairn_common::ROOT_INO,
+            name: name.into_bytes(),
+            kind: cmd::Kind::Regular,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            symlink_target: Vec::new(),
+            exclusive: true,
+            now: cmd::Time::now(),
+        })
+    };
+    const WRITERS: usize = 400;
+    tracing::info!(
+        WRITERS,
+        "--- writers at once: every tenth creates a name that exists"
+    );
+    let before = c.last_log(leader);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..WRITERS {
+        let (node, name) = (
+            node.clone(),
+            if i % 10 == 0 {
+                "taken".to_string()
+            } else {
+                format!("f{i}")
+            },
+        );
+        let cmd = create(name.clone());
+        tasks.spawn(async move { (name, node.write(cmd).await) });
+    }
+    let mut created = BTreeMap::new();
+    let mut refused = 0;
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            (name, Ok(Reply::Attr(i))) => assert!(created.insert(name, i.ino).is_none()),
+            (name, Err(MetaError::Fs(e))) if name == "taken" => {
+                assert_eq!(e.kind, ErrorKind::AlreadyExists);
+                refused += 1;
+            }
+            (name, other) => panic!("create {name}: {other:?}"),
+        }
+    }
+    let entries = c.last_log(leader) - before;
+    tracing::info!(entries, "--- {WRITERS} writes took this many log entries");
+    assert_eq!(
+        (created.len(), refused),
+        (WRITERS - WRITERS / 10, WRITERS / 10)
+    );
+    let inos: std::collections::BTreeSet<_> = created.values().collect();
+    assert_eq!(
+        inos.len(),
+        created.len(),
+        "every create got an inode of its own"
+    );
+    assert!(
+        entries < WRITERS as u64 / 2,
+        "{entries} entries for {WRITERS} concurrent writes: they were not grouped"
+    );
+
+    tracing::info!("--- every node holds every name, and the same state");
+    c.wait_applied(c.last_log(leader)).await;
+    let fsm = c.nodes[&leader].node.fsm();
+    for (name, ino) in &created {
+        let i = fsm
+            .lookup(cairn_common::ROOT_INO, name.as_bytes())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(i.ino, *ino, "{name}");
+    }
+    drop(node);
     let dumps = c.stop_all_and_dump().await;
     assert_same_state(&dumps);
 }

@@ -1588,6 +1588,113 @@ fn a_batch_is_all_or_nothing() {
     assert_eq!((i.size, i.mode, i.version), (10, 0o600, f.version + 1));
 }
 
+/// A group (group commit: many writers' commands in one entry) applies each command on its
+/// own, in order: a refused one — even a batch that failed halfway — changes nothing and the
+/// others still apply; later ones see earlier ones; request ids stay per command.
+#[test]
+fn a_group_gives_each_command_its_own_result() {
+    let mut h = H::new();
+    let now = h.now();
+    let create = |parent: u64, name: &str, kind: Kind| {
+        Command::Create(cmd::Create {
+            parent,
+            name: name.as_bytes().to_vec(),
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            symlink_target: Vec::new(),
+            exclusive: true,
+            now,
+        })
+    };
+    let half_failing_batch = Command::Batch(cmd::Batch {
+        cmds: vec![
+            create(ROOT_INO, "from-batch", Kind::Regular),
+            create(ROOT_INO, "a", Kind::Regular),
+        ],
+    });
+    let r = h
+        .apply(Command::Group(cmd::Group {
+            cmds: vec![
+                create_once(7, 1, "a", Kind::Regular, now),
+                create(ROOT_INO, "a", Kind::Regular),
+                half_failing_batch,
+                create(ROOT_INO, "d", Kind::Directory),
+                create_once(7, 2, "b", Kind::Regular, now),
+            ],
+        }))
+        .unwrap();
+    let Reply::Group(results) = r else {
+        panic!("{r:?}")
+    };
+    let kinds: Vec<Result<&str, ErrorKind>> = results
+        .iter()
+        .map(|r| match r {
+            Ok(Reply::Attr(i)) if i.kind == Kind::Directory => Ok("dir"),
+            Ok(Reply::Attr(_)) => Ok("file"),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.kind),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            Ok("file"),
+            Err(ErrorKind::AlreadyExists),
+            Err(ErrorKind::AlreadyExists),
+            Ok("dir"),
+            Ok("file"),
+        ],
+        "each command has its own result; the second create and the batch saw the first"
+    );
+    assert_eq!(
+        h.names(ROOT_INO),
+        vec!["a", "b", "d"],
+        "the refused batch left nothing behind, the commands after it applied"
+    );
+    let d = h.lookup(ROOT_INO, "d").unwrap();
+    assert_eq!(d.nlink, 2);
+    assert_eq!(
+        h.get(ROOT_INO).nlink,
+        3,
+        "the root counts the new directory once"
+    );
+
+    // The ids inside the group were recorded each on its own: a retry outside any group gets
+    // the recorded reply, not a second create or an error.
+    let Ok(Reply::Attr(a)) = &results[0] else {
+        unreachable!()
+    };
+    let retry = h.apply(create_once(7, 1, "a", Kind::Regular, now)).unwrap();
+    assert_eq!(retry, Reply::Attr(a.clone()));
+
+    // A group is never nested, nor wrapped in a request id or a batch.
+    let group = || {
+        Command::Group(cmd::Group {
+            cmds: vec![create(ROOT_INO, "x", Kind::Regular)],
+        })
+    };
+    for wrapped in [
+        Command::Group(cmd::Group {
+            cmds: vec![group()],
+        }),
+        Command::Once(cmd::Once {
+            client: 7,
+            seq: 3,
+            now,
+            cmd: Box::new(group()),
+        }),
+        Command::Batch(cmd::Batch {
+            cmds: vec![group()],
+        }),
+    ] {
+        assert_eq!(h.err(wrapped), ErrorKind::InvalidArgument);
+    }
+    assert_eq!(h.names(ROOT_INO), vec!["a", "b", "d"]);
+}
+
 // --- sessions, locks, orphans, xattrs --------------------------------------------------------
 
 impl H {

@@ -49,7 +49,7 @@ pub use sessions::SessionRecord;
 pub use uploads::{UploadHeader, UploadPage, UploadSummary, LABEL_MAX};
 pub use xattrs::{check_xattr_name, XATTR_NAME_MAX, XATTR_SIZE_MAX, XATTR_TOTAL_MAX};
 
-use crate::command::{Batch, Command, CommandResult, FsError, Reply};
+use crate::command::{Batch, Command, CommandResult, FsError, Group, Reply};
 use crate::error::MetaError;
 use cairn_common::error::ErrorKind;
 use rocksdb::{ColumnFamily, Direction, IteratorMode, WriteBatch, DB};
@@ -210,12 +210,42 @@ impl Command {
             Command::RecordUpload(c) => c.apply(tx),
             Command::AbortUpload(c) => c.apply(tx),
             Command::CommitUpload(c) => c.apply(tx),
+            Command::Group(c) => c.apply(tx),
         }
     }
 
-    /// Whether this command manages request ids itself and so cannot be nested in another.
+    /// Whether this command manages request ids itself (or holds commands that do) and so
+    /// cannot be nested in another.
     fn is_request_bookkeeping(&self) -> bool {
-        matches!(self, Command::Once(_) | Command::PruneRequests(_))
+        matches!(
+            self,
+            Command::Once(_) | Command::PruneRequests(_) | Command::Group(_)
+        )
+    }
+}
+
+impl Group {
+    /// Applies the commands in order, each on its own: a refusal undoes that command's changes
+    /// only (back to the savepoint taken before it) and becomes its result; the others go on.
+    /// A failure of this node's storage is not a result: it fails the whole entry (the node
+    /// stops, see `store::state_machine`).
+    fn apply(&self, tx: &mut Tx) -> CommandResult {
+        let mut results = Vec::with_capacity(self.cmds.len());
+        for c in &self.cmds {
+            if matches!(c, Command::Group(_)) {
+                return Err(fs_err(ErrorKind::InvalidArgument, "nested group"));
+            }
+            let before = tx.savepoint();
+            match c.apply(tx) {
+                Ok(reply) => results.push(Ok(reply)),
+                Err(e) if e.is_storage_failure() => return Err(e),
+                Err(e) => {
+                    tx.rollback(before);
+                    results.push(Err(e));
+                }
+            }
+        }
+        Ok(Reply::Group(results))
     }
 }
 

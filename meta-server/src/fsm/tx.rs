@@ -60,6 +60,12 @@ pub struct Tx<'a> {
     fsm: &'a Fsm,
     /// The log index of the entry being applied.
     index: u64,
+    o: Overlay,
+}
+
+/// What a transaction has read and changed so far, over the committed state.
+#[derive(Clone, Default)]
+struct Overlay {
     inodes: BTreeMap<u64, Option<Inode>>,
     /// (ino, slot index) → chunk (`None`: a hole).
     slots: BTreeMap<(u64, u64), Option<SlotChunk>>,
@@ -73,21 +79,27 @@ pub struct Tx<'a> {
     kv: BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
 }
 
+/// A transaction as it was at one moment, to go back to ([`Tx::savepoint`]).
+pub struct Savepoint(Overlay);
+
 impl<'a> Tx<'a> {
     pub fn new(fsm: &'a Fsm, index: u64) -> Tx<'a> {
         Tx {
             fsm,
             index,
-            inodes: BTreeMap::new(),
-            slots: BTreeMap::new(),
-            dentries: BTreeMap::new(),
-            chunks: BTreeMap::new(),
-            gc: BTreeMap::new(),
-            repair: BTreeMap::new(),
-            gone: BTreeMap::new(),
-            counters: BTreeMap::new(),
-            kv: BTreeMap::new(),
+            o: Overlay::default(),
         }
+    }
+
+    /// The transaction as it is now: [`Tx::rollback`] to it undoes every change made after.
+    /// (A group applies each of its commands between the two: see `Group::apply`.)
+    pub fn savepoint(&self) -> Savepoint {
+        Savepoint(self.o.clone())
+    }
+
+    /// Goes back to `sp`, taken earlier from this transaction.
+    pub fn rollback(&mut self, sp: Savepoint) {
+        self.o = sp.0;
     }
 
     /// The log index of the entry being applied (the same on every replica).
@@ -107,7 +119,7 @@ impl<'a> Tx<'a> {
         let f = self.fsm;
         let mut out = Out { b, effects };
         let cf = f.cf(CF_INODES)?;
-        for (ino, v) in &self.inodes {
+        for (ino, v) in &self.o.inodes {
             out.put(
                 CF_INODES,
                 cf,
@@ -116,7 +128,7 @@ impl<'a> Tx<'a> {
             );
         }
         let cf = f.cf(CF_SLOTS)?;
-        for ((ino, index), v) in &self.slots {
+        for ((ino, index), v) in &self.o.slots {
             out.put(
                 CF_SLOTS,
                 cf,
@@ -125,27 +137,27 @@ impl<'a> Tx<'a> {
             );
         }
         let cf = f.cf(CF_DENTRIES)?;
-        for (k, v) in &self.dentries {
+        for (k, v) in &self.o.dentries {
             out.put(CF_DENTRIES, cf, k, v.map(|d| d.encode().to_vec()));
         }
         let cf = f.cf(CF_CHUNKS)?;
-        for (id, v) in &self.chunks {
+        for (id, v) in &self.o.chunks {
             out.put(CF_CHUNKS, cf, id.as_bytes(), v.as_ref().map(encode_json));
         }
         let cf = f.cf(CF_GC)?;
-        for (id, v) in &self.gc {
+        for (id, v) in &self.o.gc {
             out.put(CF_GC, cf, id.as_bytes(), v.as_ref().map(encode_json));
         }
         let cf = f.cf(CF_REPAIR)?;
-        for (id, v) in &self.repair {
+        for (id, v) in &self.o.repair {
             out.put(CF_REPAIR, cf, id.as_bytes(), v.as_ref().map(encode_json));
         }
         let cf = f.cf(CF_GONE)?;
-        for (id, v) in &self.gone {
+        for (id, v) in &self.o.gone {
             out.put(CF_GONE, cf, id.as_bytes(), v.as_ref().map(encode_json));
         }
         let cf = f.cf(CF_COUNTERS)?;
-        for (c, v) in &self.counters {
+        for (c, v) in &self.o.counters {
             out.put(
                 CF_COUNTERS,
                 cf,
@@ -153,7 +165,7 @@ impl<'a> Tx<'a> {
                 Some(v.to_be_bytes().to_vec()),
             );
         }
-        for ((name, k), v) in self.kv {
+        for ((name, k), v) in self.o.kv {
             out.put(name, f.cf(name)?, &k, v);
         }
         Ok(())
@@ -162,20 +174,20 @@ impl<'a> Tx<'a> {
     // --- raw key-value overlay ---------------------------------------------------------------
 
     pub fn kv_get(&mut self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, FsError> {
-        if let Some(v) = self.kv.get(&(cf, key.to_vec())) {
+        if let Some(v) = self.o.kv.get(&(cf, key.to_vec())) {
             return Ok(v.clone());
         }
         self.fsm.raw_get(cf, key)
     }
 
     pub fn kv_put(&mut self, cf: &'static str, key: Vec<u8>, v: Option<Vec<u8>>) {
-        self.kv.insert((cf, key), v);
+        self.o.kv.insert((cf, key), v);
     }
 
     /// The entries of `cf` whose key starts with `prefix`, as this transaction sees them.
     pub fn kv_scan(&mut self, cf: &'static str, prefix: &[u8]) -> Result<Vec<KeyValue>, FsError> {
         let mut out = self.fsm.scan(cf, prefix)?;
-        for ((c, k), v) in self.kv.range((cf, prefix.to_vec())..) {
+        for ((c, k), v) in self.o.kv.range((cf, prefix.to_vec())..) {
             if *c != cf || !k.starts_with(prefix) {
                 break;
             }
@@ -204,7 +216,7 @@ impl<'a> Tx<'a> {
     // --- inodes --------------------------------------------------------------------------------
 
     pub fn inode(&mut self, ino: u64) -> Result<Option<Inode>, FsError> {
-        if let Some(v) = self.inodes.get(&ino) {
+        if let Some(v) = self.o.inodes.get(&ino) {
             return Ok(v.clone());
         }
         let v = self
@@ -212,7 +224,7 @@ impl<'a> Tx<'a> {
             .raw_get(CF_INODES, &ino.to_be_bytes())?
             .map(|v| decode_json::<Inode>(&v))
             .transpose()?;
-        self.inodes.insert(ino, v.clone());
+        self.o.inodes.insert(ino, v.clone());
         Ok(v)
     }
 
@@ -232,18 +244,18 @@ impl<'a> Tx<'a> {
     }
 
     pub fn put_inode(&mut self, i: Inode) {
-        self.inodes.insert(i.ino, Some(i));
+        self.o.inodes.insert(i.ino, Some(i));
     }
 
     pub fn del_inode(&mut self, ino: u64) {
-        self.inodes.insert(ino, None);
+        self.o.inodes.insert(ino, None);
     }
 
     // --- file slots ----------------------------------------------------------------------------
 
     /// Slot `index` of file `ino` (`None`: a hole).
     pub fn slot(&mut self, ino: u64, index: u64) -> Result<Option<SlotChunk>, FsError> {
-        if let Some(v) = self.slots.get(&(ino, index)) {
+        if let Some(v) = self.o.slots.get(&(ino, index)) {
             return Ok(*v);
         }
         let v = self
@@ -251,14 +263,14 @@ impl<'a> Tx<'a> {
             .raw_get(CF_SLOTS, &slot_key(ino, index))?
             .map(|v| decode_slot(&v))
             .transpose()?;
-        self.slots.insert((ino, index), v);
+        self.o.slots.insert((ino, index), v);
         Ok(v)
     }
 
     /// Stores slot `index` of file `ino` (`None`: makes it a hole). References and the inode's
     /// `stored_bytes` are the caller's (`content.rs`).
     pub fn write_slot(&mut self, ino: u64, index: u64, chunk: Option<SlotChunk>) {
-        self.slots.insert((ino, index), chunk);
+        self.o.slots.insert((ino, index), chunk);
     }
 
     /// The non-hole slots of file `ino` from slot `from` on, in index order, as this
@@ -273,7 +285,7 @@ impl<'a> Tx<'a> {
             let (k, v) = item?;
             out.insert(u64_at(&k, 8, "slot")?, decode_slot(&v)?);
         }
-        for ((_, index), v) in self.slots.range((ino, from)..=(ino, u64::MAX)) {
+        for ((_, index), v) in self.o.slots.range((ino, from)..=(ino, u64::MAX)) {
             match v {
                 Some(c) => out.insert(*index, *c),
                 None => out.remove(index),
@@ -286,7 +298,7 @@ impl<'a> Tx<'a> {
 
     pub fn dentry(&mut self, parent: u64, name: &[u8]) -> Result<Option<Dentry>, FsError> {
         let k = named_key(parent, name);
-        if let Some(v) = self.dentries.get(&k) {
+        if let Some(v) = self.o.dentries.get(&k) {
             return Ok(*v);
         }
         let v = self
@@ -294,16 +306,16 @@ impl<'a> Tx<'a> {
             .raw_get(CF_DENTRIES, &k)?
             .map(|v| Dentry::decode(&v))
             .transpose()?;
-        self.dentries.insert(k, v);
+        self.o.dentries.insert(k, v);
         Ok(v)
     }
 
     pub fn put_dentry(&mut self, parent: u64, name: &[u8], d: Dentry) {
-        self.dentries.insert(named_key(parent, name), Some(d));
+        self.o.dentries.insert(named_key(parent, name), Some(d));
     }
 
     pub fn del_dentry(&mut self, parent: u64, name: &[u8]) {
-        self.dentries.insert(named_key(parent, name), None);
+        self.o.dentries.insert(named_key(parent, name), None);
     }
 
     /// Whether directory `ino` has no entries, as this transaction sees it.
@@ -311,6 +323,7 @@ impl<'a> Tx<'a> {
         let prefix = ino.to_be_bytes();
         // Entries this command added under `ino`.
         if self
+            .o
             .dentries
             .iter()
             .any(|(k, v)| v.is_some() && k.starts_with(&prefix) && k.len() > 8)
@@ -322,54 +335,54 @@ impl<'a> Tx<'a> {
         let keys = self.fsm.first_keys(CF_DENTRIES, &prefix, 3)?;
         Ok(keys
             .iter()
-            .all(|k| matches!(self.dentries.get(k), Some(None))))
+            .all(|k| matches!(self.o.dentries.get(k), Some(None))))
     }
 
     // --- counters ------------------------------------------------------------------------------
 
     pub fn counter(&mut self, c: Counter) -> Result<u64, FsError> {
-        if let Some(v) = self.counters.get(&c) {
+        if let Some(v) = self.o.counters.get(&c) {
             return Ok(*v);
         }
         let v = self.fsm.read_counter(c)?;
-        self.counters.insert(c, v);
+        self.o.counters.insert(c, v);
         Ok(v)
     }
 
     pub fn set_counter(&mut self, c: Counter, v: u64) {
-        self.counters.insert(c, v);
+        self.o.counters.insert(c, v);
     }
 
     // --- chunks and their queues ---------------------------------------------------------------
 
     pub fn chunk(&mut self, id: &ChunkId) -> Result<Option<ChunkRecord>, FsError> {
-        if let Some(v) = self.chunks.get(id) {
+        if let Some(v) = self.o.chunks.get(id) {
             return Ok(v.clone());
         }
         let v = self.fsm.chunk_record(id)?;
-        self.chunks.insert(*id, v.clone());
+        self.o.chunks.insert(*id, v.clone());
         Ok(v)
     }
 
     /// Stores (`Some`) or deletes (`None`) chunk `id`'s record.
     pub fn set_chunk(&mut self, id: ChunkId, rec: Option<ChunkRecord>) {
-        self.chunks.insert(id, rec);
+        self.o.chunks.insert(id, rec);
     }
 
     /// Queues chunk `id` for collection from this entry on, stamped `since` for people
     /// (`None`: takes it off the queue). The grace counts from this entry's index.
     pub fn set_gc(&mut self, id: ChunkId, since: Option<Time>) {
         let index = self.index;
-        self.gc.insert(id, since.map(|at| Queued { at, index }));
+        self.o.gc.insert(id, since.map(|at| Queued { at, index }));
     }
 
     /// Notes that chunk `id` lost a replica at `at` (`None`: a replica was added back).
     pub fn set_repair(&mut self, id: ChunkId, at: Option<Time>) {
-        self.repair.insert(id, at);
+        self.o.repair.insert(id, at);
     }
 
     pub fn gone(&mut self, id: &ChunkId) -> Result<Option<Gone>, FsError> {
-        if let Some(v) = self.gone.get(id) {
+        if let Some(v) = self.o.gone.get(id) {
             return Ok(*v);
         }
         let v = self
@@ -377,12 +390,12 @@ impl<'a> Tx<'a> {
             .raw_get(CF_GONE, id.as_bytes())?
             .map(|v| decode_json::<Gone>(&v))
             .transpose()?;
-        self.gone.insert(*id, v);
+        self.o.gone.insert(*id, v);
         Ok(v)
     }
 
     /// Records (`Some`) or forgets (`None`) chunk `id`'s tombstone.
     pub fn set_gone(&mut self, id: ChunkId, g: Option<Gone>) {
-        self.gone.insert(id, g);
+        self.o.gone.insert(id, g);
     }
 }

@@ -107,6 +107,7 @@ mod tests {
             Command::RecordUpload(_) => "RecordUpload",
             Command::AbortUpload(_) => "AbortUpload",
             Command::CommitUpload(_) => "CommitUpload",
+            Command::Group(_) => "Group",
         }
     }
 
@@ -237,7 +238,18 @@ mod tests {
                 before_index: 5,
             }),
             Command::Batch(Batch {
-                cmds: vec![create, Command::GcPrune(GcPrune { before: now })],
+                cmds: vec![create.clone(), Command::GcPrune(GcPrune { before: now })],
+            }),
+            Command::Group(Group {
+                cmds: vec![
+                    Command::Once(Once {
+                        client: 3,
+                        seq: 4,
+                        now,
+                        cmd: Box::new(create),
+                    }),
+                    Command::GcPrune(GcPrune { before: now }),
+                ],
             }),
             Command::SetXattr(SetXattr {
                 ino: 2,
@@ -352,7 +364,7 @@ mod tests {
     fn every_command_round_trips() {
         let all = every_command();
         let names: BTreeSet<&str> = all.iter().map(variant).collect();
-        assert_eq!(names.len(), 32, "one sample per command: {names:?}");
+        assert_eq!(names.len(), 33, "one sample per command: {names:?}");
         for cmd in &all {
             round_trip(cmd);
             assert_eq!(&decode::<Command>(&encode(cmd).unwrap()).unwrap(), cmd);
