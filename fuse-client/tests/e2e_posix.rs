@@ -1639,6 +1639,44 @@ fn t70_extended_attributes() {
         "getxattr through a symlink follows it"
     );
 
+    info!("--- a write drops file capabilities: of an existing file, and of one just created");
+    // A `vfs_cap_data` (revision 2, effective): cap_net_raw permitted.
+    let mut caps = Vec::new();
+    for word in [0x0200_0001u32, 1 << 13, 0, 0, 0] {
+        caps.extend_from_slice(&word.to_le_bytes());
+    }
+    let has_caps = |p: &Path| getxattr(p, "security.capability").is_ok();
+    setxattr(&f, "security.capability", &caps, 0).expect("set a capability");
+    assert!(has_caps(&f));
+    // Not an exclusive create: the file exists and its capability must be seen and dropped.
+    let mut w = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&f)
+        .unwrap();
+    w.write_all(b"more").unwrap();
+    drop(w);
+    assert!(
+        !has_caps(&f),
+        "a write to an existing file kept its capability"
+    );
+    let g = mnt.join("g");
+    let mut w = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&g)
+        .unwrap();
+    w.write_all(b"first").unwrap();
+    setxattr(&g, "security.capability", &caps, 0).expect("set a capability");
+    assert!(has_caps(&g));
+    w.write_all(b"second").unwrap();
+    drop(w);
+    assert!(
+        !has_caps(&g),
+        "a write to a file created on this mount kept the capability set after its create"
+    );
+    assert_eq!(std::fs::read(&g).unwrap(), b"firstsecond");
+
     info!("--- kept across a remount, and visible on a second mount");
     let st = c.mounts[0].proc.terminate(Duration::from_secs(30));
     assert!(st.success(), "cairn mount exited with {st}");

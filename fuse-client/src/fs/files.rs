@@ -104,6 +104,10 @@ impl Core {
             .create(at.request(Kind::Regular, mode & 0o7777, 0, Vec::new(), exclusive))
             .await?;
         let f = self.files.open(a.ino);
+        if exclusive {
+            // A new inode (an existing name fails an exclusive create): no attributes yet.
+            self.caps.note_new_file(a.ino);
+        }
         if a.size == 0 {
             f.set_empty_base(a.version).await;
         } else {

@@ -27,6 +27,13 @@ impl CapsCache {
     pub(super) fn forget(&self, ino: u64) {
         self.lock().remove(&ino);
     }
+
+    /// Notes that open file `ino` has no `security.capability`: it was just created by this
+    /// mount (an `O_EXCL` create that succeeded made a new inode, which has no attributes), so
+    /// its first write needs no round trip to learn that.
+    pub(super) fn note_new_file(&self, ino: u64) {
+        self.lock().insert(ino, None);
+    }
 }
 
 /// Answers getxattr/listxattr: the size when asked for it (size 0), ERANGE when the caller's
