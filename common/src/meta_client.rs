@@ -23,6 +23,12 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// The longest pause between two attempts of a call. While the cluster elects a new leader
+/// (a few hundred ms) every attempt fails fast (connection refused, or not-leader without a
+/// leader named); a longer pause would be added, whole, to the time the caller waits after the
+/// new leader is there. An attempt costs one small RPC, so 10 a second per waiting call is cheap.
+const MAX_BACKOFF: Duration = Duration::from_millis(100);
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
@@ -258,7 +264,7 @@ impl MetaClient {
                 ));
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 }

@@ -80,11 +80,16 @@ pub struct Config {
     #[arg(long, env = "CAIRN_META_RAFT_HEARTBEAT_MS", default_value_t = 100)]
     pub raft_heartbeat_ms: u64,
 
-    /// Lower bound (ms) of the randomized Raft election timeout.
+    /// Lower bound (ms) of the randomized Raft election timeout. A follower that hears nothing
+    /// from the leader starts an election after the leader's lease (openraft 0.9: the upper
+    /// bound) plus this random timeout: 600–800 ms with the defaults, which with the vote, the
+    /// new leader's first entry and the clients' retry makes a leader failover of ~0.8 s
+    /// (`scripts/bench` measures it). Lower values fail over faster and risk elections on a
+    /// loaded machine; the heartbeat interval must stay well below it.
     #[arg(
         long,
         env = "CAIRN_META_ELECTION_TIMEOUT_MIN_MS",
-        default_value_t = 300
+        default_value_t = 200
     )]
     pub election_timeout_min_ms: u64,
 
@@ -92,7 +97,7 @@ pub struct Config {
     #[arg(
         long,
         env = "CAIRN_META_ELECTION_TIMEOUT_MAX_MS",
-        default_value_t = 600
+        default_value_t = 400
     )]
     pub election_timeout_max_ms: u64,
 
@@ -174,8 +179,8 @@ impl Config {
             heartbeat_timeout_ms: 5000,
             snapshot_logs: 10_000,
             raft_heartbeat_ms: 100,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            election_timeout_min_ms: 200,
+            election_timeout_max_ms: 400,
             drain_timeout_ms: 10_000,
             repair_interval_ms: 10_000,
             repair_rate_mb: 100,
