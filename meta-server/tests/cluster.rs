@@ -194,19 +194,7 @@ impl Cluster {
 
     /// Creates a regular file in the root directory and returns its inode.
     async fn create_file(&self, name: &str) -> u64 {
-        let cmd = Command::Create(cmd::Create {
-            parent: cairn_common::ROOT_INO,
-            name: name.as_bytes().to_vec(),
-            kind: cmd::Kind::Regular,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            symlink_target: Vec::new(),
-            exclusive: true,
-            now: cmd::Time::now(),
-        });
-        match self.write(cmd).await {
+        match self.write(create_in_root(name)).await {
             Reply::Attr(i) => i.ino,
             other => panic!("unexpected reply {other:?}"),
         }
@@ -233,6 +221,22 @@ impl Cluster {
         }
         out
     }
+}
+
+/// An exclusive `Create` of regular file `name` in the root directory.
+fn create_in_root(name: &str) -> Command {
+    Command::Create(cmd::Create {
+        parent: cairn_common::ROOT_INO,
+        name: name.as_bytes().to_vec(),
+        kind: cmd::Kind::Regular,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        symlink_target: Vec::new(),
+        exclusive: true,
+        now: cmd::Time::now(),
+    })
 }
 
 fn assert_same_state(dumps: &StateDumps) {
@@ -587,20 +591,6 @@ async fn t50_concurrent_writers_share_entries_and_keep_their_own_results() {
     let leader = c.leader().await;
     c.create_file("taken").await;
     let node = c.nodes[&leader].node.clone();
-    let create = |name: String| {
-        Command::Create(cmd::Create {
-            parent: cairn_common::ROOT_INO,
-            name: name.into_bytes(),
-            kind: cmd::Kind::Regular,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            symlink_target: Vec::new(),
-            exclusive: true,
-            now: cmd::Time::now(),
-        })
-    };
     const WRITERS: usize = 400;
     tracing::info!(
         WRITERS,
@@ -617,7 +607,7 @@ async fn t50_concurrent_writers_share_entries_and_keep_their_own_results() {
                 format!("f{i}")
             },
         );
-        let cmd = create(name.clone());
+        let cmd = create_in_root(&name);
         tasks.spawn(async move { (name, node.write(cmd).await) });
     }
     let mut created = BTreeMap::new();

@@ -1478,24 +1478,29 @@ fn gc_orphans_tombstone_unknown_chunks_only() {
         .unwrap();
 }
 
+/// `Create` of `name` (exclusive, mode 0755) in directory `parent`.
+fn create_cmd(parent: u64, name: &str, kind: Kind, now: Time) -> Command {
+    Command::Create(cmd::Create {
+        parent,
+        name: name.as_bytes().to_vec(),
+        kind,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        symlink_target: Vec::new(),
+        exclusive: true,
+        now,
+    })
+}
+
 /// `Create` of `name` in the root under request id (`client`, `seq`).
 fn create_once(client: u64, seq: u64, name: &str, kind: Kind, now: Time) -> Command {
     Command::Once(cmd::Once {
         client,
         seq,
         now,
-        cmd: Box::new(Command::Create(cmd::Create {
-            parent: ROOT_INO,
-            name: name.as_bytes().to_vec(),
-            kind,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            symlink_target: Vec::new(),
-            exclusive: true,
-            now,
-        })),
+        cmd: Box::new(create_cmd(ROOT_INO, name, kind, now)),
     })
 }
 
@@ -1595,20 +1600,7 @@ fn a_batch_is_all_or_nothing() {
 fn a_group_gives_each_command_its_own_result() {
     let mut h = H::new();
     let now = h.now();
-    let create = |parent: u64, name: &str, kind: Kind| {
-        Command::Create(cmd::Create {
-            parent,
-            name: name.as_bytes().to_vec(),
-            kind,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            symlink_target: Vec::new(),
-            exclusive: true,
-            now,
-        })
-    };
+    let create = |parent: u64, name: &str, kind: Kind| create_cmd(parent, name, kind, now);
     let half_failing_batch = Command::Batch(cmd::Batch {
         cmds: vec![
             create(ROOT_INO, "from-batch", Kind::Regular),
