@@ -4,7 +4,7 @@
 //! mount.
 mod e2e_harness;
 
-use e2e_harness::{init_tracing, write_random_file, Cluster};
+use e2e_harness::{init_tracing, wait_until, write_random_file, Cluster, Opts};
 use std::io::Write;
 use std::time::Duration;
 use tracing::info;
@@ -197,14 +197,15 @@ fn content_of(name: &str) -> Vec<u8> {
 /// mount retries on the new leader under the same request id, so a create that was committed
 /// before the kill is not applied twice: an `O_EXCL` create applied twice would fail with
 /// `EEXIST`); afterwards every acknowledged file is there exactly once with its own bytes, and
-/// no name exists that no writer was told about — nothing is half-there. fsck agrees.
+/// no name exists that no writer was told about — nothing is half-there. fsck never reports a
+/// loss, and reports the cluster healthy once repair has run.
 #[test]
 fn t50_eight_writers_lose_nothing_they_were_told_was_created() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     use std::time::Instant;
     init_tracing();
-    let mut c = Cluster::start(3, 3);
+    let mut c = Cluster::start_with(3, 3, Opts::new(&["--repair-interval-ms", "1000"], &[]));
     let mnt = c.mount();
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..8)
@@ -296,9 +297,16 @@ fn t50_eight_writers_lose_nothing_they_were_told_was_created() {
     let total: usize = acked.iter().map(Vec::len).sum();
     info!(total, "--- files checked");
 
-    info!("--- the killed node comes back; fsck finds the namespace whole");
+    info!("--- the killed node comes back; fsck: nothing lost, and healthy once repair ran");
+    // Right after the election the new leader has not heard from every chunk server yet, so a
+    // chunk written then may have been placed on fewer than 3 (documented; repair adds the
+    // missing copies). Never lost, though.
     c.meta[(leader - 1) as usize].start();
-    let (code, out, err) = c.cairn(&["fsck"]);
-    assert_eq!(code, 0, "fsck: {out}\n{err}");
-    assert!(out.contains("status: healthy"), "{out}");
+    let took = wait_until("fsck to report healthy", Duration::from_secs(90), || {
+        let (code, out, err) = c.cairn(&["fsck"]);
+        assert!(code == 0 || code == 1, "fsck exit {code}: {out}\n{err}");
+        assert!(!out.contains("DATA LOST"), "{out}");
+        code == 0 && out.contains("status: healthy")
+    });
+    info!(?took, "--- healthy");
 }
