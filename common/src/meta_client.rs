@@ -23,15 +23,15 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
 
 /// The longest pause between two attempts of a call. While the cluster elects a new leader
 /// (a few hundred ms) every attempt fails fast (connection refused, or not-leader without a
 /// leader named); a longer pause would be added, whole, to the time the caller waits after the
 /// new leader is there. An attempt costs one small RPC, so 10 a second per waiting call is cheap.
 const MAX_BACKOFF: Duration = Duration::from_millis(100);
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
-use tonic::Status;
 
 /// The gRPC metadata key of a call's request id.
 pub const REQUEST_ID_KEY: &str = "cairn-request-id";
