@@ -101,6 +101,12 @@ pub struct Config {
     )]
     pub election_timeout_max_ms: u64,
 
+    /// Confirm leadership with a heartbeat round for every read (coalesced), instead of
+    /// answering reads under the leader's lease (see `read_index`). Both are linearizable; the
+    /// lease saves a network round per read and leans on bounded clock-rate drift.
+    #[arg(long, env = "CAIRN_META_NO_LEASE_READS")]
+    pub no_lease_reads: bool,
+
     /// On shutdown, how long (ms) in-flight RPCs may take to finish before they are cut off.
     #[arg(long, env = "CAIRN_META_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
@@ -181,6 +187,7 @@ impl Config {
             raft_heartbeat_ms: 100,
             election_timeout_min_ms: 200,
             election_timeout_max_ms: 400,
+            no_lease_reads: false,
             drain_timeout_ms: 10_000,
             repair_interval_ms: 10_000,
             repair_rate_mb: 100,
@@ -289,6 +296,12 @@ impl Config {
         }
         .validate()
         .map_err(|e| format!("raft config: {e}"))
+    }
+
+    /// How long reads may be answered under the leader's lease; `None` with
+    /// `--no-lease-reads`.
+    pub fn read_lease(&self, raft: &openraft::Config) -> Option<Duration> {
+        (!self.no_lease_reads).then(|| crate::read_index::lease_window(raft))
     }
 
     pub fn repair_config(&self) -> crate::repair::RepairConfig {

@@ -143,6 +143,7 @@ pub async fn start_with_listener(
         );
     }
     let raft_config = Arc::new(config.raft_config().map_err(anyhow::Error::msg)?);
+    let read_lease = config.read_lease(&raft_config);
     let raft = raft::Raft::new(
         config.id,
         raft_config,
@@ -160,6 +161,7 @@ pub async fn start_with_listener(
         raft.clone(),
         digests,
         Arc::new(log_clock::LogClock::new(config.longest_expiry())),
+        read_lease,
     ));
 
     let raft_svc = RaftServiceServer::new(raft::service::RaftServiceImpl::new(raft.clone()))

@@ -39,6 +39,7 @@ impl MetaNode {
         raft: Raft,
         digests: Arc<Digests>,
         log_clock: Arc<LogClock>,
+        read_lease: Option<std::time::Duration>,
     ) -> MetaNode {
         let leader_since = Arc::new(Mutex::new(None));
         let mut metrics = raft.metrics();
@@ -64,7 +65,7 @@ impl MetaNode {
                 }
             }
         });
-        let read_index = ReadIndex::start(raft.clone());
+        let read_index = ReadIndex::start(raft.clone(), read_lease);
         let proposer = Proposer::start(raft.clone());
         MetaNode {
             id,
@@ -123,11 +124,19 @@ impl MetaNode {
         self.proposer.write(cmd, len).await
     }
 
-    /// Waits until this node, as leader, has confirmed its leadership with a quorum and applied
-    /// everything committed so far (read index). `NotLeader` otherwise. Concurrent reads share
-    /// one confirmation round (see [`crate::read_index`]).
+    /// Waits until a read of this node's state machine sees every write acknowledged before
+    /// this call: at once under the leader's lease, otherwise once this node, as leader, has
+    /// confirmed its leadership with a quorum and applied everything committed so far (read
+    /// index; concurrent reads share one round). `NotLeader` otherwise. See
+    /// [`crate::read_index`].
     pub async fn linearizable_read(&self) -> Result<(), MetaError> {
         self.read_index.wait().await
+    }
+
+    /// Leadership confirmation rounds run for reads since start (reads under the lease run
+    /// none).
+    pub fn read_rounds(&self) -> u64 {
+        self.read_index.rounds()
     }
 
     /// The current leader (id, address) as this node knows it.

@@ -1,7 +1,8 @@
 //! An in-process 3-node metadata cluster on 127.0.0.1:0: election, leader failover, restart
 //! catch-up, catch-up by snapshot after the log was purged, oversized requests refused before
 //! they reach the log, catch-up through more entries than one AppendEntries may carry, and
-//! concurrent writers sharing log entries (group commit) with a result each.
+//! concurrent writers sharing log entries (group commit) with a result each, and reads under
+//! the leader's lease (no round per read; none once the quorum is gone).
 //!
 //! Writes are real commands (`RegisterChunkServer`, idempotent per uuid): registering a uuid
 //! again returns the id it got the first time, which proves the state survived. At the end of a
@@ -651,4 +652,51 @@ async fn t50_concurrent_writers_share_entries_and_keep_their_own_results() {
     drop(node);
     let dumps = c.stop_all_and_dump().await;
     assert_same_state(&dumps);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t60_reads_under_the_lease_need_no_round_and_stop_when_the_quorum_is_gone() {
+    init_tracing();
+    let mut c = Cluster::start(3, 10_000).await;
+    let leader = c.leader().await;
+    let node = c.nodes[&leader].node.clone();
+
+    tracing::info!(
+        "--- a healthy leader answers reads under its lease: they see every acked write"
+    );
+    const READS: u64 = 200;
+    let before = node.read_rounds();
+    for i in 0..READS {
+        let name = format!("leased{i}");
+        let ino = c.create_file(&name).await;
+        node.linearizable_read().await.unwrap();
+        let seen = node
+            .fsm()
+            .lookup(cairn_common::ROOT_INO, name.as_bytes())
+            .unwrap_or_else(|e| panic!("{name} acked, then not seen: {e}"));
+        assert_eq!(seen.ino, ino);
+    }
+    let rounds = node.read_rounds() - before;
+    tracing::info!(rounds, "--- {READS} reads took this many leadership rounds");
+    assert!(
+        rounds < READS / 4,
+        "{rounds} rounds for {READS} reads: the lease did not serve them"
+    );
+
+    tracing::info!("--- both followers stop: once the lease has run out, reads are refused");
+    let followers: Vec<u64> = c.nodes.keys().copied().filter(|id| *id != leader).collect();
+    for id in followers {
+        c.stop(id).await;
+    }
+    // The followers' own lease is election_timeout_max (400 ms); ours is half of it.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    for _ in 0..3 {
+        let r = tokio::time::timeout(WAIT, node.linearizable_read()).await;
+        assert!(
+            matches!(r, Ok(Err(_))),
+            "a leader without a quorum answered a read: {r:?}"
+        );
+    }
+    drop(node);
+    c.stop(leader).await;
 }
