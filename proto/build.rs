@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".cairn.v1.PutChunkRequest.data")
         .bytes(".cairn.v1.GetChunkReply.data")
         .bytes(".cairn.v1.RaftPayload.data")
+        .bytes(".cairn.v1.ChunkSlot.inline_data")
+        .bytes(".cairn.v1.InlineChunk.data")
         .compile_protos(&["cairn.proto"], &["."])?;
     println!("cargo:rerun-if-changed=cairn.proto");
     Ok(())

@@ -27,7 +27,7 @@ pub mod rate;
 pub mod time;
 pub mod worker;
 
-pub use chunk::{ChunkId, BLOCK_SIZE, CHUNK_SIZE};
+pub use chunk::{ChunkId, BLOCK_SIZE, CHUNK_SIZE, INLINE_MAX};
 pub use chunk_client::ChunkClients;
 pub use error::ErrorKind;
 pub use kind::Kind;

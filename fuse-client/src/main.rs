@@ -30,6 +30,12 @@ enum Cmd {
         /// Accepted for compatibility; the mount always runs in the foreground.
         #[arg(long)]
         foreground: bool,
+        /// Files of at most this many bytes (up to 65536) keep their content in the metadata
+        /// cluster, replicated by Raft, instead of on chunk servers: no chunk round trips to
+        /// write or read them. 0: every file's content goes to chunk servers.
+        #[arg(long, env = "CAIRN_INLINE_MAX", default_value_t = cairn_common::INLINE_MAX as u32,
+              value_parser = clap::value_parser!(u32).range(0..=cairn_common::INLINE_MAX as i64))]
+        inline_max: u32,
     },
     /// Show the cluster: meta nodes and chunk servers.
     Status {
@@ -200,10 +206,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Mount {
-            mountpoint, meta, ..
+            mountpoint,
+            meta,
+            inline_max,
+            ..
         } => mount::run(mount::MountConfig {
             mountpoint,
             meta: split_addrs(&meta),
+            inline_max: inline_max as usize,
         }),
         Cmd::Status {
             meta,

@@ -17,6 +17,8 @@ const TASK_DEADLINE: Duration = Duration::from_secs(5);
 pub struct MountConfig {
     pub mountpoint: PathBuf,
     pub meta: Vec<String>,
+    /// Files of at most this many bytes are committed inline, in the metadata.
+    pub inline_max: usize,
 }
 
 pub fn is_mounted(path: &Path) -> bool {
@@ -78,7 +80,7 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
         let _guard = rt.enter();
         tasks.spawn_worker(Renewal::new(session.clone()));
     }
-    let dp = DataPlane::new(meta);
+    let dp = DataPlane::with_inline_max(meta, cfg.inline_max);
     let _ = dp
         .writer_label
         .set(format!("{}:{}", session.host(), mountpoint.display()));

@@ -29,8 +29,13 @@ fn opts() -> Opts {
     )
 }
 
+/// Flags of a mount that keeps no file inline in the metadata: every file it writes, however
+/// small (`write_files` writes 1-byte ones), has its data in chunks on the chunk servers — what
+/// scrub, repair, drain and fsck's chunk counts are about.
+const NO_INLINE: &[&str] = &["--inline-max", "0"];
+
 /// Writes `n` files of different sizes (1 byte to 9 MiB) into `dir` on the mount; returns the
-/// (source, name) pairs.
+/// (source, name) pairs. Mount with [`NO_INLINE`] when every file must have chunks.
 fn write_files(c: &Cluster, mnt: &Path, n: usize) -> Vec<(PathBuf, String)> {
     let sizes = [9 << 20, 1, 5 << 20, 4 << 20, 300_000, 8 << 20];
     (0..n)
@@ -116,7 +121,7 @@ fn total_scrub_corruptions(c: &Cluster) -> u64 {
 fn t10_rot_is_scrubbed_quarantined_and_repaired_and_reads_stay_correct() {
     init_tracing();
     let mut c = Cluster::start_with(3, 3, opts());
-    let mnt = c.mount();
+    let mnt = c.mount_with(NO_INLINE);
     let files = write_files(&c, &mnt, 6);
     let before = wait_healthy(&c, Duration::from_secs(30));
     let chunks = before["chunks"].as_u64().unwrap();
@@ -180,7 +185,7 @@ fn t10_rot_is_scrubbed_quarantined_and_repaired_and_reads_stay_correct() {
 fn t20_a_lost_server_is_replaced_and_a_returning_one_is_trimmed() {
     init_tracing();
     let mut c = Cluster::start_with(3, 4, opts());
-    let mnt = c.mount();
+    let mnt = c.mount_with(NO_INLINE);
     let files = write_files(&c, &mnt, 8);
     let chunks = wait_healthy(&c, Duration::from_secs(30))["chunks"]
         .as_u64()
@@ -236,7 +241,7 @@ fn t20_a_lost_server_is_replaced_and_a_returning_one_is_trimmed() {
 fn t30_drain_empties_a_server_and_fsck_reports_lost_data() {
     init_tracing();
     let mut c = Cluster::start_with(3, 4, opts());
-    let mnt = c.mount();
+    let mnt = c.mount_with(NO_INLINE);
     let files = write_files(&c, &mnt, 5);
     let chunks = wait_healthy(&c, Duration::from_secs(30))["chunks"]
         .as_u64()

@@ -4,12 +4,19 @@
 //!
 //! Identical chunk contents deduplicate, so a sparse file whose thousands of slots each hold a
 //! few bytes costs metadata only: the cluster stores a handful of distinct chunks.
+//!
+//! At the other end, a file of at most `--inline-max` bytes (64 KiB by default) written through
+//! a mount keeps its content in the metadata, replicated by Raft: no chunk server holds a chunk
+//! of it. Grown past that, its next commit stores it in chunks like any other file.
 mod e2e_harness;
 
-use e2e_harness::{init_tracing, Cluster};
+use e2e_harness::{init_tracing, wait_until, Cluster, Opts};
+use std::collections::BTreeSet;
+use std::fs::OpenOptions;
+use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::info;
 
 const SLOT: u64 = 4 << 20;
@@ -124,4 +131,277 @@ fn t10_a_sparse_file_of_4200_slots_is_written_in_one_close_and_read_back_everywh
             "{what}: a hole"
         );
     }
+}
+
+/// The default `--inline-max` of a mount: files of at most this many bytes live in the metadata.
+const INLINE_MAX: usize = 64 << 10;
+
+/// Sizes of the small files of t20: 1 byte up to exactly [`INLINE_MAX`].
+const SMALL_SIZES: [usize; 20] = [
+    1, 2, 3, 7, 100, 511, 512, 1000, 4095, 4096, 4097, 5000, 8192, 12345, 16384, 30000, 32768,
+    50000, 65535, 65536,
+];
+
+/// Deterministic, incompressible bytes (xorshift64*), different for every seed.
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = vec![0u8; len];
+    for w in v.chunks_mut(8) {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let b = x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+        w.copy_from_slice(&b[..w.len()]);
+    }
+    v
+}
+
+/// Creates (or truncates) `path` and writes `data` in one write; fails the test if the close
+/// (the commit) fails.
+fn write_whole(path: &Path, data: &[u8]) {
+    let mut f =
+        std::fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    f.write_all(data)
+        .unwrap_or_else(|e| panic!("write {} bytes to {}: {e}", data.len(), path.display()));
+    close(f, &format!("{} of {} bytes", path.display(), data.len()));
+}
+
+fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .or((a.len() != b.len()).then(|| a.len().min(b.len())))
+}
+
+/// Reads `path` whole: exactly `want`.
+fn check_bytes(path: &Path, want: &[u8], what: &str) {
+    let got =
+        std::fs::read(path).unwrap_or_else(|e| panic!("{what}: read {}: {e}", path.display()));
+    assert!(
+        got == want,
+        "{what}: {} reads {} bytes, want {}; first difference at byte {:?}",
+        path.display(),
+        got.len(),
+        want.len(),
+        first_diff(&got, want)
+    );
+}
+
+/// Every (name, content) of `files` reads back exactly from `dir`.
+fn check_all(dir: &Path, files: &[(String, Vec<u8>)], what: &str) {
+    for (name, data) in files {
+        check_bytes(&dir.join(name), data, what);
+    }
+}
+
+/// Every chunk file on any of the cluster's three chunk servers.
+fn all_chunks(c: &Cluster) -> BTreeSet<String> {
+    (1..=3).flat_map(|n| c.chunk_files(n)).collect()
+}
+
+/// Small files live in the metadata: 20 files of 1 byte to exactly 64 KiB, written through a
+/// mount with the default `--inline-max`, leave no chunk file on any chunk server, read back
+/// exactly on the writing mount, on another one, with `cairn get`, and after kill -9 of the meta
+/// leader. One grown past 64 KiB moves to chunks and reads back exactly, also once truncated to
+/// 100 bytes; overwrites in the middle of an inline file and past its end store no chunk and
+/// read back exactly; fsck finds nothing missing; unlinking them all leaves an empty directory.
+/// A mount with `--inline-max 0` stores even a 4 KiB file in chunks.
+#[test]
+fn t20_small_files_live_in_the_metadata_and_move_to_chunks_when_they_grow() {
+    init_tracing();
+    // Repair every second: a chunk written right after the election may first be placed on
+    // fewer than 3 servers (the new leader has not heard from all of them yet; see e2e_faults
+    // t50), and fsck waits for repair to complete it.
+    let mut c = Cluster::start_with(3, 3, Opts::new(&["--repair-interval-ms", "1000"], &[]));
+    let a = c.mount();
+    let b = c.mount();
+    std::fs::create_dir(a.join("small")).unwrap();
+    let mut files: Vec<(String, Vec<u8>)> = SMALL_SIZES
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| (format!("f{len:05}"), random_bytes(len, 100 + i as u64)))
+        .collect();
+    let index_of = |files: &[(String, Vec<u8>)], len: usize| {
+        files
+            .iter()
+            .position(|(_, d)| d.len() == len)
+            .unwrap_or_else(|| panic!("no file of {len} bytes"))
+    };
+
+    info!("--- 20 files of 1 byte to 64 KiB, each written and closed on mount A");
+    for (name, data) in &files {
+        write_whole(&a.join("small").join(name), data);
+    }
+    let stored: Vec<usize> = (1..=3).map(|n| c.chunk_files(n).len()).collect();
+    info!(?stored, "chunk files per chunk server");
+    assert!(
+        stored.iter().all(|&k| k == 0),
+        "the chunk servers hold {stored:?} chunk files, yet every file has at most {INLINE_MAX} \
+         bytes: its content belongs in the metadata"
+    );
+
+    info!("--- read back byte for byte: on A, on a second mount B, with cairn get");
+    check_all(&a.join("small"), &files, "mount A");
+    check_all(&b.join("small"), &files, "mount B");
+    for (name, data) in files
+        .iter()
+        .filter(|(_, d)| d.len() == 1 || d.len() == INLINE_MAX)
+    {
+        let local = c.path(&format!("{name}.get"));
+        let (code, out, err) =
+            c.cairn(&["get", &format!("/small/{name}"), local.to_str().unwrap()]);
+        assert_eq!(code, 0, "cairn get /small/{name}:\n{out}\n{err}");
+        check_bytes(&local, data, "cairn get");
+    }
+
+    info!("--- kill -9 of the meta leader: the new leader serves the same bytes");
+    let leader = c.wait_for_leader(Duration::from_secs(10));
+    c.meta[(leader - 1) as usize].kill9();
+    let took = wait_until("a new leader", Duration::from_secs(15), || {
+        c.leader_id().is_some_and(|l| l != leader)
+    });
+    info!(?took, old = leader, "--- new leader elected");
+    let after_kill = c.mount();
+    check_all(
+        &after_kill.join("small"),
+        &files,
+        "a mount made after the leader was killed",
+    );
+    check_all(
+        &b.join("small"),
+        &files,
+        "mount B after the leader was killed",
+    );
+    check_all(
+        &a.join("small"),
+        &files,
+        "mount A after the leader was killed",
+    );
+    let stored = all_chunks(&c);
+    assert!(
+        stored.is_empty(),
+        "{} chunk file(s) appeared on the chunk servers though only inline files exist",
+        stored.len()
+    );
+
+    info!("--- the 64 KiB file grows to 65 537 bytes (append on A): its data moves to chunks");
+    let big = index_of(&files, INLINE_MAX);
+    let big_on = |m: &Path| m.join("small").join(&files[big].0);
+    let (big_a, big_b, big_k) = (big_on(&a), big_on(&b), big_on(&after_kill));
+    let mut f = OpenOptions::new().append(true).open(&big_a).unwrap();
+    f.write_all(b"+").unwrap();
+    close(f, "the append past --inline-max");
+    files[big].1.push(b'+');
+    let stored: Vec<usize> = (1..=3).map(|n| c.chunk_files(n).len()).collect();
+    info!(?stored, "chunk files per chunk server after the growth");
+    assert!(
+        stored.iter().any(|&k| k > 0),
+        "a file of {} bytes (over --inline-max) has no chunk file on any chunk server",
+        INLINE_MAX + 1
+    );
+    let grown = c.mount();
+    check_bytes(
+        &grown.join("small").join(&files[big].0),
+        &files[big].1,
+        "a fresh mount after the growth",
+    );
+    check_bytes(&big_b, &files[big].1, "mount B after the growth");
+
+    info!("--- truncated to 100 bytes (set_len, close) on A: other mounts read the 100 bytes");
+    let f = OpenOptions::new().write(true).open(&big_a).unwrap();
+    f.set_len(100).unwrap();
+    close(f, "the truncation to 100 bytes");
+    files[big].1.truncate(100);
+    check_bytes(&big_b, &files[big].1, "mount B after the truncation");
+    check_bytes(&big_k, &files[big].1, "a third mount after the truncation");
+    check_bytes(&big_a, &files[big].1, "mount A after the truncation");
+
+    info!("--- on B: pwrite in the middle of an inline file, and past the end of another");
+    let before = all_chunks(&c);
+    let mid = index_of(&files, 5000);
+    let patch = random_bytes(777, 7);
+    let f = OpenOptions::new()
+        .write(true)
+        .open(b.join("small").join(&files[mid].0))
+        .unwrap();
+    f.write_all_at(&patch, 1000).unwrap();
+    close(f, "the pwrite in the middle of an inline file");
+    files[mid].1[1000..1000 + patch.len()].copy_from_slice(&patch);
+    let tiny = index_of(&files, 3);
+    let f = OpenOptions::new()
+        .write(true)
+        .open(b.join("small").join(&files[tiny].0))
+        .unwrap();
+    f.write_all_at(b"tail", 40_000).unwrap();
+    close(f, "the pwrite past the end of an inline file");
+    files[tiny].1.resize(40_000, 0);
+    files[tiny].1.extend_from_slice(b"tail");
+    let new: Vec<String> = all_chunks(&c).difference(&before).cloned().collect();
+    assert!(
+        new.is_empty(),
+        "rewriting files that stay within --inline-max stored new chunk files: {new:?}"
+    );
+    let rewritten = c.mount();
+    check_all(
+        &rewritten.join("small"),
+        &files,
+        "a fresh mount after the pwrites",
+    );
+    check_all(&a.join("small"), &files, "mount A after the pwrites");
+
+    info!("--- the killed meta node comes back; fsck: nothing missing, healthy once repair ran");
+    c.meta[(leader - 1) as usize].start();
+    let mut report = serde_json::Value::Null;
+    let took = wait_until("fsck to report healthy", Duration::from_secs(90), || {
+        let (code, out, err) = c.cairn(&["fsck", "--json"]);
+        assert_ne!(
+            code, 2,
+            "fsck reports lost data or diverged metadata:\n{out}\n{err}"
+        );
+        if code != 0 {
+            return false;
+        }
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("fsck --json output {out:?}: {e}"));
+        assert_eq!(v["missing"], 0, "fsck: {v}");
+        let healthy = v["under_replicated"] == 0 && v["suspect"] == 0;
+        report = v;
+        healthy
+    });
+    info!(?took, %report, "--- fsck healthy");
+    assert_eq!(report["files"], 20, "fsck counts every file: {report}");
+    assert_eq!(report["meta_diverged"], false, "{report}");
+
+    info!("--- unlink every file on A: the directory is empty on every mount");
+    for (name, _) in &files {
+        std::fs::remove_file(a.join("small").join(name)).unwrap();
+    }
+    let listed = |m: &Path| std::fs::read_dir(m.join("small")).unwrap().count();
+    assert_eq!(listed(&a), 0, "mount A lists files it unlinked");
+    for m in [&b, &after_kill, &grown, &rewritten] {
+        wait_until(
+            "another mount to list the directory empty",
+            Duration::from_secs(5),
+            || listed(m) == 0,
+        );
+    }
+    std::fs::remove_dir(a.join("small")).unwrap();
+
+    info!("--- a mount with --inline-max 0 stores a 4 KiB file in chunks");
+    let no_inline = c.mount_with(&["--inline-max", "0"]);
+    let before = all_chunks(&c);
+    let data = random_bytes(4096, 4096);
+    write_whole(&no_inline.join("not-inline"), &data);
+    let new: Vec<String> = all_chunks(&c).difference(&before).cloned().collect();
+    info!(?new, "new chunk files");
+    assert!(
+        !new.is_empty(),
+        "a 4 KiB file written with --inline-max 0 has no chunk file on any chunk server"
+    );
+    check_bytes(&a.join("not-inline"), &data, "mount A (inline on)");
+    check_bytes(
+        &no_inline.join("not-inline"),
+        &data,
+        "the --inline-max 0 mount",
+    );
 }

@@ -79,8 +79,11 @@ pub enum Command {
     RecordUpload(RecordUpload),
     AbortUpload(AbortUpload),
     CommitUpload(CommitUpload),
-    // Group commit (fsm/mod.rs, crate::proposer). Last, so older variants keep their tags.
+    // Group commit (fsm/mod.rs, crate::proposer). After the others, so older variants keep
+    // their tags; new variants go last.
     Group(Group),
+    // A commit of a small file's content kept inline (fsm/inline.rs).
+    CommitInline(CommitInline),
 }
 
 // --- namespace -------------------------------------------------------------------------------
@@ -210,6 +213,22 @@ pub struct CommitWrite {
     /// hole: the new version holds only the slots given.
     #[serde(default)]
     pub replace: bool,
+}
+
+/// A chunk kept inline, in the metadata (`inline` column family) instead of on chunk servers:
+/// at most [`INLINE_MAX`](cairn_common::INLINE_MAX) bytes, id `ChunkId::inline_of(data)`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct InlineChunk {
+    pub id: ChunkId,
+    pub data: Vec<u8>,
+}
+
+/// `write`, whose updates may reference the chunks of `inline` with no replicas: they are
+/// stored in the metadata with the commit, in the same entry (see `fsm/inline.rs`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CommitInline {
+    pub write: CommitWrite,
+    pub inline: Vec<InlineChunk>,
 }
 
 // --- chunk servers and replicas --------------------------------------------------------------

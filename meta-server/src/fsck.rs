@@ -58,6 +58,18 @@ pub fn fsck(
                 continue;
             }
             reply.chunks += 1;
+            if rec.inline {
+                // Replicated by Raft with the rest of the state; check its bytes.
+                match fsm.inline_data(&id)? {
+                    Some(data) if ChunkId::inline_of(&data) == id => reply.healthy += 1,
+                    _ => {
+                        tracing::error!(chunk = %id, "inline chunk missing or corrupt");
+                        reply.missing += 1;
+                        bad.insert(id, Problem::Missing);
+                    }
+                }
+                continue;
+            }
             let live = rec.trusted().into_iter().filter(|s| up(*s)).count();
             if live >= replication {
                 reply.healthy += 1;

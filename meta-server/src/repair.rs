@@ -247,7 +247,8 @@ impl Repairer {
                 for r in &rec.replicas {
                     *summary.listed.entry(*r).or_default() += 1;
                 }
-                if rec.refs == 0 {
+                // Inline chunks live in the replicated state itself: nothing to copy.
+                if rec.refs == 0 || rec.inline {
                     continue;
                 }
                 let suspects: Vec<u64> = rec.suspect.iter().copied().filter(|s| up(*s)).collect();

@@ -2428,3 +2428,159 @@ fn request_ids_and_gc_grace_follow_log_positions_not_wall_clocks() {
         "the id was forgotten: the retry ran again"
     );
 }
+
+/// An inline chunk of `data` and the slot update referencing it (no replicas).
+fn inline(data: &[u8]) -> (cmd::InlineChunk, SlotUpdate) {
+    let id = ChunkId::inline_of(data);
+    let c = SlotChunk {
+        id,
+        len: data.len() as u32,
+        stored_len: data.len() as u32,
+    };
+    (
+        cmd::InlineChunk {
+            id,
+            data: data.to_vec(),
+        },
+        upd(0, c, &[]),
+    )
+}
+
+impl H {
+    fn commit_inline(
+        &mut self,
+        ino: u64,
+        size: u64,
+        updates: Vec<SlotUpdate>,
+        chunks: Vec<cmd::InlineChunk>,
+    ) -> Result<Inode, ErrorKind> {
+        let now = self.now();
+        let base_version = self.get(ino).version;
+        match self.apply(Command::CommitInline(cmd::CommitInline {
+            write: cmd::CommitWrite {
+                ino,
+                base_version,
+                size,
+                updates,
+                mtime: None,
+                now,
+                upload: 0,
+                apply_upload: false,
+                replace: false,
+            },
+            inline: chunks,
+        })) {
+            Ok(Reply::Attr(i)) => Ok(i),
+            Ok(r) => panic!("unexpected reply {r:?}"),
+            Err(e) => Err(e.kind),
+        }
+    }
+
+    /// The inline bytes slot 0 of `ino` reads as, from a page of its slots.
+    fn inline_bytes(&self, ino: u64) -> Option<Vec<u8>> {
+        let page = self.fsm.slot_page(ino, 0, 10).unwrap();
+        page.slots.into_iter().find(|s| s.index == 0)?.inline
+    }
+}
+
+#[test]
+fn small_files_are_kept_inline_shared_and_deleted_with_their_last_reference() {
+    let mut h = H::new();
+    h.register_servers(3);
+    let f = h.file(ROOT_INO, "f");
+    let g = h.file(ROOT_INO, "g");
+
+    // A small file's content travels with its commit: no replicas, the bytes in the page.
+    let (c, u) = inline(b"hello, inline");
+    let i = h
+        .commit_inline(f.ino, 13, vec![u.clone()], vec![c.clone()])
+        .unwrap();
+    assert_eq!((i.size, i.stored_bytes), (13, 13));
+    let rec = h.fsm.chunk(&c.id).unwrap().unwrap();
+    assert!(rec.inline && rec.replicas.is_empty());
+    assert_eq!(rec.refs, 1);
+    assert_eq!(
+        h.inline_bytes(f.ino).as_deref(),
+        Some(&b"hello, inline"[..])
+    );
+    assert_eq!(h.fsm.inline_data(&c.id).unwrap(), Some(c.data.clone()));
+    assert!(!h.in_gc(&c.id), "an inline chunk is never queued for GC");
+
+    // Another file with the same content shares it (bytes sent again or not at all).
+    h.commit_inline(g.ino, 13, vec![u.clone()], vec![c.clone()])
+        .unwrap();
+    assert_eq!(h.refs(&c.id), Some(2));
+
+    // Refusals change nothing: bytes that do not hash to the id, too many bytes, an inline
+    // chunk no update references, an update naming replicas of an inline chunk, an inline
+    // chunk neither sent nor kept.
+    let mut forged = c.clone();
+    forged.data[0] ^= 1;
+    assert_eq!(
+        h.commit_inline(f.ino, 13, vec![u.clone()], vec![forged]),
+        Err(ErrorKind::InvalidArgument)
+    );
+    let big = vec![7u8; cairn_common::INLINE_MAX + 1];
+    let (bc, bu) = inline(&big);
+    assert_eq!(
+        h.commit_inline(f.ino, big.len() as u64, vec![bu], vec![bc.clone()]),
+        Err(ErrorKind::InvalidArgument)
+    );
+    let (other, _) = inline(b"not referenced");
+    assert_eq!(
+        h.commit_inline(f.ino, 13, vec![], vec![other.clone()]),
+        Err(ErrorKind::InvalidArgument)
+    );
+    assert_eq!(h.fsm.chunk(&other.id).unwrap(), None);
+    assert_eq!(h.fsm.chunk(&bc.id).unwrap(), None);
+    assert_eq!(
+        h.commit(f.ino, 13, vec![upd(0, u.chunk.unwrap(), &[1])]),
+        Err(ErrorKind::InvalidArgument)
+    );
+    let (never, nu) = inline(b"never sent");
+    assert!(h.commit(f.ino, 10, vec![nu]).is_err());
+    assert_eq!(h.fsm.chunk(&never.id).unwrap(), None);
+    assert_eq!(h.refs(&c.id), Some(2));
+
+    // Rewriting f inline with new content: the old chunk loses f's reference only.
+    let (c2, u2) = inline(b"second version");
+    h.commit_inline(f.ino, 14, vec![u2], vec![c2.clone()])
+        .unwrap();
+    assert_eq!(h.refs(&c.id), Some(1));
+    assert_eq!(
+        h.inline_bytes(f.ino).as_deref(),
+        Some(&b"second version"[..])
+    );
+
+    // f grows into a regular chunk on chunk servers: its inline chunk is deleted at once,
+    // record and bytes, with its last reference.
+    let a = chunk("big", 100_000);
+    h.commit(f.ino, 100_000, vec![upd(0, a, &[1, 2, 3])])
+        .unwrap();
+    assert_eq!(h.fsm.chunk(&c2.id).unwrap(), None);
+    assert_eq!(h.fsm.inline_data(&c2.id).unwrap(), None);
+    assert_eq!(h.inline_bytes(f.ino), None);
+    assert!(!h.in_gc(&c2.id));
+
+    // Unlinking g, the last file holding c, deletes c.
+    h.unlink(ROOT_INO, "g").unwrap();
+    assert_eq!(h.fsm.chunk(&c.id).unwrap(), None);
+    assert_eq!(h.fsm.inline_data(&c.id).unwrap(), None);
+
+    // Truncating an inline file clips its slot; the bytes stay whole (a reader keeps `len`).
+    let h2 = h.file(ROOT_INO, "h");
+    let (c3, u3) = inline(b"0123456789");
+    h.commit_inline(h2.ino, 10, vec![u3], vec![c3.clone()])
+        .unwrap();
+    let i = h.truncate(h2.ino, 4);
+    assert_eq!(i.stored_bytes, 4);
+    assert_eq!(h.slots(h2.ino)[&0].len, 4);
+    assert_eq!(
+        h.fsm.inline_data(&c3.id).unwrap(),
+        Some(b"0123456789".to_vec())
+    );
+    let i = h.truncate(h2.ino, 0);
+    assert_eq!(i.size, 0);
+    assert_eq!(h.fsm.chunk(&c3.id).unwrap(), None);
+    assert_eq!(h.fsm.inline_data(&c3.id).unwrap(), None);
+}

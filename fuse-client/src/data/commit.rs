@@ -11,7 +11,7 @@ use super::upload::{self, Uploaded};
 use super::DataPlane;
 use crate::errno::Errno;
 use cairn_common::{ChunkId, ErrorKind, CHUNK_SIZE};
-use cairn_proto::{Attr, CommitWriteRequest, SetAttrRequest, SlotUpdate, Timestamp};
+use cairn_proto::{Attr, CommitWriteRequest, InlineChunk, SetAttrRequest, SlotUpdate, Timestamp};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -114,6 +114,7 @@ async fn load_pages(dp: &Arc<DataPlane>, ino: u64) -> Result<Option<Base>, Errno
                     len: c.len,
                     stored_len: c.stored_len,
                     locations: Arc::from(s.locations),
+                    inline: s.inline_data,
                 },
             );
         }
@@ -168,6 +169,16 @@ pub async fn commit(dp: &Arc<DataPlane>, v: NewVersion) -> Result<(Base, Option<
     // hole (the cluster does that, so no hole travels in the request).
     let replace = replaced.is_some();
     let updates: Vec<SlotUpdate> = uploaded.iter().map(|(i, u)| u.to_update(*i)).collect();
+    // The bytes of chunks kept inline travel with the commit (see `Uploaded::inline`).
+    let inline: Vec<InlineChunk> = uploaded
+        .values()
+        .filter_map(|u| {
+            u.chunk.inline.as_ref().map(|data| InlineChunk {
+                id: u.chunk.id.as_bytes().to_vec(),
+                data: data.clone(),
+            })
+        })
+        .collect();
     // What the file was before this commit (to recognise a retried commit of ours).
     let before = replaced.unwrap_or_else(|| base.clone());
     let mut req = CommitWriteRequest {
@@ -180,6 +191,7 @@ pub async fn commit(dp: &Arc<DataPlane>, v: NewVersion) -> Result<(Base, Option<
         upload: upload.unwrap_or(0),
         apply_upload: false,
         replace,
+        inline,
     };
     // More slots than one request carries: record them all in a session of their own, in
     // bounded batches, and commit with one small request that applies it. (Not in the session

@@ -53,10 +53,19 @@ pub struct DataPlane {
     failed: Mutex<HashMap<u64, Instant>>,
     /// Who this data plane writes for ("host:/mountpoint"), as upload sessions show it.
     pub writer_label: std::sync::OnceLock<String>,
+    /// Files of at most this many bytes are committed inline (at most
+    /// [`INLINE_MAX`](cairn_common::INLINE_MAX); 0: never). See `open_file`.
+    pub inline_max: usize,
 }
 
 impl DataPlane {
     pub fn new(meta: Meta) -> Arc<DataPlane> {
+        DataPlane::with_inline_max(meta, cairn_common::INLINE_MAX)
+    }
+
+    /// A data plane committing files of at most `inline_max` bytes inline (capped at
+    /// [`INLINE_MAX`](cairn_common::INLINE_MAX); 0: never).
+    pub fn with_inline_max(meta: Meta, inline_max: usize) -> Arc<DataPlane> {
         Arc::new(DataPlane {
             meta,
             chunks: ChunkClients::new(),
@@ -65,6 +74,7 @@ impl DataPlane {
             bad_replicas: reader::BadReplicaReports::default(),
             failed: Mutex::new(HashMap::new()),
             writer_label: std::sync::OnceLock::new(),
+            inline_max: inline_max.min(cairn_common::INLINE_MAX),
         })
     }
 

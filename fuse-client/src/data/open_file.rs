@@ -377,6 +377,15 @@ impl FileState {
             return Ok(());
         };
         let data = buf.freeze();
+        // SMALL FILES INLINE: the last flush of a file of at most `inline_max` bytes (one
+        // slot) sends its bytes with the commit instead of to chunk servers; the commit's Raft
+        // entry makes them durable. Uploads while the file is still being written (`bounded`)
+        // always go to chunk servers: they are recorded in the upload session, which holds
+        // chunks only.
+        let inline = !bounded
+            && !data.is_empty()
+            && d.size <= dp.inline_max as u64
+            && data.len() <= dp.inline_max;
         let permit = dp
             .upload_slots
             .clone()
@@ -395,7 +404,11 @@ impl FileState {
             let data = data.clone();
             let ino = self.ino;
             tokio::spawn(async move {
-                let r = upload::upload_chunk(&dp, ino, slot, data).await;
+                let r = if inline {
+                    Ok(upload::Uploaded::inline(data))
+                } else {
+                    upload::upload_chunk(&dp, ino, slot, data).await
+                };
                 drop(permit);
                 if let (Ok(u), Some((session, base))) = (&r, session) {
                     upload::record_upload(&dp, ino, base, &session, slot, u).await;

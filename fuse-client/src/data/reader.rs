@@ -36,6 +36,9 @@ pub struct StoredChunk {
     pub len: u32,
     pub stored_len: u32,
     pub locations: Arc<[ChunkLocation]>,
+    /// The chunk's bytes when it is kept inline, in the metadata (no locations then): as the
+    /// cluster sent them, verified by [`fetch_chunk`] before use.
+    pub inline: Option<Bytes>,
 }
 
 #[cfg(test)]
@@ -47,6 +50,7 @@ impl StoredChunk {
             len,
             stored_len: len,
             locations: Arc::from(Vec::new()),
+            inline: None,
         }
     }
 }
@@ -175,8 +179,18 @@ pub fn report_bad_replica(dp: &Arc<DataPlane>, server_id: u64, id: ChunkId, reas
     });
 }
 
-/// The verified bytes of `chunk` (all `stored_len` of them), from the cache or a replica.
+/// The verified bytes of `chunk` (all `stored_len` of them): its inline bytes, or from the
+/// cache or a replica.
 pub async fn fetch_chunk(dp: &Arc<DataPlane>, chunk: &StoredChunk) -> Result<Bytes, Errno> {
+    if let Some(data) = &chunk.inline {
+        return match verify(chunk, data) {
+            Ok(()) => Ok(data.clone()),
+            Err(why) => {
+                tracing::error!(chunk = %chunk.id, error = %why, "inline chunk failed its check");
+                Err(Errno::EIO)
+            }
+        };
+    }
     let fetch = {
         let mut c = dp.cache.lock();
         match c.map.get(&chunk.id) {
@@ -212,7 +226,7 @@ pub async fn fetch_chunk(dp: &Arc<DataPlane>, chunk: &StoredChunk) -> Result<Byt
 
 /// Starts fetching `chunk` in the background so a sequential reader finds it cached.
 pub fn prefetch(dp: &Arc<DataPlane>, chunk: StoredChunk) {
-    if dp.cache.lock().map.contains_key(&chunk.id) {
+    if chunk.inline.is_some() || dp.cache.lock().map.contains_key(&chunk.id) {
         return;
     }
     let dp = dp.clone();
@@ -230,7 +244,12 @@ fn verify(chunk: &StoredChunk, data: &[u8]) -> Result<(), String> {
             chunk.stored_len
         ));
     }
-    if ChunkId::of(data) != chunk.id {
+    let id = if chunk.inline.is_some() {
+        ChunkId::inline_of(data)
+    } else {
+        ChunkId::of(data)
+    };
+    if id != chunk.id {
         return Err("checksum mismatch".into());
     }
     Ok(())
@@ -312,6 +331,18 @@ mod tests {
         assert!(verify(&c, b"hello world").is_ok());
         assert!(verify(&c, b"hello worle").is_err());
         assert!(verify(&c, b"hello").is_err());
+    }
+
+    #[test]
+    fn inline_bytes_are_verified_against_the_inline_id() {
+        let data = Bytes::from_static(b"small file");
+        let good = crate::data::upload::Uploaded::inline(data.clone()).chunk;
+        assert!(verify(&good, &data).is_ok());
+        // The id of the same bytes stored on chunk servers is another id.
+        assert_ne!(good.id, ChunkId::of(&data));
+        let mut forged = good.clone();
+        forged.inline = Some(Bytes::from_static(b"small filf"));
+        assert!(verify(&forged, forged.inline.as_ref().unwrap()).is_err());
     }
 
     #[test]

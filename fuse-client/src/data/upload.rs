@@ -30,6 +30,22 @@ pub struct Uploaded {
 }
 
 impl Uploaded {
+    /// `data` kept inline: it travels in the commit (`CommitWriteRequest.inline`), no chunk
+    /// server stores it (see `cairn_common::INLINE_MAX`).
+    pub fn inline(data: Bytes) -> Uploaded {
+        Uploaded {
+            chunk: StoredChunk {
+                id: ChunkId::inline_of(&data),
+                len: data.len() as u32,
+                stored_len: data.len() as u32,
+                locations: Arc::from(Vec::new()),
+                inline: Some(data),
+            },
+            replicas: Vec::new(),
+            ticket: 0,
+        }
+    }
+
     /// This chunk as the update of slot `index` (in a commit or an upload record).
     pub fn to_update(&self, index: u64) -> SlotUpdate {
         SlotUpdate {
@@ -157,6 +173,7 @@ pub async fn upload_chunk(
             len: cref.len,
             stored_len: cref.stored_len,
             locations: Arc::from(have),
+            inline: None,
         },
     })
 }

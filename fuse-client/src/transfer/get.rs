@@ -84,9 +84,11 @@ enum GetDone {
 /// True when `buf` is the slot's content: `chunk`'s bytes followed by zeros.
 fn slot_matches(buf: &[u8], chunk: &StoredChunk) -> bool {
     let keep = chunk.len as usize;
-    keep <= buf.len()
-        && ChunkId::of(&buf[..keep]) == chunk.id
-        && buf[keep..].iter().all(|&b| b == 0)
+    let same = |b: &[u8]| match &chunk.inline {
+        Some(data) => data.get(..keep) == Some(b),
+        None => ChunkId::of(b) == chunk.id,
+    };
+    keep <= buf.len() && same(&buf[..keep]) && buf[keep..].iter().all(|&b| b == 0)
 }
 
 /// `cairn get <remote> <local>`: see the module documentation. `stop` interrupts it.

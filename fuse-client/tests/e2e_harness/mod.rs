@@ -497,15 +497,22 @@ impl Cluster {
 
     /// Mounts the cluster at a new directory and waits until the mount answers.
     pub fn mount(&mut self) -> PathBuf {
+        self.mount_with(&[])
+    }
+
+    /// [`Cluster::mount`] with extra flags for `cairn mount` (e.g. `["--inline-max", "0"]`).
+    /// A [`Cluster::remount`] of it keeps them.
+    pub fn mount_with(&mut self, extra: &[&str]) -> PathBuf {
         let n = self.mounts.len() + 1;
         let path = self.path(&format!("mnt{n}"));
         std::fs::create_dir_all(&path).expect("mkdir mountpoint");
-        let args = vec![
+        let mut args: Vec<String> = vec![
             "mount".into(),
             path.display().to_string(),
             "--meta".into(),
             self.meta_list(),
         ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut proc = Proc::spawn(
             &format!("mount{n}"),
             &self.bin.join("cairn"),

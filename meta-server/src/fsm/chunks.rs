@@ -1,7 +1,8 @@
 //! Chunk records and reference counting: which servers hold a chunk and how many file slots
 //! (and upload sessions) reference it. A chunk whose count drops to zero is queued for garbage
 //! collection; a reference to a chunk under collection is accepted only from an upload placed
-//! after the collection began (the GC ticket, see `crate::gc`).
+//! after the collection began (the GC ticket, see `crate::gc`). Inline chunks (see `inline.rs`)
+//! have records here too, with no replicas; they are deleted with their last reference.
 use super::schema::{corrupt, decode_json, fs_err, CF_CHUNKS};
 use super::tx::Tx;
 use super::Fsm;
@@ -29,6 +30,10 @@ pub struct ChunkRecord {
     /// (`DropReplica`) each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub suspect: Vec<u64>,
+    /// Kept inline: the bytes are in the `inline` column family, replicated by Raft; never
+    /// on chunk servers (`replicas` stays empty), never queued for GC.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inline: bool,
 }
 
 impl ChunkRecord {
@@ -152,9 +157,16 @@ impl Tx<'_> {
                     refs: 1,
                     collecting: None,
                     suspect: Vec::new(),
+                    inline: false,
                 }
             }
             Some(mut r) => {
+                if r.inline && !replicas.is_empty() {
+                    return Err(fs_err(
+                        ErrorKind::InvalidArgument,
+                        format!("chunk {} is kept inline: it has no replicas", c.id),
+                    ));
+                }
                 if r.stored_len != c.stored_len {
                     return Err(fs_err(
                         ErrorKind::InvalidArgument,
@@ -164,7 +176,7 @@ impl Tx<'_> {
                         ),
                     ));
                 }
-                if r.refs == 0 {
+                if r.refs == 0 && !r.inline {
                     self.set_gc(c.id, None);
                 }
                 r.refs += 1;
@@ -188,6 +200,7 @@ impl Tx<'_> {
                     refs: 1,
                     collecting: None,
                     suspect: Vec::new(),
+                    inline: false,
                 }
             }
         };
@@ -195,7 +208,8 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// A slot no longer references `id`; at 0 references the chunk is queued for deletion.
+    /// A slot no longer references `id`; at 0 references the chunk is queued for deletion (an
+    /// inline chunk is deleted at once: no copy of it exists outside this state).
     pub(super) fn decref(&mut self, id: &ChunkId, now: Time) -> Result<(), FsError> {
         match self.chunk(id)? {
             Some(mut r) => {
@@ -203,6 +217,11 @@ impl Tx<'_> {
                     tracing::error!(chunk = %id, "chunk reference count underflow");
                 } else {
                     r.refs -= 1;
+                }
+                if r.refs == 0 && r.inline {
+                    self.set_chunk(*id, None);
+                    self.set_inline(*id, None);
+                    return Ok(());
                 }
                 if r.refs == 0 {
                     self.set_gc(*id, Some(now));

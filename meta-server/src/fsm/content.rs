@@ -9,7 +9,9 @@
 //! with the file: an attribute change rewrites the small inode, a reader pages through the slots
 //! by key range, and a truncation deletes a key range.
 use super::inodes::Inode;
-use super::schema::{corrupt, fs_err, storage, u64_at, Counter, CF_CHUNKS, CF_INODES, CF_SLOTS};
+use super::schema::{
+    corrupt, fs_err, storage, u64_at, Counter, CF_CHUNKS, CF_INLINE, CF_INODES, CF_SLOTS,
+};
 use super::tx::Tx;
 use super::Fsm;
 use crate::command::{
@@ -21,6 +23,10 @@ use cairn_common::{ChunkId, CHUNK_SIZE};
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
+
+/// A page of slots stops once it carries this many bytes of inline chunks (a reply stays far
+/// below the message limit).
+pub const INLINE_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Largest file size accepted (1 PiB).
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
@@ -79,6 +85,8 @@ pub struct SlotLocation {
     /// Server ids holding the chunk (empty if the chunk record is missing): the trusted copies
     /// first, then the suspect ones (reported bad, not yet re-verified), each group by id.
     pub replicas: Vec<u64>,
+    /// The chunk's bytes when it is kept inline (no replicas then; see `inline.rs`).
+    pub inline: Option<Vec<u8>>,
 }
 
 /// One page of a file's chunk list, all read from one version.
@@ -94,8 +102,9 @@ pub struct SlotPage {
 
 impl Fsm {
     /// Up to `max` non-hole slots of file `ino` from slot `first` on, with where their chunks
-    /// live. Read from one RocksDB snapshot, so the inode and every slot of the page are of one
-    /// version even while commands are being applied.
+    /// live, and the bytes of inline chunks (a page ends early once it carries
+    /// [`INLINE_PAGE_BYTES`]). Read from one RocksDB snapshot, so the inode and every slot of
+    /// the page are of one version even while commands are being applied.
     pub fn slot_page(&self, ino: u64, first: u64, max: usize) -> Result<SlotPage, MetaError> {
         let snap = self.db.snapshot();
         let inode: Inode = match snap
@@ -107,6 +116,8 @@ impl Fsm {
             None => return Err(super::inodes::no_inode(ino).into()),
         };
         let chunks = self.cf(CF_CHUNKS)?;
+        let inline_cf = self.cf(CF_INLINE)?;
+        let mut inline_bytes = 0usize;
         let prefix = ino.to_be_bytes();
         let start = slot_key(ino, first);
         let mode = IteratorMode::From(&start, Direction::Forward);
@@ -118,28 +129,43 @@ impl Fsm {
                 break;
             }
             let (_, index) = parse_slot_key(&k)?;
-            if slots.len() >= max {
+            if slots.len() >= max || inline_bytes >= INLINE_PAGE_BYTES {
                 next = Some(index);
                 break;
             }
             let chunk = decode_slot(&v)?;
-            let replicas = match snap.get_cf(chunks, chunk.id.as_bytes()).map_err(storage)? {
-                // Trusted copies first; suspect ones last (a reader tries them in order).
+            let (replicas, inline) = match snap
+                .get_cf(chunks, chunk.id.as_bytes())
+                .map_err(storage)?
+            {
                 Some(r) => {
                     let r = super::schema::decode_json::<super::ChunkRecord>(&r)?;
-                    let mut ids = r.trusted();
-                    ids.extend_from_slice(&r.suspect);
-                    ids
+                    if r.inline {
+                        let data = snap
+                            .get_cf(inline_cf, chunk.id.as_bytes())
+                            .map_err(storage)?
+                            .ok_or_else(|| {
+                                corrupt(format!("inline chunk {} has no bytes", chunk.id))
+                            })?;
+                        inline_bytes += data.len();
+                        (Vec::new(), Some(data))
+                    } else {
+                        // Trusted copies first; suspect ones last (a reader tries them in order).
+                        let mut ids = r.trusted();
+                        ids.extend_from_slice(&r.suspect);
+                        (ids, None)
+                    }
                 }
                 None => {
                     tracing::error!(inode = ino, chunk = %chunk.id, "slot references unknown chunk");
-                    Vec::new()
+                    (Vec::new(), None)
                 }
             };
             slots.push(SlotLocation {
                 index,
                 chunk,
                 replicas,
+                inline,
             });
         }
         Ok(SlotPage { inode, slots, next })

@@ -13,6 +13,7 @@
 //! - [`content`]: file versions and slots, one row per slot (`CommitWrite`, truncation, pages
 //!   of a file's slots);
 //! - [`chunks`]: chunk records and reference counting;
+//! - [`inline`]: small files' chunks kept in the metadata (`CommitInline`);
 //! - [`gc`]: garbage-collection epochs and tombstones (`GcBegin`, `GcSwept`, `GcPrune`,
 //!   `GcOrphans`);
 //! - [`servers`]: chunk servers and the replicas they hold (`RegisterChunkServer`,
@@ -26,6 +27,7 @@
 mod chunks;
 mod content;
 mod gc;
+mod inline;
 mod inodes;
 mod locks;
 mod namespace;
@@ -40,6 +42,7 @@ mod xattrs;
 pub use chunks::ChunkRecord;
 pub use content::{SlotLocation, SlotPage, MAX_FILE_SIZE};
 pub use gc::{Gone, Queued};
+pub use inline::check_inline_chunk;
 pub use inodes::Inode;
 pub use locks::{HeldLock, LOCKS_PER_INODE_MAX};
 pub use namespace::{DirPage, LINK_MAX, SYMLINK_MAX};
@@ -211,6 +214,7 @@ impl Command {
             Command::AbortUpload(c) => c.apply(tx),
             Command::CommitUpload(c) => c.apply(tx),
             Command::Group(c) => c.apply(tx),
+            Command::CommitInline(c) => c.apply(tx),
         }
     }
 

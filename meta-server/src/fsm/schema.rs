@@ -19,6 +19,7 @@
 //! | `orphans`  | session (u64 BE) ++ ino (u64 BE)     | empty: an open file with no name left   |
 //! | `uploads`  | id (u64 BE) ++ 0 / ++ 1 ++ slot (BE) | [`UploadHeader`] / [`SlotChunk`] (JSON) |
 //! | `upload_targets` | ino (u64 BE) ++ upload id (u64 BE) | empty: uploads replacing that inode |
+//! | `inline`   | [`ChunkId`] of an inline chunk       | its bytes (at most 64 KiB; see `inline.rs`) |
 //! | `digest`   | `applied`                            | index (u64 BE) ++ digest of the applied state (see `store::digest`) |
 //!
 //! Keys of one area are built in that area's module; this one holds what every area shares.
@@ -60,6 +61,7 @@ pub const CF_LOCKS: &str = "locks";
 pub const CF_ORPHANS: &str = "orphans";
 pub const CF_UPLOADS: &str = "uploads";
 pub const CF_UPLOAD_TARGETS: &str = "upload_targets";
+pub const CF_INLINE: &str = "inline";
 /// Written by the Raft state machine, not by commands: the digest of the applied state.
 pub const CF_DIGEST: &str = "digest";
 
@@ -81,6 +83,7 @@ pub const STATE_CFS: &[&str] = &[
     CF_ORPHANS,
     CF_UPLOADS,
     CF_UPLOAD_TARGETS,
+    CF_INLINE,
     CF_DIGEST,
 ];
 

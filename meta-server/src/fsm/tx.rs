@@ -14,7 +14,7 @@ use super::content::{decode_slot, encode_slot, slot_key};
 use super::namespace::Dentry;
 use super::schema::{
     decode_json, encode_json, fs_err, named_key, u64_at, Counter, CF_CHUNKS, CF_COUNTERS,
-    CF_DENTRIES, CF_GC, CF_GONE, CF_INODES, CF_REPAIR, CF_SLOTS,
+    CF_DENTRIES, CF_GC, CF_GONE, CF_INLINE, CF_INODES, CF_REPAIR, CF_SLOTS,
 };
 use super::{ChunkRecord, Fsm, Gone, Inode, Queued};
 use crate::command::{FsError, SlotChunk, Time};
@@ -75,6 +75,8 @@ struct Overlay {
     repair: BTreeMap<ChunkId, Option<Time>>,
     gone: BTreeMap<ChunkId, Option<Gone>>,
     counters: BTreeMap<Counter, u64>,
+    /// Bytes of inline chunks stored or deleted (shared buffers: a savepoint copies no data).
+    inline: BTreeMap<ChunkId, Option<bytes::Bytes>>,
     /// Every other column family: (cf, key) → value.
     kv: BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
 }
@@ -155,6 +157,10 @@ impl<'a> Tx<'a> {
         let cf = f.cf(CF_GONE)?;
         for (id, v) in &self.o.gone {
             out.put(CF_GONE, cf, id.as_bytes(), v.as_ref().map(encode_json));
+        }
+        let cf = f.cf(CF_INLINE)?;
+        for (id, v) in &self.o.inline {
+            out.put(CF_INLINE, cf, id.as_bytes(), v.as_ref().map(|b| b.to_vec()));
         }
         let cf = f.cf(CF_COUNTERS)?;
         for (c, v) in &self.o.counters {
@@ -367,6 +373,11 @@ impl<'a> Tx<'a> {
     /// Stores (`Some`) or deletes (`None`) chunk `id`'s record.
     pub fn set_chunk(&mut self, id: ChunkId, rec: Option<ChunkRecord>) {
         self.o.chunks.insert(id, rec);
+    }
+
+    /// Stores (`Some`) or deletes (`None`) the bytes of inline chunk `id`.
+    pub fn set_inline(&mut self, id: ChunkId, data: Option<bytes::Bytes>) {
+        self.o.inline.insert(id, data);
     }
 
     /// Queues chunk `id` for collection from this entry on, stamped `since` for people

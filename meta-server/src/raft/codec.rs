@@ -108,6 +108,7 @@ mod tests {
             Command::AbortUpload(_) => "AbortUpload",
             Command::CommitUpload(_) => "CommitUpload",
             Command::Group(_) => "Group",
+            Command::CommitInline(_) => "CommitInline",
         }
     }
 
@@ -200,6 +201,23 @@ mod tests {
                 upload: 4,
                 apply_upload: true,
                 replace: true,
+            }),
+            Command::CommitInline(CommitInline {
+                write: CommitWrite {
+                    ino: 2,
+                    base_version: 0,
+                    size: 3,
+                    updates: updates.clone(),
+                    mtime: Some(now),
+                    now,
+                    upload: 0,
+                    apply_upload: false,
+                    replace: false,
+                },
+                inline: vec![InlineChunk {
+                    id: ChunkId::inline_of(b"abc"),
+                    data: b"abc".to_vec(),
+                }],
             }),
             Command::RegisterChunkServer(RegisterChunkServer {
                 uuid: "uuid-ü".into(),

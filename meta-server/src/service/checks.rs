@@ -9,7 +9,7 @@
 //! backstop is `MetaNode::write`, which proposes no command larger than
 //! [`MAX_COMMAND_BYTES`](crate::command::MAX_COMMAND_BYTES).
 use super::convert;
-use crate::command::{Command, Keep, Kind, Once, Reply, SlotUpdate, Time};
+use crate::command::{Command, InlineChunk, Keep, Kind, Once, Reply, SlotUpdate, Time};
 use crate::error::MetaError;
 use crate::fsm::{Fsm, LABEL_MAX, MAX_FILE_SIZE, SYMLINK_MAX, XATTR_SIZE_MAX};
 use cairn_common::error::ErrorKind;
@@ -32,6 +32,9 @@ pub const MAX_LIST_UPLOADS: usize = 256;
 /// Most slots one page of GetChunks or GetUpload returns (a page of GetChunks is some 150 bytes
 /// a slot on the wire: well under a MiB).
 pub const MAX_SLOT_PAGE: usize = 4096;
+/// Most inline chunks one CommitWrite may carry (a file of up to `INLINE_MAX` bytes has one;
+/// the command stays far below `MAX_COMMAND_BYTES`).
+pub const MAX_INLINE_CHUNKS: usize = 8;
 /// Longest `reason` a ReportBadReplica may carry.
 pub const MAX_REASON_LEN: usize = 1024;
 /// Most open inodes an unlink or rename may list (a bound on the message, not on the mount: a
@@ -208,12 +211,14 @@ pub fn once(id: Option<(u64, u64)>, cmd: Command) -> Command {
 
 /// Checks the slot updates of a commit (`size`: the new file size) or of an upload record
 /// (`None`: chunks only): well-formed chunk references, known servers, and at least `quorum`
-/// durable replicas for each chunk.
+/// durable replicas for each chunk — except, in a commit, chunks kept inline (sent with it in
+/// `inline`, or already kept), which have none.
 pub fn slot_updates(
     fsm: &Fsm,
     quorum: usize,
     raw: &[pb::SlotUpdate],
     size: Option<u64>,
+    inline: &[InlineChunk],
 ) -> Result<Vec<SlotUpdate>, Status> {
     at_most(raw.len(), MAX_SLOT_UPDATES, "slot updates")?;
     let mut updates = Vec::with_capacity(raw.len());
@@ -238,10 +243,33 @@ pub fn slot_updates(
                         return Err(invalid(format!("unknown chunk server {id}")));
                     }
                 }
+                let sent_inline = inline.iter().any(|i| i.id == c.id);
+                let rec = fsm.chunk(&c.id)?;
+                if sent_inline || rec.as_ref().is_some_and(|r| r.inline) {
+                    if size.is_none() {
+                        return Err(invalid(format!(
+                            "chunk {} is kept inline: it cannot be recorded in an upload",
+                            c.id
+                        )));
+                    }
+                    if !replicas.is_empty() {
+                        return Err(invalid(format!(
+                            "chunk {} is kept inline: it has no replicas",
+                            c.id
+                        )));
+                    }
+                    updates.push(SlotUpdate {
+                        index: u.index,
+                        chunk: Some(c),
+                        replicas,
+                        ticket: u.ticket,
+                    });
+                    continue;
+                }
                 // Replicas the cluster already knows of count too (a deduplicated chunk is
                 // not uploaded again).
                 let mut all = replicas.clone();
-                if let Some(rec) = fsm.chunk(&c.id)?.filter(|r| r.is_live()) {
+                if let Some(rec) = rec.filter(|r| r.is_live()) {
                     all.extend(rec.replicas);
                     all.sort_unstable();
                     all.dedup();
@@ -264,6 +292,22 @@ pub fn slot_updates(
         });
     }
     Ok(updates)
+}
+
+/// The inline chunks of a commit: at most [`MAX_INLINE_CHUNKS`], each well-formed (its size
+/// and its id checked as the state machine checks them).
+pub fn inline_chunks(raw: &[pb::InlineChunk]) -> Result<Vec<InlineChunk>, Status> {
+    at_most(raw.len(), MAX_INLINE_CHUNKS, "inline chunks")?;
+    raw.iter()
+        .map(|c| {
+            let c = InlineChunk {
+                id: cairn_common::ChunkId::from_bytes(&c.id).map_err(|e| invalid(e.to_string()))?,
+                data: c.data.to_vec(),
+            };
+            crate::fsm::check_inline_chunk(&c).map_err(|e| invalid(e.message))?;
+            Ok(c)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use super::checks::{self, invalid, once, request_id, MAX_PREPARE_CHUNKS};
 use super::convert;
 use super::namespace::setattr_command;
 use super::{Answer, Ctx};
-use crate::command::{Batch, Command, CommitWrite, Time};
+use crate::command::{Batch, Command, CommitInline, CommitWrite, Time};
 use crate::error::MetaError;
 use cairn_common::error::ErrorKind;
 use cairn_common::CHUNK_SIZE;
@@ -61,6 +61,7 @@ pub(super) async fn get_chunks(
             index: s.index,
             chunk: Some(convert::chunk_ref(&s.chunk)),
             locations: ctx.locations(&s.replicas, &addrs, now, false),
+            inline_data: s.inline.map(Into::into),
         })
         .collect();
     let end_of_file = page.inode.size.div_ceil(CHUNK_SIZE as u64);
@@ -164,14 +165,16 @@ pub(super) async fn commit_write(
     if r.apply_upload && r.upload == 0 {
         return Err(invalid("apply_upload names no upload"));
     }
+    let inline = checks::inline_chunks(&r.inline)?;
     let updates = checks::slot_updates(
         ctx.node.fsm(),
         ctx.cfg.commit_quorum(),
         &r.updates,
         Some(size),
+        &inline,
     )?;
     let now = Time::now();
-    let commit = Command::CommitWrite(CommitWrite {
+    let write = CommitWrite {
         ino: r.ino,
         base_version: r.base_version,
         size,
@@ -181,7 +184,12 @@ pub(super) async fn commit_write(
         upload: r.upload,
         apply_upload: r.apply_upload,
         replace: r.replace,
-    });
+    };
+    let commit = if inline.is_empty() {
+        Command::CommitWrite(write)
+    } else {
+        Command::CommitInline(CommitInline { write, inline })
+    };
     let cmd = match &r.then_set_attr {
         None => commit,
         Some(a) => {

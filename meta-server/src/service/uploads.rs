@@ -50,7 +50,13 @@ pub(super) async fn record_upload(
     if r.upload == 0 {
         return Err(invalid("upload 0 is not an upload"));
     }
-    let updates = checks::slot_updates(ctx.node.fsm(), ctx.cfg.commit_quorum(), &r.updates, None)?;
+    let updates = checks::slot_updates(
+        ctx.node.fsm(),
+        ctx.cfg.commit_quorum(),
+        &r.updates,
+        None,
+        &[],
+    )?;
     let cmd = Command::RecordUpload(RecordUpload {
         upload: r.upload,
         updates,
