@@ -9,7 +9,7 @@
 //! else under `~/.cache/cairn/tools/bin`; a missing tool fails the test, it never skips it.
 mod e2e_harness;
 
-use e2e_harness::{bin_dir, init_tracing, sh, wait_until, Cluster, Opts};
+use e2e_harness::{bin_dir, init_tracing, random_bytes, sh, wait_until, Cluster, Opts};
 use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -91,20 +91,6 @@ fn check<T: Copy + PartialEq + From<i8>>(r: T) -> Result<T, i32> {
 
 fn io_errno(r: std::io::Result<impl Sized>) -> Option<i32> {
     r.err().and_then(|e| e.raw_os_error())
-}
-
-/// Deterministic, incompressible bytes (xorshift64*).
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = vec![0u8; len];
-    for w in v.chunks_mut(8) {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        let b = x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
-        w.copy_from_slice(&b[..w.len()]);
-    }
-    v
 }
 
 fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {

@@ -10,7 +10,7 @@
 //! of it. Grown past that, its next commit stores it in chunks like any other file.
 mod e2e_harness;
 
-use e2e_harness::{init_tracing, wait_until, Cluster, Opts};
+use e2e_harness::{init_tracing, random_bytes, wait_until, Cluster, Opts};
 use std::collections::BTreeSet;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -141,20 +141,6 @@ const SMALL_SIZES: [usize; 20] = [
     1, 2, 3, 7, 100, 511, 512, 1000, 4095, 4096, 4097, 5000, 8192, 12345, 16384, 30000, 32768,
     50000, 65535, 65536,
 ];
-
-/// Deterministic, incompressible bytes (xorshift64*), different for every seed.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = vec![0u8; len];
-    for w in v.chunks_mut(8) {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        let b = x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
-        w.copy_from_slice(&b[..w.len()]);
-    }
-    v
-}
 
 /// Creates (or truncates) `path` and writes `data` in one write; fails the test if the close
 /// (the commit) fails.

@@ -201,6 +201,27 @@ impl H {
         self.commit_at(ino, base, size, updates)
     }
 
+    /// A plain `CommitWrite` of `updates` on `base_version`, stamped now.
+    fn commit_cmd(
+        &mut self,
+        ino: u64,
+        base_version: u64,
+        size: u64,
+        updates: Vec<SlotUpdate>,
+    ) -> cmd::CommitWrite {
+        cmd::CommitWrite {
+            ino,
+            base_version,
+            size,
+            updates,
+            mtime: None,
+            now: self.now(),
+            upload: 0,
+            apply_upload: false,
+            replace: false,
+        }
+    }
+
     fn commit_at(
         &mut self,
         ino: u64,
@@ -208,18 +229,8 @@ impl H {
         size: u64,
         updates: Vec<SlotUpdate>,
     ) -> Result<Inode, ErrorKind> {
-        let now = self.now();
-        match self.apply(Command::CommitWrite(cmd::CommitWrite {
-            ino,
-            base_version,
-            size,
-            updates,
-            mtime: None,
-            now,
-            upload: 0,
-            apply_upload: false,
-            replace: false,
-        })) {
+        let write = self.commit_cmd(ino, base_version, size, updates);
+        match self.apply(Command::CommitWrite(write)) {
             Ok(Reply::Attr(i)) => Ok(i),
             Ok(r) => panic!("unexpected reply {r:?}"),
             Err(e) => Err(e.kind),
@@ -2454,20 +2465,10 @@ impl H {
         updates: Vec<SlotUpdate>,
         chunks: Vec<cmd::InlineChunk>,
     ) -> Result<Inode, ErrorKind> {
-        let now = self.now();
         let base_version = self.get(ino).version;
+        let write = self.commit_cmd(ino, base_version, size, updates);
         match self.apply(Command::CommitInline(cmd::CommitInline {
-            write: cmd::CommitWrite {
-                ino,
-                base_version,
-                size,
-                updates,
-                mtime: None,
-                now,
-                upload: 0,
-                apply_upload: false,
-                replace: false,
-            },
+            write,
             inline: chunks,
         })) {
             Ok(Reply::Attr(i)) => Ok(i),

@@ -644,17 +644,29 @@ pub fn write_random_file(path: &Path, len: u64, seed: u64) {
     let mut buf = vec![0u8; 1 << 20];
     let mut left = len;
     while left > 0 {
-        for w in buf.chunks_mut(8) {
-            // xorshift64*
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            let v = x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
-            w.copy_from_slice(&v[..w.len()]);
-        }
+        fill_xorshift(&mut buf, &mut x);
         let n = left.min(buf.len() as u64) as usize;
         f.write_all(&buf[..n]).unwrap();
         left -= n as u64;
     }
     f.flush().unwrap();
+}
+
+/// Fills `buf` with xorshift64* output from state `x` (advanced): incompressible bytes.
+fn fill_xorshift(buf: &mut [u8], x: &mut u64) {
+    for w in buf.chunks_mut(8) {
+        *x ^= *x >> 12;
+        *x ^= *x << 25;
+        *x ^= *x >> 27;
+        let v = x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+        w.copy_from_slice(&v[..w.len()]);
+    }
+}
+
+/// Deterministic, incompressible bytes (xorshift64*), different for every seed.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = vec![0u8; len];
+    fill_xorshift(&mut v, &mut x);
+    v
 }

@@ -88,7 +88,7 @@ impl CommitInline {
         }
         let reply = self.write.apply(tx)?;
         for c in &self.inline {
-            if !tx.chunk(&c.id)?.is_some_and(|r| r.refs > 0) {
+            if tx.chunk(&c.id)?.is_none_or(|r| r.refs == 0) {
                 return Err(fs_err(
                     ErrorKind::InvalidArgument,
                     format!("inline chunk {} is not referenced by the commit", c.id),
