@@ -581,8 +581,10 @@ copy_file_range = 1
 /// fsx, the file system exerciser: four seeds run in parallel, each on its own file of one
 /// mount, mixing pread/pwrite, mmap reads and writes, msync(MS_INVALIDATE), truncation up and
 /// down, fsync/fdatasync, posix_fallocate, hole punching, sendfile, posix_fadvise, copy_file_range and
-/// close/reopen; every byte read is checked against fsx's model of the file. Every commit leaves
-/// its previous chunks as garbage, so the cluster collects them as the run goes (short GC grace).
+/// close/reopen; every byte read is checked against fsx's model of the file. Files cross the
+/// 64 KiB inline bound both ways, so commits move content between the metadata and chunks;
+/// every commit of a file over the bound leaves its previous chunks as garbage, so the cluster
+/// collects them as the run goes (short GC grace).
 /// `CAIRN_FSX_OPS` sets the operations per seed.
 #[test]
 fn t20_fsx_seeds_in_parallel_on_one_mount() {
