@@ -2585,3 +2585,70 @@ fn small_files_are_kept_inline_shared_and_deleted_with_their_last_reference() {
     assert_eq!(h.fsm.chunk(&c3.id).unwrap(), None);
     assert_eq!(h.fsm.inline_data(&c3.id).unwrap(), None);
 }
+
+/// Group commit puts many writers' commands in one entry, so one transaction may delete more
+/// names of a directory than any single command does: an rmdir after them must still see the
+/// names that are left (and a refused command in the middle must leave no trace).
+#[test]
+fn an_rmdir_in_a_group_sees_every_name_the_group_left() {
+    let mut h = H::new();
+    let d = h.mkdir(ROOT_INO, "d");
+    for n in ["a", "b", "c", "x", "y"] {
+        h.file(d.ino, n);
+    }
+    let now = h.now();
+    let unlink = |name: &str| {
+        Command::Unlink(cmd::Unlink {
+            parent: d.ino,
+            name: name.as_bytes().to_vec(),
+            now,
+            keep: Keep::default(),
+        })
+    };
+    let rmdir = Command::Rmdir(cmd::Rmdir {
+        parent: ROOT_INO,
+        name: b"d".to_vec(),
+        now,
+    });
+    let r = h
+        .apply(Command::Group(cmd::Group {
+            cmds: vec![
+                unlink("a"),
+                unlink("b"),
+                unlink("nope"),
+                unlink("c"),
+                rmdir.clone(),
+            ],
+        }))
+        .unwrap();
+    let Reply::Group(results) = r else {
+        panic!("{r:?}")
+    };
+    let kinds: Vec<Option<ErrorKind>> = results
+        .iter()
+        .map(|r| r.as_ref().err().map(|e| e.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            None,
+            None,
+            Some(ErrorKind::NotFound),
+            None,
+            Some(ErrorKind::NotEmpty)
+        ]
+    );
+    assert_eq!(h.names(d.ino), vec!["x", "y"]);
+
+    // Once the group removes the last names too, the rmdir in it succeeds.
+    let r = h
+        .apply(Command::Group(cmd::Group {
+            cmds: vec![unlink("x"), unlink("y"), rmdir],
+        }))
+        .unwrap();
+    let Reply::Group(results) = r else {
+        panic!("{r:?}")
+    };
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert_eq!(h.lookup(ROOT_INO, "d"), None);
+}

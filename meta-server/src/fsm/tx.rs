@@ -61,10 +61,14 @@ pub struct Tx<'a> {
     /// The log index of the entry being applied.
     index: u64,
     o: Overlay,
+    /// What each write replaced, from the first savepoint on (`None` before: a transaction
+    /// that takes none keeps no journal). Reads that fill the overlay from the database are
+    /// not journaled: what they cached stays true after a rollback.
+    journal: Option<Vec<Undo>>,
 }
 
 /// What a transaction has read and changed so far, over the committed state.
-#[derive(Clone, Default)]
+#[derive(Default)]
 struct Overlay {
     inodes: BTreeMap<u64, Option<Inode>>,
     /// (ino, slot index) → chunk (`None`: a hole).
@@ -75,14 +79,38 @@ struct Overlay {
     repair: BTreeMap<ChunkId, Option<Time>>,
     gone: BTreeMap<ChunkId, Option<Gone>>,
     counters: BTreeMap<Counter, u64>,
-    /// Bytes of inline chunks stored or deleted (shared buffers: a savepoint copies no data).
+    /// Bytes of inline chunks stored or deleted.
     inline: BTreeMap<ChunkId, Option<bytes::Bytes>>,
     /// Every other column family: (cf, key) → value.
     kv: BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
 }
 
-/// A transaction as it was at one moment, to go back to ([`Tx::savepoint`]).
-pub struct Savepoint(Overlay);
+/// One overlay entry as it was before a write (`None`: not in the overlay), put back by
+/// [`Tx::rollback`].
+enum Undo {
+    Inode(u64, Option<Option<Inode>>),
+    Slot((u64, u64), Option<Option<SlotChunk>>),
+    Dentry(Vec<u8>, Option<Option<Dentry>>),
+    Chunk(ChunkId, Option<Option<ChunkRecord>>),
+    Gc(ChunkId, Option<Option<Queued>>),
+    Repair(ChunkId, Option<Option<Time>>),
+    Gone(ChunkId, Option<Option<Gone>>),
+    Counter(Counter, Option<u64>),
+    Inline(ChunkId, Option<Option<bytes::Bytes>>),
+    Kv((&'static str, Vec<u8>), Option<Option<Vec<u8>>>),
+}
+
+/// Puts back what `map` held for `k` before a write (`old`, as `insert` returned it).
+fn restore<K: Ord, V>(map: &mut BTreeMap<K, V>, k: K, old: Option<V>) {
+    match old {
+        Some(v) => map.insert(k, v),
+        None => map.remove(&k),
+    };
+}
+
+/// A moment of a transaction to go back to ([`Tx::savepoint`]): a position in its undo
+/// journal.
+pub struct Savepoint(usize);
 
 impl<'a> Tx<'a> {
     pub fn new(fsm: &'a Fsm, index: u64) -> Tx<'a> {
@@ -90,18 +118,46 @@ impl<'a> Tx<'a> {
             fsm,
             index,
             o: Overlay::default(),
+            journal: None,
         }
     }
 
     /// The transaction as it is now: [`Tx::rollback`] to it undoes every change made after.
-    /// (A group applies each of its commands between the two: see `Group::apply`.)
-    pub fn savepoint(&self) -> Savepoint {
-        Savepoint(self.o.clone())
+    /// (A group applies each of its commands between the two: see `Group::apply`.) Costs
+    /// nothing: from here on each write notes what it replaced.
+    pub fn savepoint(&mut self) -> Savepoint {
+        Savepoint(self.journal.get_or_insert_with(Vec::new).len())
     }
 
-    /// Goes back to `sp`, taken earlier from this transaction.
+    /// Goes back to `sp`, taken earlier from this transaction: undoes the writes since, last
+    /// first.
     pub fn rollback(&mut self, sp: Savepoint) {
-        self.o = sp.0;
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        let o = &mut self.o;
+        while journal.len() > sp.0 {
+            let Some(u) = journal.pop() else { break };
+            match u {
+                Undo::Inode(k, old) => restore(&mut o.inodes, k, old),
+                Undo::Slot(k, old) => restore(&mut o.slots, k, old),
+                Undo::Dentry(k, old) => restore(&mut o.dentries, k, old),
+                Undo::Chunk(k, old) => restore(&mut o.chunks, k, old),
+                Undo::Gc(k, old) => restore(&mut o.gc, k, old),
+                Undo::Repair(k, old) => restore(&mut o.repair, k, old),
+                Undo::Gone(k, old) => restore(&mut o.gone, k, old),
+                Undo::Counter(k, old) => restore(&mut o.counters, k, old),
+                Undo::Inline(k, old) => restore(&mut o.inline, k, old),
+                Undo::Kv(k, old) => restore(&mut o.kv, k, old),
+            }
+        }
+    }
+
+    /// Notes `undo` if a savepoint was taken.
+    fn journal(&mut self, undo: impl FnOnce() -> Undo) {
+        if let Some(j) = self.journal.as_mut() {
+            j.push(undo());
+        }
     }
 
     /// The log index of the entry being applied (the same on every replica).
@@ -187,7 +243,8 @@ impl<'a> Tx<'a> {
     }
 
     pub fn kv_put(&mut self, cf: &'static str, key: Vec<u8>, v: Option<Vec<u8>>) {
-        self.o.kv.insert((cf, key), v);
+        let old = self.o.kv.insert((cf, key.clone()), v);
+        self.journal(|| Undo::Kv((cf, key), old));
     }
 
     /// The entries of `cf` whose key starts with `prefix`, as this transaction sees them.
@@ -250,11 +307,14 @@ impl<'a> Tx<'a> {
     }
 
     pub fn put_inode(&mut self, i: Inode) {
-        self.o.inodes.insert(i.ino, Some(i));
+        let ino = i.ino;
+        let old = self.o.inodes.insert(ino, Some(i));
+        self.journal(|| Undo::Inode(ino, old));
     }
 
     pub fn del_inode(&mut self, ino: u64) {
-        self.o.inodes.insert(ino, None);
+        let old = self.o.inodes.insert(ino, None);
+        self.journal(|| Undo::Inode(ino, old));
     }
 
     // --- file slots ----------------------------------------------------------------------------
@@ -276,7 +336,8 @@ impl<'a> Tx<'a> {
     /// Stores slot `index` of file `ino` (`None`: makes it a hole). References and the inode's
     /// `stored_bytes` are the caller's (`content.rs`).
     pub fn write_slot(&mut self, ino: u64, index: u64, chunk: Option<SlotChunk>) {
-        self.o.slots.insert((ino, index), chunk);
+        let old = self.o.slots.insert((ino, index), chunk);
+        self.journal(|| Undo::Slot((ino, index), old));
     }
 
     /// The non-hole slots of file `ino` from slot `from` on, in index order, as this
@@ -317,28 +378,38 @@ impl<'a> Tx<'a> {
     }
 
     pub fn put_dentry(&mut self, parent: u64, name: &[u8], d: Dentry) {
-        self.o.dentries.insert(named_key(parent, name), Some(d));
+        self.write_dentry(named_key(parent, name), Some(d));
     }
 
     pub fn del_dentry(&mut self, parent: u64, name: &[u8]) {
-        self.o.dentries.insert(named_key(parent, name), None);
+        self.write_dentry(named_key(parent, name), None);
+    }
+
+    fn write_dentry(&mut self, k: Vec<u8>, d: Option<Dentry>) {
+        let old = self.o.dentries.insert(k.clone(), d);
+        self.journal(|| Undo::Dentry(k, old));
     }
 
     /// Whether directory `ino` has no entries, as this transaction sees it.
     pub fn dir_is_empty(&mut self, ino: u64) -> Result<bool, FsError> {
         let prefix = ino.to_be_bytes();
-        // Entries this command added under `ino`.
-        if self
-            .o
-            .dentries
-            .iter()
-            .any(|(k, v)| v.is_some() && k.starts_with(&prefix) && k.len() > 8)
-        {
-            return Ok(false);
+        let mut deleted = 0;
+        for (k, v) in self.o.dentries.range(prefix.to_vec()..) {
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if k.len() > 8 {
+                match v {
+                    // An entry this transaction added under `ino`.
+                    Some(_) => return Ok(false),
+                    None => deleted += 1,
+                }
+            }
         }
-        // Entries in the DB not deleted by this command. A command deletes at most two
-        // entries, so three DB keys are enough to decide.
-        let keys = self.fsm.first_keys(CF_DENTRIES, &prefix, 3)?;
+        // Entries in the DB not deleted by this transaction. It deleted `deleted` names under
+        // `ino` (one command at most two, but a group's commands add up), so one DB key more
+        // than that decides: if all of them are deleted, the directory is empty.
+        let keys = self.fsm.first_keys(CF_DENTRIES, &prefix, deleted + 1)?;
         Ok(keys
             .iter()
             .all(|k| matches!(self.o.dentries.get(k), Some(None))))
@@ -356,7 +427,8 @@ impl<'a> Tx<'a> {
     }
 
     pub fn set_counter(&mut self, c: Counter, v: u64) {
-        self.o.counters.insert(c, v);
+        let old = self.o.counters.insert(c, v);
+        self.journal(|| Undo::Counter(c, old));
     }
 
     // --- chunks and their queues ---------------------------------------------------------------
@@ -372,24 +444,28 @@ impl<'a> Tx<'a> {
 
     /// Stores (`Some`) or deletes (`None`) chunk `id`'s record.
     pub fn set_chunk(&mut self, id: ChunkId, rec: Option<ChunkRecord>) {
-        self.o.chunks.insert(id, rec);
+        let old = self.o.chunks.insert(id, rec);
+        self.journal(|| Undo::Chunk(id, old));
     }
 
     /// Stores (`Some`) or deletes (`None`) the bytes of inline chunk `id`.
     pub fn set_inline(&mut self, id: ChunkId, data: Option<bytes::Bytes>) {
-        self.o.inline.insert(id, data);
+        let old = self.o.inline.insert(id, data);
+        self.journal(|| Undo::Inline(id, old));
     }
 
     /// Queues chunk `id` for collection from this entry on, stamped `since` for people
     /// (`None`: takes it off the queue). The grace counts from this entry's index.
     pub fn set_gc(&mut self, id: ChunkId, since: Option<Time>) {
         let index = self.index;
-        self.o.gc.insert(id, since.map(|at| Queued { at, index }));
+        let old = self.o.gc.insert(id, since.map(|at| Queued { at, index }));
+        self.journal(|| Undo::Gc(id, old));
     }
 
     /// Notes that chunk `id` lost a replica at `at` (`None`: a replica was added back).
     pub fn set_repair(&mut self, id: ChunkId, at: Option<Time>) {
-        self.o.repair.insert(id, at);
+        let old = self.o.repair.insert(id, at);
+        self.journal(|| Undo::Repair(id, old));
     }
 
     pub fn gone(&mut self, id: &ChunkId) -> Result<Option<Gone>, FsError> {
@@ -407,6 +483,7 @@ impl<'a> Tx<'a> {
 
     /// Records (`Some`) or forgets (`None`) chunk `id`'s tombstone.
     pub fn set_gone(&mut self, id: ChunkId, g: Option<Gone>) {
-        self.o.gone.insert(id, g);
+        let old = self.o.gone.insert(id, g);
+        self.journal(|| Undo::Gone(id, old));
     }
 }
