@@ -355,8 +355,9 @@ impl FileState {
         Ok(())
     }
 
-    /// Freezes a dirty buffer and uploads it in the background. With `bounded`, first waits
-    /// until fewer than MAX_UPLOADS_PER_FILE uploads of this file are in flight.
+    /// Freezes a dirty buffer and uploads it in the background (or, at the last flush of a
+    /// small file, keeps it for the commit). With `bounded`, first waits until fewer than
+    /// MAX_UPLOADS_PER_FILE uploads of this file are in flight.
     async fn start_upload(
         &self,
         dp: &Arc<DataPlane>,
@@ -382,10 +383,16 @@ impl FileState {
         // entry makes them durable. Uploads while the file is still being written (`bounded`)
         // always go to chunk servers: they are recorded in the upload session, which holds
         // chunks only.
-        let inline = !bounded
+        // Nothing is sent now, so the slot is ready at once: no upload permit, no task.
+        if !bounded
             && !data.is_empty()
             && d.size <= dp.inline_max as u64
-            && data.len() <= dp.inline_max;
+            && data.len() <= dp.inline_max
+        {
+            d.slots
+                .insert(slot, Slot::Uploaded(upload::Uploaded::inline(data)));
+            return Ok(());
+        }
         let permit = dp
             .upload_slots
             .clone()
@@ -404,11 +411,7 @@ impl FileState {
             let data = data.clone();
             let ino = self.ino;
             tokio::spawn(async move {
-                let r = if inline {
-                    Ok(upload::Uploaded::inline(data))
-                } else {
-                    upload::upload_chunk(&dp, ino, slot, data).await
-                };
+                let r = upload::upload_chunk(&dp, ino, slot, data).await;
                 drop(permit);
                 if let (Ok(u), Some((session, base))) = (&r, session) {
                     upload::record_upload(&dp, ino, base, &session, slot, u).await;

@@ -54,6 +54,13 @@ impl Fsm {
     }
 }
 
+impl Tx<'_> {
+    /// Stores (`Some`) or deletes (`None`) the bytes of inline chunk `id`.
+    pub(super) fn set_inline(&mut self, id: ChunkId, data: Option<Vec<u8>>) {
+        self.kv_put(CF_INLINE, id.as_bytes().to_vec(), data);
+    }
+}
+
 impl CommitInline {
     /// Stores the inline chunks not kept yet (with no reference), applies the commit, which
     /// references them, and refuses the whole entry if any of them is left unreferenced (a
@@ -82,7 +89,7 @@ impl CommitInline {
                             inline: true,
                         }),
                     );
-                    tx.set_inline(c.id, Some(bytes::Bytes::copy_from_slice(&c.data)));
+                    tx.set_inline(c.id, Some(c.data.clone()));
                 }
             }
         }

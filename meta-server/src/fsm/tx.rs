@@ -14,7 +14,7 @@ use super::content::{decode_slot, encode_slot, slot_key};
 use super::namespace::Dentry;
 use super::schema::{
     decode_json, encode_json, fs_err, named_key, u64_at, Counter, CF_CHUNKS, CF_COUNTERS,
-    CF_DENTRIES, CF_GC, CF_GONE, CF_INLINE, CF_INODES, CF_REPAIR, CF_SLOTS,
+    CF_DENTRIES, CF_GC, CF_GONE, CF_INODES, CF_REPAIR, CF_SLOTS,
 };
 use super::{ChunkRecord, Fsm, Gone, Inode, Queued};
 use crate::command::{FsError, SlotChunk, Time};
@@ -79,8 +79,6 @@ struct Overlay {
     repair: BTreeMap<ChunkId, Option<Time>>,
     gone: BTreeMap<ChunkId, Option<Gone>>,
     counters: BTreeMap<Counter, u64>,
-    /// Bytes of inline chunks stored or deleted.
-    inline: BTreeMap<ChunkId, Option<bytes::Bytes>>,
     /// Every other column family: (cf, key) → value.
     kv: BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
 }
@@ -96,7 +94,6 @@ enum Undo {
     Repair(ChunkId, Option<Option<Time>>),
     Gone(ChunkId, Option<Option<Gone>>),
     Counter(Counter, Option<u64>),
-    Inline(ChunkId, Option<Option<bytes::Bytes>>),
     Kv((&'static str, Vec<u8>), Option<Option<Vec<u8>>>),
 }
 
@@ -147,7 +144,6 @@ impl<'a> Tx<'a> {
                 Undo::Repair(k, old) => restore(&mut o.repair, k, old),
                 Undo::Gone(k, old) => restore(&mut o.gone, k, old),
                 Undo::Counter(k, old) => restore(&mut o.counters, k, old),
-                Undo::Inline(k, old) => restore(&mut o.inline, k, old),
                 Undo::Kv(k, old) => restore(&mut o.kv, k, old),
             }
         }
@@ -213,10 +209,6 @@ impl<'a> Tx<'a> {
         let cf = f.cf(CF_GONE)?;
         for (id, v) in &self.o.gone {
             out.put(CF_GONE, cf, id.as_bytes(), v.as_ref().map(encode_json));
-        }
-        let cf = f.cf(CF_INLINE)?;
-        for (id, v) in &self.o.inline {
-            out.put(CF_INLINE, cf, id.as_bytes(), v.as_ref().map(|b| b.to_vec()));
         }
         let cf = f.cf(CF_COUNTERS)?;
         for (c, v) in &self.o.counters {
@@ -446,12 +438,6 @@ impl<'a> Tx<'a> {
     pub fn set_chunk(&mut self, id: ChunkId, rec: Option<ChunkRecord>) {
         let old = self.o.chunks.insert(id, rec);
         self.journal(|| Undo::Chunk(id, old));
-    }
-
-    /// Stores (`Some`) or deletes (`None`) the bytes of inline chunk `id`.
-    pub fn set_inline(&mut self, id: ChunkId, data: Option<bytes::Bytes>) {
-        let old = self.o.inline.insert(id, data);
-        self.journal(|| Undo::Inline(id, old));
     }
 
     /// Queues chunk `id` for collection from this entry on, stamped `since` for people
