@@ -166,6 +166,7 @@ async fn fetch_one(
         id: id.as_bytes().to_vec(),
         offset: 0,
         len: 0,
+        with_block_cvs: false,
     };
     let reply = match client.get_chunk(req).await {
         Ok(r) => r.into_inner(),

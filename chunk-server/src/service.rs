@@ -151,11 +151,15 @@ impl ChunkService for ChunkServiceImpl {
         let id = parse_id(&req.id)?;
         let span =
             tracing::debug_span!("get_chunk", chunk = %id, offset = req.offset, len = req.len);
-        let (data, stored_len) = self
-            .blocking(move |s| s.get(id, req.offset, req.len))
+        let read = self
+            .blocking(move |s| s.read(id, req.offset, req.len, req.with_block_cvs))
             .instrument(span)
             .await?;
-        Ok(Response::new(GetChunkReply { data, stored_len }))
+        Ok(Response::new(GetChunkReply {
+            data: read.data,
+            stored_len: read.stored_len,
+            block_cvs: read.block_cvs,
+        }))
     }
 
     async fn has_chunk(

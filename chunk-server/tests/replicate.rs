@@ -34,6 +34,7 @@ impl ChunkService for Liar {
         Ok(Response::new(GetChunkReply {
             data: self.bytes.clone(),
             stored_len: self.bytes.len() as u64,
+            block_cvs: Vec::new(),
         }))
     }
     async fn put_chunk(

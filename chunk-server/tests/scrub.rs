@@ -235,8 +235,14 @@ impl ChunkStore for Racing {
     fn put(&self, id: ChunkId, data: Bytes) -> cairn_chunk_server::store::Result<PutOutcome> {
         self.inner.put(id, data)
     }
-    fn get(&self, id: ChunkId, o: u64, l: u64) -> cairn_chunk_server::store::Result<(Bytes, u64)> {
-        self.inner.get(id, o, l)
+    fn read(
+        &self,
+        id: ChunkId,
+        o: u64,
+        l: u64,
+        proof: bool,
+    ) -> cairn_chunk_server::store::Result<cairn_chunk_server::store::ChunkRead> {
+        self.inner.read(id, o, l, proof)
     }
     fn has(&self, id: ChunkId) -> cairn_chunk_server::store::Result<Option<u64>> {
         self.inner.has(id)

@@ -30,6 +30,7 @@ fn get_req(id: &[u8], offset: u64, len: u64) -> GetChunkRequest {
         id: id.to_vec(),
         offset,
         len,
+        with_block_cvs: false,
     }
 }
 

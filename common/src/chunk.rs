@@ -2,8 +2,9 @@
 //!
 //! A chunk is at most [`CHUNK_SIZE`] bytes of file data. Its identity, [`ChunkId`], is the blake3
 //! hash of its bytes, so a chunk can be verified end to end by anyone holding its id, and a chunk
-//! the cluster already stores is never sent twice. For partial reads each chunk is also hashed
-//! per [`BLOCK_SIZE`] block; a reader of one block verifies just that block.
+//! the cluster already stores is never sent twice. For partial reads a chunk's hash is also cut at
+//! its [`BLOCK_SIZE`] blocks ([`crate::block_tree`]); a reader of one block verifies just that
+//! block, and still against the id.
 use std::fmt;
 
 /// File data is cut into chunks of this size (4 MiB). Large enough that per-chunk metadata and
@@ -117,13 +118,6 @@ impl serde::de::Visitor<'_> for RawIdVisitor {
     }
 }
 
-/// blake3 of each [`BLOCK_SIZE`] block of `data` (the last block may be short).
-pub fn block_hashes(data: &[u8]) -> Vec<[u8; 32]> {
-    data.chunks(BLOCK_SIZE)
-        .map(|b| *blake3::hash(b).as_bytes())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,14 +141,5 @@ mod tests {
         assert!(ChunkId::from_bytes(&[0u8; 33]).is_err());
         assert!(ChunkId::from_hex("../../etc/passwd").is_err());
         assert!(ChunkId::from_hex(&"g".repeat(64)).is_err());
-    }
-
-    #[test]
-    fn block_hashes_cover_a_short_tail() {
-        let data = vec![7u8; BLOCK_SIZE * 2 + 5];
-        let hs = block_hashes(&data);
-        assert_eq!(hs.len(), 3);
-        assert_eq!(hs[2], *blake3::hash(&[7u8; 5]).as_bytes());
-        assert!(block_hashes(&[]).is_empty());
     }
 }

@@ -4,6 +4,8 @@
 //!   one mapping from a kind to a POSIX errno.
 //! - [`chunk`]: chunk identity (blake3 content hash), the chunk and block sizes, and the
 //!   per-block hashing used to verify partial reads.
+//! - [`block_tree`]: a chunk's blake3 tree cut at its 64 KiB blocks — the block chaining values
+//!   that verify any block of a chunk against the chunk id without the rest of the chunk.
 //! - [`name`]: validation of directory-entry names (no `/`, no NUL, at most 255 bytes).
 //! - [`meta_client`]: a client for the metadata cluster that follows the Raft leader and retries
 //!   across leader changes.
@@ -16,6 +18,7 @@
 //! - [`worker`]: the one shape of a background job ([`worker::Worker`]) and the task set that
 //!   starts and stops a process's tasks with a deadline.
 //! - [`rate`]: the byte-rate limiter of background I/O (scrub, repair).
+pub mod block_tree;
 pub mod chunk;
 pub mod chunk_client;
 pub mod durable;

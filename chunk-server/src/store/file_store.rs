@@ -21,11 +21,11 @@
 use super::format::{self, Header};
 use super::gc_marks::GcMarks;
 use super::{
-    ChunkStore, CorruptChunk, PutOutcome, Result, StoreError, StoreOptions, StoreStats,
+    ChunkRead, ChunkStore, CorruptChunk, PutOutcome, Result, StoreError, StoreOptions, StoreStats,
     Verification, VerifyReport,
 };
 use bytes::Bytes;
-use cairn_common::chunk::block_hashes;
+use cairn_common::block_tree::BlockCv;
 use cairn_common::durable::{self, TempFile};
 use cairn_common::{ChunkId, CHUNK_SIZE};
 use std::fs::{self, File};
@@ -262,8 +262,8 @@ impl FileStore {
     ///    subdirectory's own entry in `chunks/` was made durable when it was created.
     ///
     /// Steps 2–4 are [`TempFile::publish`]. Only then may the caller acknowledge the put.
-    fn write_chunk_durably(&self, id: ChunkId, data: &[u8], hashes: &[[u8; 32]]) -> Result<u64> {
-        let header = format::encode_header(id, data.len(), hashes);
+    fn write_chunk_durably(&self, id: ChunkId, data: &[u8], cvs: &[BlockCv]) -> Result<u64> {
+        let header = format::encode_header(id, data.len(), cvs);
         let total = (header.len() + data.len()) as u64;
         self.check_space(total)?;
 
@@ -405,6 +405,28 @@ impl FileStore {
         Ok(ids)
     }
 
+    /// Rewrites the intact copy of `id` (inode `ino`, just verified: `data`) in the current
+    /// chunk format, so that readers get a block proof for it. Durable like a put (the new file
+    /// replaces the old one atomically); skipped when the copy was replaced or deleted since it
+    /// was read. A failure is logged and changes nothing: the old file stays readable.
+    fn upgrade_to_current_format(&self, id: ChunkId, ino: u64, data: &[u8]) {
+        let _lock = self.stripe(id);
+        match fs::metadata(self.chunk_path(id)) {
+            Ok(md) if md.ino() == ino => {}
+            _ => return,
+        }
+        let result = format::hash_for_put(id, data)
+            .map_err(|_| StoreError::InvalidArgument("verified data changed".into()))
+            .and_then(|cvs| self.write_chunk_durably(id, data, &cvs));
+        match result {
+            // Same header length in both formats: the stored byte count is unchanged.
+            Ok(_) => tracing::debug!(chunk = %id, "chunk rewritten in the current format"),
+            Err(e) => {
+                tracing::warn!(chunk = %id, error = %e, "could not rewrite a chunk in the current format")
+            }
+        }
+    }
+
     /// Removes a chunk file so that the removal is durable before this returns
     /// ([`durable::remove_durably`]): `unlink`, then fsync the fan-out directory — an unlink is
     /// only a change to the directory, and until the directory is synced a crash can bring the
@@ -432,15 +454,12 @@ impl ChunkStore for FileStore {
                 data.len()
             )));
         }
-        let hashes = block_hashes(&data);
-        // The id is the blake3 of the whole data; blake3 is fast enough that hashing twice
-        // (blocks, whole) costs little next to the fsync.
-        let actual = ChunkId::of(&data);
-        if actual != id {
-            return Err(StoreError::InvalidArgument(format!(
+        // One pass over the bytes: the block chaining values, combined into the id.
+        let cvs = format::hash_for_put(id, &data).map_err(|actual| {
+            StoreError::InvalidArgument(format!(
                 "data does not hash to chunk id {id} (it hashes to {actual})"
-            )));
-        }
+            ))
+        })?;
         let _lock = self.stripe(id);
         // GC SAFETY: a put clears the id's mark before anything else, under the stripe lock, so
         // the copy it leaves (new or already present) is never taken by a marked delete that
@@ -450,14 +469,14 @@ impl ChunkStore for FileStore {
         if self.verify_existing_locked(id)? {
             return Ok(PutOutcome::AlreadyPresent);
         }
-        let written = self.write_chunk_durably(id, &data, &hashes)?;
+        let written = self.write_chunk_durably(id, &data, &cvs)?;
         self.chunk_count.fetch_add(1, Ordering::Relaxed);
         self.stored_bytes.fetch_add(written, Ordering::Relaxed);
         tracing::debug!(chunk = %id, len = data.len(), "chunk stored");
         Ok(PutOutcome::Stored)
     }
 
-    fn get(&self, id: ChunkId, offset: u64, len: u64) -> Result<(Bytes, u64)> {
+    fn read(&self, id: ChunkId, offset: u64, len: u64, want_proof: bool) -> Result<ChunkRead> {
         let (c, h) = self.open_verified(id)?;
         let end = if len == 0 {
             h.len
@@ -472,7 +491,15 @@ impl ChunkStore for FileStore {
         }
         let r = format::read_range(id, &c.file, &h, offset, end);
         let data = self.quarantine_on_corrupt(id, Some(c.ino), r)?;
-        Ok((data, h.len))
+        let block_cvs = match h.block_cvs() {
+            Some(cvs) if want_proof => cvs.concat(),
+            _ => Vec::new(),
+        };
+        Ok(ChunkRead {
+            data,
+            stored_len: h.len,
+            block_cvs,
+        })
     }
 
     fn has(&self, id: ChunkId) -> Result<Option<u64>> {
@@ -515,7 +542,12 @@ impl ChunkStore for FileStore {
             Err(e) => return Err(e),
         };
         let outcome = match format::check_whole(id, &c.file, c.file_len) {
-            Ok(len) => Verification::Intact { len },
+            Ok(checked) => {
+                if checked.version == format::FORMAT_V1 {
+                    self.upgrade_to_current_format(id, c.ino, &checked.data);
+                }
+                Verification::Intact { len: checked.len }
+            }
             Err(StoreError::Corrupt { reason, .. }) => {
                 match self.quarantine(id, Some(c.ino), &reason) {
                     Quarantined::Moved | Quarantined::Failed => Verification::Corrupt { reason },
@@ -634,5 +666,47 @@ fn load_or_create_uuid(root: &Path) -> Result<String> {
             Ok(uuid)
         }
         Err(e) => Err(StoreError::io(format!("read {}", path.display()), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scrub_rewrites_a_version_1_chunk_in_the_current_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let data: Vec<u8> = (0..3 * cairn_common::BLOCK_SIZE + 17)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let id = ChunkId::of(&data);
+        store.put(id, Bytes::from(data.clone())).unwrap();
+        // What an older server left: the same chunk in format 1.
+        let path = store.chunk_path(id);
+        let mut v1 = format::encode_v1_header(id, &data);
+        v1.extend_from_slice(&data);
+        fs::write(&path, &v1).unwrap();
+        let version =
+            |p: &Path| u32::from_le_bytes(fs::read(p).unwrap()[8..12].try_into().unwrap());
+        assert_eq!(version(&path), format::FORMAT_V1);
+        // Readable, but without a block proof.
+        let r = store.read(id, 0, 0, true).unwrap();
+        assert_eq!((&r.data[..], r.block_cvs.len()), (&data[..], 0));
+
+        let report = store.verify(id).unwrap();
+        assert_eq!(
+            report.outcome,
+            Verification::Intact {
+                len: data.len() as u64
+            }
+        );
+        assert_eq!(version(&path), format::FORMAT_VERSION);
+        let r = store.read(id, 65536, 100, true).unwrap();
+        assert_eq!(&r.data[..], &data[65536..65636]);
+        let cvs = cairn_common::block_tree::VerifiedCvs::check(id, data.len() as u64, &r.block_cvs)
+            .expect("a proof bound to the id");
+        cvs.check_blocks(1, 1, &data[65536..131072]).unwrap();
+        assert_eq!(store.stats().unwrap().chunk_count, 1);
     }
 }

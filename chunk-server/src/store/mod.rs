@@ -3,8 +3,9 @@
 //! This module holds what every backend shares: the [`ChunkStore`] trait, its error
 //! [`StoreError`] (and the one mapping to the wire), and the types its methods return. The parts:
 //!
-//! - [`format`]: the chunk file format — the header with per-block blake3 hashes, its encoding,
-//!   and the verified reads (header, a block range, a whole chunk).
+//! - [`format`]: the chunk file format — the header with the blake3 chaining value of every
+//!   64 KiB block (bound to the chunk id), its encoding, and the verified reads (header, a block
+//!   range, a whole chunk).
 //! - [`file_store`]: [`FileStore`], the store on a local file system — directory layout, the
 //!   durable write and delete paths, quarantine of corrupt copies, free-space checks, crash
 //!   recovery of `tmp/` at startup, the server identity file.
@@ -138,7 +139,13 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn put(&self, id: ChunkId, data: Bytes) -> Result<PutOutcome>;
     /// Returns `(bytes, stored_len)`: exactly the verified bytes `[offset, offset + len)` of the
     /// chunk (`len == 0`: to the end) and the chunk's full length.
-    fn get(&self, id: ChunkId, offset: u64, len: u64) -> Result<(Bytes, u64)>;
+    fn get(&self, id: ChunkId, offset: u64, len: u64) -> Result<(Bytes, u64)> {
+        self.read(id, offset, len, false)
+            .map(|r| (r.data, r.stored_len))
+    }
+    /// [`ChunkStore::get`], and with `want_proof` the chunk's block chaining values (when the
+    /// copy has them: see [`ChunkRead::block_cvs`]).
+    fn read(&self, id: ChunkId, offset: u64, len: u64, want_proof: bool) -> Result<ChunkRead>;
     /// The stored length if the chunk is present with a valid header.
     fn has(&self, id: ChunkId) -> Result<Option<u64>>;
     /// Every stored chunk id.
@@ -162,6 +169,20 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn stored_at(&self, id: ChunkId) -> Result<Option<SystemTime>>;
     /// Space and content counters.
     fn stats(&self) -> Result<StoreStats>;
+}
+
+/// What [`ChunkStore::read`] returns.
+#[derive(Debug, Clone)]
+pub struct ChunkRead {
+    /// Exactly the verified bytes asked for.
+    pub data: Bytes,
+    /// The chunk's full length.
+    pub stored_len: u64,
+    /// When asked for: the blake3 chaining value of every 64 KiB block, 32 bytes each,
+    /// already checked against the chunk id (`cairn_common::block_tree`), so the reader can
+    /// verify single blocks. Empty for a chunk of one block (it is its own proof) and for a
+    /// copy in chunk format 1.
+    pub block_cvs: Vec<u8>,
 }
 
 /// What [`ChunkStore::verify`] found.

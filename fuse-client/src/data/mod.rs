@@ -12,7 +12,9 @@
 //! Read side:
 //! - [`read_plan`]: what a read of a byte range is made of (this mount's data, committed
 //!   chunks, holes) and assembling it;
-//! - [`reader`]: verified whole-chunk fetches with replica failover and an LRU chunk cache.
+//! - [`reader`]: verified fetches of whole chunks (sequential readers) or of 64 KiB blocks
+//!   proven against the chunk id (random readers), spread over the replicas, with failover,
+//!   bounded prefetch and an LRU cache.
 //!
 //! [`DataPlane`] is what both share: the meta client, the chunk-server connection pool, the
 //! servers that failed recently (tried last on reads, excluded on writes), the chunk cache and
@@ -26,6 +28,7 @@ pub mod upload;
 
 use crate::meta::Meta;
 use cairn_common::chunk_client::ChunkClients;
+use cairn_common::ChunkId;
 use cairn_proto::ChunkLocation;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,6 +43,12 @@ pub const MAX_UPLOADS_TOTAL: usize = 16;
 pub const MAX_DIRTY_SLOTS_PER_FILE: usize = 8;
 /// Bytes of verified chunk data kept for reads.
 pub const CHUNK_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Chunks a sequential reader has fetched ahead of the one it reads, once it has read past its
+/// first chunk (16 MiB): enough to keep every replica busy while the reader copies.
+pub const READ_AHEAD_CHUNKS: u64 = 4;
+/// Chunk prefetches in flight across the whole mount (each holds up to 4 MiB until it lands in
+/// the cache): bounds prefetch memory to 32 MiB however many files are read at once.
+pub const MAX_PREFETCHES: usize = 8;
 /// How long a server that failed is avoided.
 const FAILED_SERVER_MEMORY: Duration = Duration::from_secs(30);
 
@@ -48,6 +57,8 @@ pub struct DataPlane {
     pub chunks: ChunkClients,
     pub cache: reader::ChunkCache,
     pub upload_slots: Arc<Semaphore>,
+    /// Prefetches in flight ([`MAX_PREFETCHES`]).
+    pub prefetch_slots: Arc<Semaphore>,
     /// Bad replicas being reported to the metadata cluster (see [`reader::report_bad_replica`]).
     pub bad_replicas: reader::BadReplicaReports,
     failed: Mutex<HashMap<u64, Instant>>,
@@ -71,6 +82,7 @@ impl DataPlane {
             chunks: ChunkClients::new(),
             cache: reader::ChunkCache::new(CHUNK_CACHE_BYTES),
             upload_slots: Arc::new(Semaphore::new(MAX_UPLOADS_TOTAL)),
+            prefetch_slots: Arc::new(Semaphore::new(MAX_PREFETCHES)),
             bad_replicas: reader::BadReplicaReports::default(),
             failed: Mutex::new(HashMap::new()),
             writer_label: std::sync::OnceLock::new(),
@@ -97,10 +109,16 @@ impl DataPlane {
         f.keys().copied().collect()
     }
 
-    /// `locs` reordered so that servers that failed recently come last (stable otherwise).
-    pub fn order_replicas(&self, locs: &[ChunkLocation]) -> Vec<ChunkLocation> {
+    /// The order in which to ask the replicas `locs` of chunk `id`: rotated by the id, so the
+    /// chunks of a file (and the readers of different chunks) spread over every replica
+    /// instead of all going to the first listed; servers that failed recently come last.
+    pub fn order_replicas(&self, locs: &[ChunkLocation], id: ChunkId) -> Vec<ChunkLocation> {
         let failed = self.recently_failed();
         let mut out: Vec<ChunkLocation> = locs.to_vec();
+        if !out.is_empty() {
+            let start = id.0[0] as usize % out.len();
+            out.rotate_left(start);
+        }
         out.sort_by_key(|l| failed.contains(&l.server_id));
         out
     }

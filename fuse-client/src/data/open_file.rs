@@ -119,6 +119,20 @@ pub struct FileState {
     /// The upload session of the dirty data (opened by the first chunk stored before the
     /// commit; see [`upload::record_upload`]).
     upload: Arc<tokio::sync::Mutex<Option<u64>>>,
+    /// Where the last read of this file ended: a read that starts near it continues a
+    /// sequential reader (see [`is_sequential`]).
+    read_end: AtomicU64,
+}
+
+/// How far from where the last read ended a read may start and still count as sequential: the
+/// kernel's readahead sends several reads at once, which may arrive out of order.
+const SEQUENTIAL_WINDOW: u64 = 2 * 1024 * 1024;
+
+/// Whether a read at `offset` continues a reader whose last read ended at `last_end`: it starts
+/// the file, or starts within [`SEQUENTIAL_WINDOW`] of that end. Random readers fetch only the
+/// blocks they read; sequential ones whole chunks, and ahead.
+fn is_sequential(offset: u64, last_end: u64) -> bool {
+    offset == 0 || offset.abs_diff(last_end) <= SEQUENTIAL_WINDOW
 }
 
 impl FileState {
@@ -138,6 +152,7 @@ impl FileState {
             handles: AtomicUsize::new(0),
             writers: Default::default(),
             upload: Default::default(),
+            read_end: AtomicU64::new(0),
         }
     }
 
@@ -426,6 +441,8 @@ impl FileState {
     /// Reads `[offset, offset + len)` as this mount sees it: dirty and uploaded data first,
     /// then the base version's chunks; holes and bytes past a chunk's `len` are zeros.
     pub async fn read(&self, dp: &Arc<DataPlane>, offset: u64, len: u32) -> Result<Vec<u8>, Errno> {
+        let last_end = self.read_end.swap(offset + len as u64, Ordering::Relaxed);
+        let sequential = is_sequential(offset, last_end);
         let (pieces, prefetch) = {
             let mut d = self.data.lock().await;
             let base_size = ensure_base(dp, self.ino, &mut d).await?.size;
@@ -436,10 +453,12 @@ impl FileState {
             };
             plan_read(&d, size, offset, len as u64)
         };
-        if let Some(next) = prefetch {
-            reader::prefetch(dp, next);
+        if sequential {
+            for next in prefetch {
+                reader::prefetch(dp, next);
+            }
         }
-        read_plan::execute(dp, pieces).await
+        read_plan::execute(dp, pieces, !sequential).await
     }
 
     /// Uploads every dirty slot, waits for all uploads, and commits the new version.
@@ -540,7 +559,7 @@ fn plan_read(
     size: u64,
     offset: u64,
     len: u64,
-) -> (Vec<read_plan::Piece>, Option<StoredChunk>) {
+) -> (Vec<read_plan::Piece>, Vec<StoredChunk>) {
     let empty = BTreeMap::new();
     let base = d.base.as_ref().map(|b| &b.slots).unwrap_or(&empty);
     read_plan::plan(
@@ -630,6 +649,18 @@ impl OpenFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_near_where_the_last_one_ended_are_sequential() {
+        assert!(is_sequential(0, 123 << 20));
+        assert!(is_sequential(4096, 4096));
+        // Readahead reads that arrive a little out of order.
+        assert!(is_sequential(3 << 20, 4 << 20));
+        assert!(is_sequential(5 << 20, 4 << 20));
+        // Jumps are random reads.
+        assert!(!is_sequential(700 << 20, 4096));
+        assert!(!is_sequential(4096, 700 << 20));
+    }
     use crate::meta::Meta;
 
     #[tokio::test]

@@ -3,12 +3,13 @@
 //! A read of an open file sees, slot by slot, this mount's own data first (a dirty buffer, a
 //! chunk being uploaded or uploaded but not yet committed) and then the committed version's
 //! chunks; holes and bytes past a chunk's `len` read as zeros. [`plan`] turns that into
-//! [`Piece`]s in file order (plus the chunk a sequential reader will want next), without any
-//! I/O; [`execute`] fetches the chunks a plan needs ([`super::reader::fetch_chunk`], verified)
-//! and assembles the bytes.
-use super::reader::{fetch_chunk, StoredChunk};
+//! [`Piece`]s in file order (plus the chunks a sequential reader will want next), without any
+//! I/O; [`execute`] fetches what a plan needs — whole chunks for a sequential reader, the
+//! blocks a random reader needs ([`super::reader`], verified either way) — and assembles the
+//! bytes.
+use super::reader::{fetch_chunk, fetch_part, StoredChunk};
 use super::slots::{self, SlotRange};
-use super::DataPlane;
+use super::{DataPlane, READ_AHEAD_CHUNKS};
 use crate::errno::Errno;
 use bytes::Bytes;
 use cairn_common::CHUNK_SIZE;
@@ -37,15 +38,16 @@ pub enum Local<'a> {
 }
 
 /// The pieces of a read of `[offset, offset + len)` of a file of `size` bytes whose committed
-/// chunks are `base` and whose slots this mount holds are given by `local`, and the chunk after
-/// the last one read (to prefetch).
+/// chunks are `base` and whose slots this mount holds are given by `local`, and the committed
+/// chunks to prefetch if the reader is sequential: the next one once the read is past the middle
+/// of a chunk, and [`READ_AHEAD_CHUNKS`] once the reader is past its first chunk.
 pub fn plan<'a>(
     local: impl Fn(u64) -> Option<Local<'a>>,
     base: &BTreeMap<u64, StoredChunk>,
     size: u64,
     offset: u64,
     len: u64,
-) -> (Vec<Piece>, Option<StoredChunk>) {
+) -> (Vec<Piece>, Vec<StoredChunk>) {
     let n = slots::clamp_read(offset, len, size);
     let mut pieces = Vec::new();
     let mut last_slot = None;
@@ -66,10 +68,21 @@ pub fn plan<'a>(
             },
         }
     }
-    let prefetch = last_slot
-        .and_then(|s| base.get(&(s + 1)))
-        .filter(|_| (offset + n) % CHUNK_SIZE as u64 > CHUNK_SIZE as u64 / 2)
-        .cloned();
+    let chunk = CHUNK_SIZE as u64;
+    let depth = if offset >= chunk {
+        READ_AHEAD_CHUNKS
+    } else if (offset + n) % chunk > chunk / 2 {
+        1
+    } else {
+        0
+    };
+    let prefetch = match last_slot {
+        Some(s) if depth > 0 => base
+            .range(s + 1..=s + depth)
+            .map(|(_, c)| c.clone())
+            .collect(),
+        _ => Vec::new(),
+    };
     (pieces, prefetch)
 }
 
@@ -100,11 +113,20 @@ fn chunk_pieces(c: &StoredChunk, in_file: usize, r: SlotRange, out: &mut Vec<Pie
     }
 }
 
-/// Runs a read plan: fetches the chunks it needs (concurrently) and assembles the bytes.
-pub async fn execute(dp: &Arc<DataPlane>, pieces: Vec<Piece>) -> Result<Vec<u8>, Errno> {
+/// Runs a read plan: fetches what it needs (concurrently) and assembles the bytes. A `random`
+/// reader's chunk pieces fetch only the blocks they cover; a sequential reader's fetch (or find
+/// cached) whole chunks.
+pub async fn execute(
+    dp: &Arc<DataPlane>,
+    pieces: Vec<Piece>,
+    random: bool,
+) -> Result<Vec<u8>, Errno> {
     let fetches = pieces.iter().map(|p| async move {
         match p {
-            Piece::Chunk { chunk, .. } => fetch_chunk(dp, chunk).await.map(Some),
+            Piece::Chunk { chunk, off, len } if random => {
+                fetch_part(dp, chunk, *off, *len).await.map(Some)
+            }
+            Piece::Chunk { chunk, .. } => fetch_chunk(dp, chunk).await.map(|d| Some((d, 0))),
             _ => Ok(None),
         }
     });
@@ -122,8 +144,8 @@ pub async fn execute(dp: &Arc<DataPlane>, pieces: Vec<Piece>) -> Result<Vec<u8>,
         match (p, data) {
             (Piece::Zeros(n), _) => out.resize(out.len() + n, 0),
             (Piece::Data(d), _) => out.extend_from_slice(d),
-            (Piece::Chunk { off, len, .. }, Some(data)) => {
-                slots::read_padded(&data, *off, *len, &mut out)
+            (Piece::Chunk { off, len, .. }, Some((data, start))) => {
+                slots::read_padded(&data, off - start, *len, &mut out)
             }
             (Piece::Chunk { .. }, None) => return Err(Errno::EIO),
         }
@@ -148,7 +170,7 @@ mod tests {
         size: u64,
         offset: u64,
         len: u64,
-    ) -> (Vec<Piece>, Option<StoredChunk>) {
+    ) -> (Vec<Piece>, Vec<StoredChunk>) {
         plan(|_| None, base, size, offset, len)
     }
 
@@ -197,13 +219,26 @@ mod tests {
     }
 
     #[test]
-    fn sequential_reads_prefetch_the_next_chunk() {
+    fn sequential_reads_prefetch_the_next_chunk_then_further_ahead() {
         let mut base = BTreeMap::new();
-        base.insert(0, chunk(b"0", CHUNK_SIZE as u32));
-        base.insert(1, chunk(b"1", CHUNK_SIZE as u32));
-        assert!(plan_base(&base, 2 * C, 0, 4096).1.is_none());
-        let next = plan_base(&base, 2 * C, C - 8192, 4096).1.expect("prefetch");
-        assert_eq!(next.id, ChunkId::of(b"1"));
+        for s in 0..8u64 {
+            base.insert(s, chunk(&[s as u8], CHUNK_SIZE as u32));
+        }
+        let ids = |v: Vec<StoredChunk>| v.iter().map(|c| c.id).collect::<Vec<_>>();
+        // The first half of the first chunk: nothing yet (a reader of a file's head only).
+        assert!(plan_base(&base, 8 * C, 0, 4096).1.is_empty());
+        // Past its middle: the next chunk.
+        let next = plan_base(&base, 8 * C, C - 8192, 4096).1;
+        assert_eq!(ids(next), vec![ChunkId::of(&[1])]);
+        // Past the first chunk: READ_AHEAD_CHUNKS ahead, as far as the file goes.
+        let ahead = plan_base(&base, 8 * C, 2 * C, 4096).1;
+        assert_eq!(
+            ids(ahead),
+            (3..3 + READ_AHEAD_CHUNKS as u8)
+                .map(|s| ChunkId::of(&[s]))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(plan_base(&base, 8 * C, 7 * C, 4096).1.len(), 0);
     }
 
     #[tokio::test]
@@ -222,6 +257,7 @@ mod tests {
                     len: 4,
                 },
             ],
+            false,
         )
         .await
         .unwrap();
