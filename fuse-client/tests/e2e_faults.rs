@@ -310,3 +310,203 @@ fn t50_eight_writers_lose_nothing_they_were_told_was_created() {
     });
     info!(?took, "--- healthy");
 }
+
+/// The content of file `i` of the chunk-server crash test: 3 to 7 MiB (one or two chunks),
+/// unique to the file.
+fn crash_content(i: u64) -> Vec<u8> {
+    let len = (3 << 20) + (i as usize % 5) * (1 << 20) + i as usize * 4099 % 65536;
+    e2e_harness::random_bytes(len, i + 1)
+}
+
+/// kill -9 of chunk servers, six times, while a writer writes and fsyncs files through the
+/// mount, so that puts are cut off at every stage (mid-transfer, written but not synced,
+/// synced but not renamed). Every file whose fsync succeeded reads back identical; a file
+/// whose write failed is empty or whole, never partial; no restarted server keeps a temp file
+/// of an interrupted put; once repair has run, fsck is healthy and every listed replica of
+/// every chunk serves exactly the chunk's bytes.
+#[test]
+fn t60_chunk_servers_killed_mid_write_lose_nothing_acknowledged() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    init_tracing();
+    let mut c = Cluster::start_with(
+        3,
+        3,
+        Opts::new(
+            &[
+                "--heartbeat-timeout-ms",
+                "2000",
+                "--repair-interval-ms",
+                "500",
+            ],
+            &[],
+        ),
+    );
+    let mnt = c.mount_with(&["--inline-max", "0"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (dir, stop) = (mnt.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut acked, mut failed) = (Vec::new(), Vec::new());
+            for i in 0u64.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match write_and_sync(&dir.join(format!("f{i:04}")), &crash_content(i)) {
+                    Ok(()) => acked.push(i),
+                    Err(e) => failed.push((i, e.to_string())),
+                }
+            }
+            (acked, failed)
+        })
+    };
+
+    for round in 0..6 {
+        std::thread::sleep(Duration::from_millis(400));
+        let n = round % 3;
+        info!(
+            round,
+            server = n + 1,
+            "--- kill -9 of a chunk server under the writer"
+        );
+        c.chunks[n].kill9();
+        std::thread::sleep(Duration::from_millis(300));
+        c.chunks[n].start();
+        c.wait_for_chunk_servers(3, Duration::from_secs(20));
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failed) = writer.join().expect("writer thread");
+    info!(
+        acked = acked.len(),
+        failed = failed.len(),
+        "--- the writer stopped"
+    );
+    assert!(acked.len() >= 6, "the writer made progress: {acked:?}");
+
+    info!("--- a fresh mount: every acknowledged file identical; failed ones empty or whole");
+    let fresh = c.mount();
+    for i in &acked {
+        let got = std::fs::read(fresh.join(format!("f{i:04}"))).expect("read acked file");
+        assert!(
+            got == crash_content(*i),
+            "f{i:04}: acknowledged but differs"
+        );
+    }
+    for (i, why) in &failed {
+        match std::fs::read(fresh.join(format!("f{i:04}"))) {
+            Ok(got) => assert!(
+                got.is_empty() || got == crash_content(*i),
+                "f{i:04} (write failed: {why}) is partial: {} bytes",
+                got.len()
+            ),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "f{i:04}: {e}"),
+        }
+    }
+
+    // How many restarts found temp files of puts that were cut off (deleted at start-up):
+    // logged, not asserted (whether a kill lands inside a put is up to timing).
+    let leftovers: usize = (1..=3)
+        .map(|n| {
+            std::fs::read_to_string(c.path(&format!("chunk{n}.log")))
+                .unwrap_or_default()
+                .matches("deleted leftover temp files")
+                .count()
+        })
+        .sum();
+    info!(leftovers, "restarts that discarded interrupted puts");
+    info!("--- no server keeps a temp file of an interrupted put");
+    for n in 1..=3 {
+        let tmp = c.chunk_data_dir(n).join("tmp");
+        let left: Vec<_> = std::fs::read_dir(&tmp)
+            .expect("tmp dir")
+            .flatten()
+            .collect();
+        assert!(
+            left.is_empty(),
+            "server {n}: {} files left in tmp/",
+            left.len()
+        );
+    }
+
+    info!("--- once repair has run: fsck healthy, every listed replica serves intact bytes");
+    wait_until("fsck to report healthy", Duration::from_secs(90), || {
+        let (code, out, err) = c.cairn(&["fsck"]);
+        assert!(code == 0 || code == 1, "fsck exit {code}: {out}\n{err}");
+        assert!(!out.contains("DATA LOST"), "{out}");
+        code == 0 && out.contains("status: healthy")
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let meta = cairn_common::MetaClient::new(c.meta_addrs.clone());
+    let mut replicas = 0;
+    for i in &acked {
+        let name = format!("f{i:04}").into_bytes();
+        rt.block_on(async {
+            let attr = meta
+                .call(|mut m| {
+                    let name = name.clone();
+                    async move {
+                        m.lookup(cairn_proto::LookupRequest {
+                            parent: cairn_common::ROOT_INO,
+                            name,
+                        })
+                        .await
+                    }
+                })
+                .await
+                .expect("lookup")
+                .attr
+                .expect("attr");
+            let ino = attr.ino;
+            let slots = meta
+                .call(|mut m| async move {
+                    m.get_chunks(cairn_proto::GetChunksRequest {
+                        ino,
+                        ..Default::default()
+                    })
+                    .await
+                })
+                .await
+                .expect("get chunks")
+                .slots;
+            for slot in slots {
+                let id = slot.chunk.expect("chunk").id;
+                for loc in slot.locations {
+                    let mut client =
+                        cairn_proto::chunk_service_client::ChunkServiceClient::connect(format!(
+                            "http://{}",
+                            loc.addr
+                        ))
+                        .await
+                        .expect("connect to a chunk server")
+                        .max_decoding_message_size(16 << 20);
+                    let data = client
+                        .get_chunk(cairn_proto::GetChunkRequest {
+                            id: id.clone(),
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap_or_else(|e| {
+                            panic!(
+                                "server {} lists a chunk it cannot serve: {e}",
+                                loc.server_id
+                            )
+                        })
+                        .into_inner()
+                        .data;
+                    assert_eq!(
+                        cairn_common::ChunkId::of(&data).as_bytes()[..],
+                        id[..],
+                        "server {} serves wrong bytes",
+                        loc.server_id
+                    );
+                    replicas += 1;
+                }
+            }
+        });
+    }
+    info!(replicas, "--- every listed replica checked");
+}
