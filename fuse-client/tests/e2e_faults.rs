@@ -443,35 +443,8 @@ fn t60_chunk_servers_killed_mid_write_lose_nothing_acknowledged() {
     let meta = cairn_common::MetaClient::new(c.meta_addrs.clone());
     let mut replicas = 0;
     for i in &acked {
-        let name = format!("f{i:04}").into_bytes();
         rt.block_on(async {
-            let attr = meta
-                .call(|mut m| {
-                    let name = name.clone();
-                    async move {
-                        m.lookup(cairn_proto::LookupRequest {
-                            parent: cairn_common::ROOT_INO,
-                            name,
-                        })
-                        .await
-                    }
-                })
-                .await
-                .expect("lookup")
-                .attr
-                .expect("attr");
-            let ino = attr.ino;
-            let slots = meta
-                .call(|mut m| async move {
-                    m.get_chunks(cairn_proto::GetChunksRequest {
-                        ino,
-                        ..Default::default()
-                    })
-                    .await
-                })
-                .await
-                .expect("get chunks")
-                .slots;
+            let slots = e2e_harness::root_file_slots(&meta, &format!("f{i:04}")).await;
             for slot in slots {
                 let id = slot.chunk.expect("chunk").id;
                 for loc in slot.locations {

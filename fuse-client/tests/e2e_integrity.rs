@@ -3,9 +3,8 @@
 //! right bytes, the bad copies are reported, quarantined and replaced.
 mod e2e_harness;
 
-use cairn_common::{ChunkId, MetaClient, ROOT_INO};
-use cairn_proto::{GetChunksRequest, LookupRequest};
-use e2e_harness::{init_tracing, sh, write_random_file, Cluster};
+use cairn_common::{ChunkId, MetaClient};
+use e2e_harness::{init_tracing, root_file_slots, sh, write_random_file, Cluster};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use tracing::info;
@@ -17,34 +16,7 @@ const FILE_LEN: u64 = 9 << 20;
 async fn slot_locations(meta: &MetaClient, names: &[String]) -> Vec<(ChunkId, Vec<u64>)> {
     let mut out = Vec::new();
     for name in names {
-        let name = name.as_bytes().to_vec();
-        let attr = meta
-            .call(|mut c| {
-                let name = name.clone();
-                async move {
-                    c.lookup(LookupRequest {
-                        parent: ROOT_INO,
-                        name,
-                    })
-                    .await
-                }
-            })
-            .await
-            .expect("lookup")
-            .attr
-            .expect("attr");
-        let ino = attr.ino;
-        let reply = meta
-            .call(|mut c| async move {
-                c.get_chunks(GetChunksRequest {
-                    ino,
-                    ..Default::default()
-                })
-                .await
-            })
-            .await
-            .expect("get chunks");
-        for slot in reply.slots {
+        for slot in root_file_slots(meta, name).await {
             let chunk = slot.chunk.expect("slot chunk");
             let id = ChunkId::from_bytes(&chunk.id).expect("chunk id");
             out.push((id, slot.locations.iter().map(|l| l.server_id).collect()));

@@ -670,3 +670,38 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     fill_xorshift(&mut v, &mut x);
     v
 }
+
+/// The committed slots (chunk and listed replicas, first page) of file `name` in the root
+/// directory, asked of the metadata cluster directly.
+pub async fn root_file_slots(
+    meta: &cairn_common::MetaClient,
+    name: &str,
+) -> Vec<cairn_proto::ChunkSlot> {
+    let name = name.as_bytes().to_vec();
+    let attr = meta
+        .call(|mut m| {
+            let name = name.clone();
+            async move {
+                m.lookup(cairn_proto::LookupRequest {
+                    parent: cairn_common::ROOT_INO,
+                    name,
+                })
+                .await
+            }
+        })
+        .await
+        .expect("lookup")
+        .attr
+        .expect("attr");
+    let ino = attr.ino;
+    meta.call(|mut m| async move {
+        m.get_chunks(cairn_proto::GetChunksRequest {
+            ino,
+            ..Default::default()
+        })
+        .await
+    })
+    .await
+    .expect("get chunks")
+    .slots
+}
