@@ -155,7 +155,8 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn list_shard(&self, shard: u8) -> Result<Vec<ChunkId>>;
     /// Reads a stored chunk back in full and checks its header, every block hash and its id.
     /// A copy that fails is quarantined and reported, like a failed read. Takes no lock that a
-    /// put or get of the chunk waits on while it reads.
+    /// put or get of the chunk waits on while it reads; an intact copy in an older chunk format
+    /// is then rewritten in the current one, durably, under the id's lock.
     fn verify(&self, id: ChunkId) -> Result<VerifyReport>;
     /// Removes a chunk durably (surplus replicas). `NotFound` if it is not stored.
     fn delete(&self, id: ChunkId) -> Result<()>;
