@@ -39,6 +39,49 @@ build_release() {
   (cd "$ROOT" && cargo build --release --workspace --bins --locked)
 }
 
+# Links cairn, cairn-meta and cairn-chunk onto the PATH of new shells: /usr/local/bin as root,
+# else ~/.local/bin (with a hint when that is not on the PATH); $CAIRN_LINK_DIR overrides. As
+# root, also /sbin/mount.fuse.cairn, the helper `mount -t fuse.cairn` and /etc/fstab use.
+install_links() {
+  local dir=${CAIRN_LINK_DIR:-}
+  if [ -z "$dir" ]; then
+    if [ "$(id -u)" -eq 0 ]; then dir=/usr/local/bin; else dir=$HOME/.local/bin; fi
+  fi
+  mkdir -p "$dir"
+  local b
+  for b in cairn cairn-meta cairn-chunk; do
+    ln -sfn "$BIN/$b" "$dir/$b"
+  done
+  if [ "$(id -u)" -eq 0 ] && [ -z "${CAIRN_LINK_DIR:-}" ]; then
+    ln -sfn "$BIN/cairn" /sbin/mount.fuse.cairn
+  fi
+  case ":$PATH:" in
+    *":$dir:"*) ;;
+    *) log "cairn is linked into $dir, which is not on your PATH: add it (export PATH=\"$dir:\$PATH\")" ;;
+  esac
+}
+
+# in_mount_table DIR: something is mounted at DIR, even a dead FUSE mount whose stat fails
+# ("transport endpoint is not connected"), which `mountpoint -q` does not see.
+in_mount_table() {
+  local m=${1// /\\040}
+  awk -v m="$m" '$2 == m { found = 1 } END { exit !found }' /proc/self/mounts
+}
+
+# cluster_json ADDRS: `cairn status --json` of the cluster at ADDRS, or nothing while it cannot
+# answer. Captured whole and never piped into a reader that may stop early, and its exit status
+# (the health verdict: 1 for a warning) ignored: the callers look at the JSON.
+cluster_json() { "$BIN/cairn" status --json --meta "$1" 2>/dev/null || true; }
+
+# has_leader ADDRS: the cluster at ADDRS has a meta leader.
+has_leader() { [[ "$(cluster_json "$1")" == *'"leader"'* ]]; }
+
+# chunk_servers_up ADDRS: how many chunk servers the cluster at ADDRS counts as up.
+chunk_servers_up() {
+  local json; json=$(cluster_json "$1")
+  grep -o '"state": *"up"' <<<"$json" | wc -l || true  # none found: 0, not a failure
+}
+
 # pid_alive FILE: the pid in FILE names a running process.
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 

@@ -106,7 +106,7 @@ impl Heartbeat {
             used_bytes: stats.used_bytes,
             free_bytes: stats.free_bytes,
             chunk_count: stats.chunk_count,
-            scrub: Some(self.scrub.stats()),
+            scrub: Some(self.scrub.stats(stats.chunk_count)),
         };
         self.meta
             .call(|mut c| {

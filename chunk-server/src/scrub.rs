@@ -43,12 +43,16 @@
 //! # Figures
 //!
 //! [`Scrub::stats`] (sent in every heartbeat and in `Info`) counts what the scrub did since
-//! start-up. For `oldest_verified_unix_ms` the time of the last verification of every chunk is
-//! kept in memory (a hash map entry of about 80 bytes per chunk). A chunk written or re-checked
-//! by a put counts as verified then, as its bytes were checked against its id on the way in.
-//! Entries of chunks a full pass did not find are dropped at its end. Until the first full pass
-//! ends, chunks not verified since start-up count as verified at 0, so the figure is 0: "not
-//! verified yet".
+//! start-up. For each chunk it has seen, the time the scrub last read it back intact and the
+//! time it arrived are kept in memory (a hash map entry of about 90 bytes per chunk).
+//! `oldest_verified_unix_ms` is the least recent of those read-backs. A chunk written by a put
+//! (or replaced by one) counts as **unverified** until a pass reads it back — its bytes were
+//! checked on the way in, but rot after the write is what the scrub is for — and so does every
+//! chunk on disk not read back since start-up (the store's chunk count minus the chunks read
+//! back; they arrived at start-up at the latest). `unverified_chunks` and
+//! `oldest_unverified_unix_ms` report them, so a server whose chunks were all written after its
+//! last pass does not look checked. Entries of chunks a full pass did not find are dropped at
+//! its end.
 use crate::store::{ChunkStore, Verification};
 use cairn_common::rate::RateLimiter;
 use cairn_common::worker::{Worker, WorkerState};
@@ -95,14 +99,19 @@ struct State {
     /// Completed full passes.
     passes: u64,
     last_full_pass_unix_ms: u64,
+    /// Unix ms of start-up: chunks on disk not seen since arrived by then.
+    started_ms: u64,
     /// When each chunk was last verified, and in which pass it was last seen.
     verified: HashMap<ChunkId, Seen>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Seen {
-    /// Unix ms of the last successful verification (0: never since start-up).
+    /// Unix ms of the last successful verification by the scrub (0: none since it arrived or
+    /// since start-up).
     at_ms: u64,
+    /// Unix ms of its arrival (its put), or of start-up for a chunk found on disk.
+    since_ms: u64,
     /// The pass during which this entry was last touched.
     pass: u64,
 }
@@ -125,7 +134,10 @@ impl Scrub {
     pub fn new(config: ScrubConfig) -> Arc<Scrub> {
         Arc::new(Scrub {
             config,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                started_ms: now_ms(),
+                ..State::default()
+            }),
             wake: Notify::new(),
         })
     }
@@ -138,15 +150,29 @@ impl Scrub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// What the scrub has done since start-up.
-    pub fn stats(&self) -> ScrubStats {
+    /// What the scrub has done since start-up, for a store holding `held_chunks` chunks.
+    pub fn stats(&self, held_chunks: u64) -> ScrubStats {
         let st = self.lock();
-        let oldest_verified_unix_ms = if st.passes == 0 {
+        let verified = st.verified.values().filter(|s| s.at_ms > 0);
+        let oldest_verified_unix_ms = verified.clone().map(|s| s.at_ms).min().unwrap_or(0);
+        let read_back = verified.count() as u64;
+        // Chunks on disk the scrub has not met since start-up (no entry at all).
+        let unseen = held_chunks.saturating_sub(st.verified.len() as u64);
+        let written = st.verified.values().filter(|s| s.at_ms == 0);
+        let oldest_written = written.clone().map(|s| s.since_ms).min();
+        let unverified_chunks = held_chunks.saturating_sub(read_back);
+        let oldest_unverified_unix_ms = if unverified_chunks == 0 {
             0
+        } else if unseen > 0 {
+            st.started_ms
         } else {
-            st.verified.values().map(|s| s.at_ms).min().unwrap_or(0)
+            oldest_written.unwrap_or(st.started_ms)
         };
         ScrubStats {
+            unverified_chunks,
+            oldest_unverified_unix_ms,
+            interval_secs: self.config.interval.as_secs(),
+            start_delay_secs: self.config.start_delay.as_secs(),
             chunks_verified: st.chunks_verified,
             bytes_verified: st.bytes_verified,
             corruptions: st.corruptions,
@@ -172,12 +198,20 @@ impl Scrub {
         true
     }
 
-    /// Records that `id` was just checked against its id by a put (written, or found intact).
-    pub fn note_verified(&self, id: ChunkId) {
-        let at_ms = now_ms();
+    /// Records that a put just wrote `id` (or found a copy it re-checked): unverified until a
+    /// pass reads it back.
+    pub fn note_written(&self, id: ChunkId) {
+        let since_ms = now_ms();
         let mut st = self.lock();
         let pass = st.started;
-        st.verified.insert(id, Seen { at_ms, pass });
+        st.verified.insert(
+            id,
+            Seen {
+                at_ms: 0,
+                since_ms,
+                pass,
+            },
+        );
     }
 
     /// Forgets a chunk that was deleted.
@@ -218,7 +252,15 @@ impl Scrub {
             Some(Verification::Intact { len }) => {
                 st.chunks_verified += 1;
                 st.bytes_verified += len;
-                st.verified.insert(id, Seen { at_ms, pass });
+                let since_ms = st.verified.get(&id).map_or(st.started_ms, |s| s.since_ms);
+                st.verified.insert(
+                    id,
+                    Seen {
+                        at_ms,
+                        since_ms,
+                        pass,
+                    },
+                );
             }
             Some(Verification::Corrupt { .. }) => {
                 st.corruptions += 1;
@@ -229,7 +271,12 @@ impl Scrub {
             // Present but unreadable: it stays in the figures with its old time (0 if never
             // verified), so the oldest verification time does not pretend it was checked.
             None => {
-                let e = st.verified.entry(id).or_insert(Seen { at_ms: 0, pass });
+                let since_ms = st.started_ms;
+                let e = st.verified.entry(id).or_insert(Seen {
+                    at_ms: 0,
+                    since_ms,
+                    pass,
+                });
                 e.pass = pass;
             }
         }
@@ -421,12 +468,20 @@ mod tests {
             start_delay: Duration::from_secs(1),
         });
         assert_eq!(
-            scrub.stats(),
+            scrub.stats(0),
             ScrubStats {
                 rate_limit_bytes: 7,
+                interval_secs: 1,
+                start_delay_secs: 1,
                 ..ScrubStats::default()
             }
         );
+        let st = scrub.stats(3);
+        assert_eq!(
+            st.unverified_chunks, 3,
+            "chunks on disk at start-up are not verified"
+        );
+        assert_eq!(st.oldest_unverified_unix_ms, scrub.lock().started_ms);
         assert!(scrub.request_pass());
         assert!(!scrub.request_pass(), "a pass is already requested");
         let pass = scrub.begin_pass();
@@ -435,7 +490,7 @@ mod tests {
             "starting the pass served the request"
         );
         assert!(!scrub.request_pass(), "a pass is running");
-        assert!(scrub.stats().running);
+        assert!(scrub.stats(0).running);
 
         // Verified in the pass, written during it, unreadable: all kept at the end; an entry
         // of a chunk the pass did not find is dropped.
@@ -445,23 +500,34 @@ mod tests {
             ChunkId::of(b"c"),
             ChunkId::of(b"gone"),
         );
-        scrub
-            .lock()
-            .verified
-            .insert(gone, Seen { at_ms: 5, pass: 0 });
+        scrub.lock().verified.insert(
+            gone,
+            Seen {
+                at_ms: 5,
+                since_ms: 1,
+                pass: 0,
+            },
+        );
         scrub.record(pass, a, Some(&Verification::Intact { len: 10 }));
-        scrub.note_verified(b);
+        std::thread::sleep(Duration::from_millis(5));
+        scrub.note_written(b);
         scrub.record(pass, c, None);
-        assert_eq!(scrub.stats().oldest_verified_unix_ms, 0, "no full pass yet");
         scrub.end_pass(pass, true);
-        let st = scrub.stats();
+        let st = scrub.stats(3);
         assert_eq!(
             (st.passes, st.chunks_verified, st.bytes_verified),
             (1, 1, 10)
         );
         assert!(!st.running && st.last_full_pass_unix_ms > 0);
-        assert_eq!(st.oldest_verified_unix_ms, 0, "c was never verified");
         assert!(!scrub.lock().verified.contains_key(&gone));
+        // a was read back; b was only written, c could not be read: 2 unverified, the oldest
+        // since start-up (c).
+        assert!(st.oldest_verified_unix_ms > 0);
+        assert_eq!(st.unverified_chunks, 2, "{st:?}");
+        assert_eq!(st.oldest_unverified_unix_ms, scrub.lock().started_ms);
+        // A chunk re-written after its read-back is unverified again.
+        scrub.note_written(a);
+        assert_eq!(scrub.stats(3).unverified_chunks, 3);
 
         // Once c is verified the oldest time is a real one.
         let pass = scrub.begin_pass();
@@ -469,8 +535,9 @@ mod tests {
             scrub.record(pass, id, Some(&Verification::Intact { len: 1 }));
         }
         scrub.end_pass(pass, true);
-        let st = scrub.stats();
+        let st = scrub.stats(3);
         assert!(st.oldest_verified_unix_ms > 0);
         assert!(st.oldest_verified_unix_ms <= st.last_full_pass_unix_ms);
+        assert_eq!((st.unverified_chunks, st.oldest_unverified_unix_ms), (0, 0));
     }
 }

@@ -137,7 +137,7 @@ impl ChunkService for ChunkServiceImpl {
             .blocking(move |s| s.put(id, data))
             .instrument(span)
             .await?;
-        self.scrub.note_verified(id);
+        self.scrub.note_written(id);
         Ok(Response::new(PutChunkReply {
             already_present: outcome == PutOutcome::AlreadyPresent,
         }))
@@ -187,7 +187,7 @@ impl ChunkService for ChunkServiceImpl {
             free_bytes: stats.free_bytes,
             chunk_count: stats.chunk_count,
             received_bytes: self.received_bytes.load(Ordering::Relaxed),
-            scrub: Some(self.scrub.stats()),
+            scrub: Some(self.scrub.stats(stats.chunk_count)),
             replicated_bytes: self.replicated_bytes.load(Ordering::Relaxed),
         }))
     }
@@ -205,7 +205,7 @@ impl ChunkService for ChunkServiceImpl {
             // and a rotten local copy is quarantined (and reported) and then fetched again.
             let found = self.blocking(move |s| s.verify(id)).await?;
             if let Verification::Intact { .. } = found.outcome {
-                self.scrub.note_verified(id);
+                self.scrub.note_written(id);
                 return Ok(ReplicateChunkReply {
                     already_present: true,
                     source: String::new(),
@@ -221,7 +221,7 @@ impl ChunkService for ChunkServiceImpl {
             let len = fetched.data.len();
             let data = fetched.data;
             let outcome = self.blocking(move |s| s.put(id, data)).await?;
-            self.scrub.note_verified(id);
+            self.scrub.note_written(id);
             let stored = outcome == PutOutcome::Stored;
             tracing::info!(source = %fetched.source, len, stored, "chunk replicated");
             Ok(ReplicateChunkReply {
@@ -350,7 +350,7 @@ impl ChunkService for ChunkServiceImpl {
         let found = self.blocking(move |s| s.verify(id)).await?;
         let (outcome, reason) = match found.outcome {
             Verification::Intact { .. } => {
-                self.scrub.note_verified(id);
+                self.scrub.note_written(id);
                 (verify_chunk_reply::Outcome::Intact, String::new())
             }
             Verification::Absent => (verify_chunk_reply::Outcome::Absent, String::new()),

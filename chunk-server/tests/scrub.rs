@@ -63,6 +63,11 @@ async fn scrub_quarantines_every_corrupt_chunk_and_reports_each_once() {
     );
     assert!(!before.running);
     assert_eq!(before.rate_limit_bytes, 0, "unlimited");
+    assert_eq!(
+        before.unverified_chunks, 40,
+        "chunks written after the last (no) pass count as never verified"
+    );
+    assert!(before.oldest_unverified_unix_ms > 0);
 
     tracing::info!(
         "--- rot: flipped data bytes (first, middle block, last), a header byte, a truncation"
@@ -112,6 +117,11 @@ async fn scrub_quarantines_every_corrupt_chunk_and_reports_each_once() {
     assert!(
         s.oldest_verified_unix_ms >= t0 && s.oldest_verified_unix_ms <= s.last_full_pass_unix_ms,
         "every present chunk was verified in this pass: {s:?}"
+    );
+    assert_eq!(
+        (s.unverified_chunks, s.oldest_unverified_unix_ms),
+        (0, 0),
+        "{s:?}"
     );
 
     tracing::info!("--- every corrupt chunk is in quarantine/ (moved, not deleted)");
@@ -322,8 +332,8 @@ async fn chunks_that_vanish_or_change_during_a_pass_are_not_errors() {
 
     tracing::info!("--- the pass completes and counts no corruption");
     assert!(scrub.request_pass());
-    wait_for("the pass", || scrub.stats().passes == 1).await;
-    let s = scrub.stats();
+    wait_for("the pass", || scrub.stats(0).passes == 1).await;
+    let s = scrub.stats(0);
     assert_eq!(s.corruptions, 0);
     assert_eq!(
         s.chunks_verified, 9,
@@ -355,7 +365,7 @@ async fn shutdown_during_a_pass_returns_promptly() {
     let scrub = server.scrub().clone();
     assert!(scrub.request_pass());
     wait_for("the pass to get going", || {
-        let s = scrub.stats();
+        let s = scrub.stats(0);
         s.running && s.chunks_verified >= 1
     })
     .await;
@@ -365,7 +375,7 @@ async fn shutdown_during_a_pass_returns_promptly() {
     server.shutdown().await.unwrap();
     let took = t.elapsed();
     assert!(took < Duration::from_secs(1), "shutdown took {took:?}");
-    let s = scrub.stats();
+    let s = scrub.stats(0);
     assert!(!s.running, "the worker has stopped");
     assert_eq!(s.passes, 0, "an interrupted pass is not a full pass");
     assert!(s.chunks_verified < 8);

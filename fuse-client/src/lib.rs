@@ -2,7 +2,9 @@
 //!
 //! The mount:
 //! - [`mount`]: `cairn mount` — mounting, signal handling, draining dirty files, unmounting,
-//!   and the mount's background tasks.
+//!   and the mount's background tasks; [`mount_cli`]: mount options, the `mount.fuse.cairn`
+//!   helper of `mount -t fuse.cairn` and fstab, `--background`, `cairn umount`; [`mount_sys`]:
+//!   the kernel mount itself (type `fuse.cairn`, the cluster as its source).
 //! - [`fs`]: fuser's `Filesystem` as thin adapters onto the mount's operations (`fs::Core`),
 //!   grouped by area (namespace, files, directories, xattrs, locks, attribute conversion); the
 //!   one reply helper turns each operation's `Result<T, Errno>` into the FUSE reply.
@@ -20,21 +22,30 @@
 //! Shared by the mount and the commands:
 //! - [`meta`]: every metadata call as a typed method on one client ([`meta::Meta`]).
 //! - [`errno`]: the one mapping from wire errors to errno.
+//! - [`out`]: the commands' stdout (quiet exit on a closed pipe) and log lines that keep clear
+//!   of progress bars.
 //!
 //! The other commands:
 //! - [`bench`]: `cairn bench <dir>` (one fixed metadata and data workload, run on a mount or a
 //!   local disk alike) and `cairn bench --compare` of two results.
-//! - [`status`]: `cairn status [--json]` (the cluster report).
+//! - [`cluster`]: which cluster a command talks to (`--meta`, `CAIRN_META`, cluster files, the
+//!   mount the current directory is in).
+//! - [`status`]: `cairn status [--json] [--watch]` (the cluster report), judged by [`health`].
 //! - [`admin`]: `cairn fsck`, `cairn scrub [--now]`, `cairn chunk drain`.
 //! - [`transfer`]: `cairn put`, `cairn get` (resumable copies) and `cairn uploads list|abort`.
 pub mod admin;
 pub mod bench;
+pub mod cluster;
 pub mod data;
 pub mod errno;
 pub mod fs;
+pub mod health;
 pub mod meta;
 pub mod mount;
+pub mod mount_cli;
 pub mod mount_session;
+pub mod mount_sys;
+pub mod out;
 pub mod procs;
 pub mod status;
 pub mod transfer;

@@ -1,33 +1,82 @@
 //! The `cairn` binary: `cairn mount`, `cairn status`, `cairn put`/`get`, `cairn bench` and the
-//! admin commands.
+//! admin commands. Run as `mount.fuse.cairn` it is the mount helper of `mount -t fuse.cairn`
+//! and `/etc/fstab` (see `cairn_fuse_client::mount_cli`).
 use anyhow::Context;
-use cairn_fuse_client::{admin, bench, mount, status, transfer};
-use clap::{Args, Parser, Subcommand};
+use cairn_fuse_client::cluster::{self, Cluster};
+use cairn_fuse_client::mount_cli::{self, MountOptions};
+use cairn_fuse_client::{admin, bench, mount, out, outln, status, transfer};
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// `0.1.0 (git 1a2b3c4d5e6f)`: the build's version and commit (see build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("CAIRN_GIT_HASH"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "cairn",
-    version,
-    about = "Cairn distributed file system client"
+    version = VERSION,
+    about = "Cairn distributed file system client",
+    after_help = "The cluster comes from --meta, else CAIRN_META, else .cairn/cairn.toml in the \
+current directory or a parent, else the Cairn mount the current directory is in, else \
+~/.config/cairn/cairn.toml, else /etc/cairn/cairn.toml."
 )]
 struct Cli {
+    /// More log output on stderr (-v: debug, -vv: trace). RUST_LOG overrides it.
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    verbose: u8,
+    /// Errors only on stderr, and no progress bars.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
+/// The cluster to talk to.
+#[derive(Args, Clone, Default)]
+struct ClusterArg {
+    /// Meta server addresses, comma separated (host:port,host:port,…). Default: see the end of
+    /// `cairn --help`.
+    #[arg(long, value_name = "ADDRS")]
+    meta: Option<String>,
+}
+
+impl ClusterArg {
+    /// The cluster named by the flag or the first source that names one.
+    fn resolve(&self, paths: &[PathBuf]) -> anyhow::Result<Cluster> {
+        cluster::resolve(&cluster::Env::current(self.meta.clone(), paths))
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
-    /// Mount the file system (runs in the foreground until SIGTERM/SIGINT or unmount).
+    /// Mount the file system. Runs in the foreground until SIGTERM/SIGINT or unmount, unless
+    /// --background.
     Mount {
         /// An existing, empty directory.
         mountpoint: PathBuf,
-        /// Meta server addresses, comma separated (host:port,host:port,...).
-        #[arg(long, env = "CAIRN_META")]
-        meta: String,
-        /// Accepted for compatibility; the mount always runs in the foreground.
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// Return once the mount answers; the mount goes on in the background, logging to
+        /// --log-file.
+        #[arg(long)]
+        background: bool,
+        /// With --background: where the mount logs (default /var/log/cairn/mount-<path>.log
+        /// as root, else ~/.local/state/cairn/).
+        #[arg(long, requires = "background")]
+        log_file: Option<PathBuf>,
+        /// Mount options, comma separated: ro, rw, allow_other, nosuid, nodev, noexec, sync,
+        /// dirsync.
+        #[arg(short = 'o', value_name = "OPTIONS")]
+        options: Vec<String>,
+        /// Accepted for compatibility; the mount runs in the foreground unless --background.
         #[arg(long)]
         foreground: bool,
         /// Files of at most this many bytes (up to 65536) keep their content in the metadata
@@ -37,14 +86,28 @@ enum Cmd {
               value_parser = clap::value_parser!(u32).range(0..=cairn_common::INLINE_MAX as i64))]
         inline_max: u32,
     },
-    /// Show the cluster: meta nodes and chunk servers.
+    /// Unmount a Cairn mount and wait until its mount process has flushed and exited.
+    #[command(alias = "unmount")]
+    Umount {
+        mountpoint: PathBuf,
+        /// Detach a busy mount now; it goes away when the last user leaves.
+        #[arg(long, short = 'l')]
+        lazy: bool,
+        /// Seconds to wait for the mount process to exit.
+        #[arg(long, default_value_t = 60.0)]
+        wait: f64,
+    },
+    /// Show the cluster: a health verdict (HEALTH_OK / HEALTH_WARN / HEALTH_ERR, also the exit
+    /// status 0 / 1 / 2) with its reasons, meta nodes and chunk servers.
     Status {
-        /// Meta server addresses, comma separated.
-        #[arg(long, env = "CAIRN_META")]
-        meta: String,
-        /// Print JSON instead of a table.
-        #[arg(long)]
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// Print JSON instead of tables.
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Refresh every this many seconds until interrupted.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<f64>,
         /// Give up after this many seconds without an answer from a leader.
         #[arg(long, env = "CAIRN_STATUS_TIMEOUT", default_value_t = 5.0)]
         timeout: f64,
@@ -52,8 +115,8 @@ enum Cmd {
     /// Check every file's chunks against the chunk servers: healthy, under-replicated and
     /// missing chunks, and the files affected. Exits with 2 when data is lost.
     Fsck {
-        #[arg(long, env = "CAIRN_META")]
-        meta: String,
+        #[command(flatten)]
+        cluster: ClusterArg,
         #[arg(long)]
         json: bool,
         /// Most affected files to list.
@@ -64,11 +127,13 @@ enum Cmd {
     },
     /// Show each chunk server's scrub progress, or start a pass now (--now).
     Scrub {
-        #[arg(long, env = "CAIRN_META")]
-        meta: String,
+        #[command(flatten)]
+        cluster: ClusterArg,
         /// Start a scrub pass on every chunk server that is up.
         #[arg(long)]
         now: bool,
+        #[arg(long)]
+        json: bool,
         #[arg(long, default_value_t = 5.0)]
         timeout: f64,
     },
@@ -86,11 +151,8 @@ enum Cmd {
         /// Absolute path inside the file system (/dir/file; a directory or a trailing / keeps
         /// the local file name).
         remote: String,
-        #[arg(long, env = "CAIRN_META")]
-        meta: String,
-        /// No progress bar.
-        #[arg(long, short)]
-        quiet: bool,
+        #[command(flatten)]
+        cluster: ClusterArg,
     },
     /// Copy a file out of the file system, verifying every chunk; an interrupted copy resumes
     /// from `<local>.cairn-part`.
@@ -99,11 +161,8 @@ enum Cmd {
         remote: String,
         /// The local file (or an existing directory to copy into).
         local: PathBuf,
-        #[arg(long, env = "CAIRN_META")]
-        meta: String,
-        /// No progress bar.
-        #[arg(long, short)]
-        quiet: bool,
+        #[command(flatten)]
+        cluster: ClusterArg,
     },
     /// Upload sessions: interrupted `cairn put`s and writes of mounts that died.
     Uploads {
@@ -113,6 +172,9 @@ enum Cmd {
     /// Measure a directory — a Cairn mount or a local disk — with one fixed workload of
     /// metadata and data operations; `scripts/bench` runs it on both and compares.
     Bench(BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout, e.g.
+    /// `cairn completions bash > /etc/bash_completion.d/cairn`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Args)]
@@ -156,8 +218,8 @@ struct BenchArgs {
 enum UploadsCmd {
     /// List the upload sessions the cluster holds.
     List {
-        #[arg(long, env = "CAIRN_META")]
-        meta: String,
+        #[command(flatten)]
+        cluster: ClusterArg,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -165,8 +227,8 @@ enum UploadsCmd {
     /// Drop an upload session; its chunks become garbage unless a file uses them.
     Abort {
         id: u64,
-        #[arg(long, env = "CAIRN_META")]
-        meta: String,
+        #[command(flatten)]
+        cluster: ClusterArg,
     },
 }
 
@@ -175,69 +237,98 @@ enum ChunkCmd {
     /// Move every replica off a chunk server (by id or address) before it is retired.
     Drain {
         server: String,
-        #[arg(long, env = "CAIRN_META")]
-        meta: String,
+        #[command(flatten)]
+        cluster: ClusterArg,
         /// Stop draining.
         #[arg(long)]
         undo: bool,
         /// Wait until the server holds no replica (at most this many seconds).
         #[arg(long)]
         wait: Option<f64>,
+        #[arg(long)]
+        json: bool,
         #[arg(long, default_value_t = 5.0)]
         timeout: f64,
     },
 }
 
-fn split_addrs(list: &str) -> Vec<String> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
+/// Sets up logging on stderr: `-q` errors only, default warnings (info for a mount), `-v`
+/// debug, `-vv` trace; `RUST_LOG` overrides. Lines are printed above a progress bar, not
+/// through it ([`out::LogWriter`]).
+fn init_logging(verbose: u8, quiet: bool, mount: bool) {
+    let level = match (quiet, verbose, mount) {
+        (true, _, _) => "error",
+        (false, 0, true) => "info",
+        (false, 0, false) => "warn",
+        (false, 1, _) => "debug",
+        (false, _, _) => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
+        )
+        .with_writer(out::LogWriter::make)
+        .init();
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let invoked_as = argv
+        .first()
+        .and_then(|a| {
+            PathBuf::from(a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default();
+    if invoked_as.starts_with("mount.") {
+        init_logging(0, false, true);
+        return report(mount_helper(&argv[1..]));
+    }
     let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet, matches!(cli.cmd, Cmd::Mount { .. }));
+    let quiet = cli.quiet;
     let result = match cli.cmd {
         Cmd::Mount {
             mountpoint,
-            meta,
+            cluster,
+            background,
+            log_file,
+            options,
             inline_max,
             ..
-        } => mount::run(mount::MountConfig {
+        } => run_mount(
+            mountpoint, cluster, background, log_file, options, inline_max,
+        ),
+        Cmd::Umount {
             mountpoint,
-            meta: split_addrs(&meta),
-            inline_max: inline_max as usize,
-        }),
+            lazy,
+            wait,
+        } => mount_cli::umount(&mountpoint, lazy, secs(wait)).map(|m| outln!("{m}")),
         Cmd::Status {
-            meta,
+            cluster,
             json,
+            watch,
             timeout,
-        } => run_status(split_addrs(&meta), json, timeout),
+        } => return run_status(cluster, json, watch, timeout),
         Cmd::Fsck {
-            meta,
+            cluster,
             json,
             max_files,
             timeout,
         } => {
-            return match block_on(admin::fsck(split_addrs(&meta), max_files, secs(timeout))) {
+            let report = cluster
+                .resolve(&[])
+                .and_then(|c| block_on(admin::fsck(c.meta, max_files, secs(timeout))));
+            return match report {
                 Ok(report) => {
                     if json {
-                        match serde_json::to_string_pretty(&report) {
-                            Ok(j) => println!("{j}"),
-                            Err(e) => {
-                                eprintln!("cairn: {e}");
-                                return ExitCode::FAILURE;
-                            }
+                        if let Err(e) = out::json(&report) {
+                            eprintln!("cairn: {e}");
+                            return ExitCode::FAILURE;
                         }
                     } else {
-                        print!("{}", report.text());
+                        out::print(&report.text());
                     }
                     if report.damaged() {
                         ExitCode::from(2)
@@ -251,55 +342,100 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Cmd::Scrub { meta, now, timeout } => {
-            let addrs = split_addrs(&meta);
+        Cmd::Scrub {
+            cluster,
+            now,
+            json,
+            timeout,
+        } => {
             if now {
-                block_on(admin::scrub_now(addrs, secs(timeout))).map(|lines| {
-                    for l in lines {
-                        println!("{l}");
+                cluster.resolve(&[]).and_then(|c| {
+                    let lines = block_on(admin::scrub_now(c.meta, secs(timeout)))?;
+                    if json {
+                        out::json(&lines)
+                    } else {
+                        lines.iter().for_each(|l| outln!("{l}"));
+                        Ok(())
                     }
                 })
             } else {
-                run_status(addrs, false, timeout)
+                return run_status(cluster, json, None, timeout);
             }
         }
         Cmd::Chunk {
             cmd:
                 ChunkCmd::Drain {
                     server,
-                    meta,
+                    cluster,
                     undo,
                     wait,
+                    json,
                     timeout,
                 },
-        } => block_on(admin::drain(
-            split_addrs(&meta),
-            server,
-            undo,
-            wait.map(secs),
-            secs(timeout),
-        ))
-        .map(|msg| println!("{msg}")),
+        } => cluster.resolve(&[]).and_then(|c| {
+            let msg = block_on(admin::drain(
+                c.meta,
+                server,
+                undo,
+                wait.map(secs),
+                secs(timeout),
+            ))?;
+            if json {
+                out::json(&serde_json::json!({ "message": msg }))
+            } else {
+                outln!("{msg}");
+                Ok(())
+            }
+        }),
         Cmd::Put {
             local,
             remote,
-            meta,
-            quiet,
-        } => return transfer::put_main(split_addrs(&meta), local, remote, quiet),
+            cluster,
+        } => {
+            return match cluster.resolve(&[]) {
+                Ok(c) => transfer::put_main(c.meta, local, remote, quiet),
+                Err(e) => report(Err(e)),
+            }
+        }
         Cmd::Get {
             remote,
             local,
-            meta,
-            quiet,
-        } => return transfer::get_main(split_addrs(&meta), remote, local, quiet),
+            cluster,
+        } => {
+            return match cluster.resolve(&[]) {
+                Ok(c) => transfer::get_main(c.meta, remote, local, quiet),
+                Err(e) => report(Err(e)),
+            }
+        }
         Cmd::Uploads {
-            cmd: UploadsCmd::List { meta, json },
-        } => return transfer::uploads_list_main(split_addrs(&meta), json),
+            cmd: UploadsCmd::List { cluster, json },
+        } => {
+            return match cluster.resolve(&[]) {
+                Ok(c) => transfer::uploads_list_main(c.meta, json),
+                Err(e) => report(Err(e)),
+            }
+        }
         Cmd::Uploads {
-            cmd: UploadsCmd::Abort { id, meta },
-        } => return transfer::uploads_abort_main(split_addrs(&meta), id),
+            cmd: UploadsCmd::Abort { id, cluster },
+        } => {
+            return match cluster.resolve(&[]) {
+                Ok(c) => transfer::uploads_abort_main(c.meta, id),
+                Err(e) => report(Err(e)),
+            }
+        }
         Cmd::Bench(args) => run_bench(args),
+        Cmd::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut script);
+            out::print(&String::from_utf8_lossy(&script));
+            Ok(())
+        }
     };
+    report(result)
+}
+
+/// Exit status 0, or the error on stderr and 1.
+fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -309,23 +445,142 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_status(meta: Vec<String>, json: bool, timeout: f64) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let timeout = Duration::from_secs_f64(timeout.max(0.1));
-    let st = rt.block_on(status::fetch(meta, timeout))?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
-    } else {
-        print!("{}", status::table(&st));
+fn run_mount(
+    mountpoint: PathBuf,
+    cluster: ClusterArg,
+    background: bool,
+    log_file: Option<PathBuf>,
+    options: Vec<String>,
+    inline_max: u32,
+) -> anyhow::Result<()> {
+    let mut opts = MountOptions::default();
+    for o in &options {
+        opts.parse(o)?;
     }
-    Ok(())
+    if opts.remount {
+        let mp = mountpoint
+            .canonicalize()
+            .with_context(|| format!("mountpoint {} does not exist", mountpoint.display()))?;
+        return remount(&mp, &opts);
+    }
+    // The mount point itself is not a source: a mount never names its own cluster.
+    let cluster = cluster.resolve(&[])?;
+    if background {
+        let mp = mountpoint
+            .canonicalize()
+            .with_context(|| format!("mountpoint {} does not exist", mountpoint.display()))?;
+        let mut args = mount_cli::foreground_args(&cluster.list(), &mp, &opts);
+        args.push("--inline-max".into());
+        args.push(inline_max.to_string().into());
+        let log = log_file
+            .or(opts.log_file)
+            .unwrap_or_else(|| mount_cli::default_log_file(&mp));
+        let pid = mount_cli::spawn_background(&args, &mp, &log)?;
+        outln!(
+            "mounted cluster {} at {} (pid {pid}, log {})",
+            cluster.list(),
+            mp.display(),
+            log.display()
+        );
+        return Ok(());
+    }
+    mount::run(mount::MountConfig {
+        mountpoint,
+        meta: cluster.meta,
+        inline_max: inline_max as usize,
+        options: opts,
+    })
+}
+
+/// `-o remount,…` of the Cairn mount at `mp`.
+fn remount(mp: &std::path::Path, opts: &MountOptions) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        mount_cli::cairn_mount_at(mp).is_some(),
+        "{} is not a Cairn mount",
+        mp.display()
+    );
+    cairn_fuse_client::mount_sys::remount(mp, opts)
+        .with_context(|| format!("remount {}", mp.display()))
+}
+
+/// `mount.fuse.cairn <cluster> <mountpoint> [-o options]`, as mount(8) runs it.
+fn mount_helper(args: &[OsString]) -> anyhow::Result<()> {
+    let h = mount_cli::parse_helper_args(args)?;
+    let mp = h
+        .mountpoint
+        .canonicalize()
+        .with_context(|| format!("mountpoint {} does not exist", h.mountpoint.display()))?;
+    if h.options.remount {
+        return remount(&mp, &h.options);
+    }
+    if h.foreground {
+        return mount::run(mount::MountConfig {
+            mountpoint: mp,
+            meta: cluster::split_addrs(&h.cluster),
+            inline_max: cairn_common::INLINE_MAX,
+            options: h.options,
+        });
+    }
+    let args = mount_cli::foreground_args(&h.cluster, &mp, &h.options);
+    let log = h
+        .options
+        .log_file
+        .clone()
+        .unwrap_or_else(|| mount_cli::default_log_file(&mp));
+    mount_cli::spawn_background(&args, &mp, &log).map(|_| ())
+}
+
+/// `cairn status`: the report, and the verdict as the exit status (0 OK, 1 WARN, 2 ERR; 2 too
+/// when the cluster cannot be reached at all).
+fn run_status(cluster: ClusterArg, json: bool, watch: Option<f64>, timeout: f64) -> ExitCode {
+    let named = match cluster.resolve(&[]) {
+        Ok(c) => c,
+        Err(e) => return report(Err(e)),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return report(Err(e.into())),
+    };
+    let timeout = Duration::from_secs_f64(timeout.max(0.1));
+    loop {
+        let fetched = rt.block_on(status::fetch(named.meta.clone(), timeout));
+        let code = match fetched {
+            Ok(mut st) => {
+                st.cluster = Some(status::Named {
+                    meta: named.list(),
+                    source: named.source.to_string(),
+                });
+                if json {
+                    if let Err(e) = out::json(&st) {
+                        return report(Err(e));
+                    }
+                } else {
+                    if watch.is_some() {
+                        // Clear the screen and home the cursor.
+                        out::print("\x1b[2J\x1b[H");
+                    }
+                    out::print(&status::table(&st));
+                }
+                st.health.status.exit_code()
+            }
+            Err(e) => {
+                eprintln!("cairn: HEALTH_ERR: {e:#}");
+                2
+            }
+        };
+        let Some(every) = watch else {
+            return ExitCode::from(code);
+        };
+        std::thread::sleep(Duration::from_secs_f64(every.clamp(0.2, 3600.0)));
+    }
 }
 
 fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     if let Some([a, b]) = args.compare.as_deref() {
-        print!("{}", bench::compare_files(a, b)?);
+        out::print(&bench::compare_files(a, b)?);
         return Ok(());
     }
     let dir = args.dir.context("no directory to measure")?;
@@ -340,9 +595,9 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     let report = bench::run(&dir, &opts)?;
     if args.json {
-        println!("{}", report.json()?);
+        outln!("{}", report.json()?);
     } else {
-        print!("{}", report.table());
+        out::print(&report.table());
     }
     Ok(())
 }

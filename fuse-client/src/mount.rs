@@ -4,7 +4,9 @@
 use crate::data::DataPlane;
 use crate::fs::{CairnFs, Core};
 use crate::meta::Meta;
+use crate::mount_cli::MountOptions;
 use crate::mount_session::{MountSession, Renewal};
+use crate::mount_sys;
 use anyhow::Context;
 use cairn_common::worker::TaskSet;
 use fuser::MountOption;
@@ -25,6 +27,24 @@ pub struct MountConfig {
     pub meta: Vec<String>,
     /// Files of at most this many bytes are committed inline, in the metadata.
     pub inline_max: usize,
+    /// `ro`, `allow_other` and kernel flags (see [`crate::mount_cli`]).
+    pub options: MountOptions,
+}
+
+/// A kernel flag of `-o` as fuser's option.
+fn kernel_option(o: &str) -> MountOption {
+    match o {
+        "nosuid" => MountOption::NoSuid,
+        "suid" => MountOption::Suid,
+        "nodev" => MountOption::NoDev,
+        "dev" => MountOption::Dev,
+        "noexec" => MountOption::NoExec,
+        "exec" => MountOption::Exec,
+        "sync" => MountOption::Sync,
+        "async" => MountOption::Async,
+        "dirsync" => MountOption::DirSync,
+        other => MountOption::CUSTOM(other.to_owned()),
+    }
 }
 
 pub fn is_mounted(path: &Path) -> bool {
@@ -115,21 +135,40 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
         .set(format!("{}:{}", session.host(), mountpoint.display()));
     let core = Core::new(dp, session.clone());
     let fs = CairnFs::new(core.clone(), rt.handle().clone());
+    // The source `mount` and `df` show is the cluster, as `--meta` takes it: `cairn` commands
+    // run inside the mount find their cluster there (crate::cluster). These options are for
+    // the fusermount3 path (not root), which needs the commas of the list escaped.
+    let cluster = cfg.meta.join(",");
+    let allow_other = cfg.options.allow_other || allow_other();
     let mut options = vec![
-        MountOption::FSName("cairn".into()),
+        MountOption::FSName(cfg.meta.join("\\,")),
         MountOption::Subtype("cairn".into()),
         MountOption::DefaultPermissions,
-        MountOption::RW,
+        if cfg.options.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
         MountOption::NoAtime,
     ];
-    if allow_other() {
+    if allow_other {
         options.push(MountOption::AllowOther);
     }
-    let fuse = fuser::spawn_mount2(fs, &mountpoint, &options)
-        .with_context(|| format!("mount at {}", mountpoint.display()))?;
+    options.extend(cfg.options.kernel.iter().map(|o| kernel_option(o)));
+    let mounted = mount_sys::mount(
+        fs,
+        &mountpoint,
+        &cluster,
+        &cfg.options,
+        allow_other,
+        &options,
+    )
+    .with_context(|| format!("mount at {}", mountpoint.display()))?;
+    let fuse = mounted.session;
     core.set_notifier(fuse.notifier());
     raise_readahead(&mountpoint);
-    tracing::info!(mountpoint = %mountpoint.display(), meta = %cfg.meta.join(","), "mounted");
+    tracing::info!(mountpoint = %mountpoint.display(), meta = %cfg.meta.join(","),
+        read_only = cfg.options.read_only, "mounted");
 
     let reason = rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -149,8 +188,13 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
     tracing::info!(reason, "shutting down: flushing dirty files");
     let failed = rt.block_on(core.drain());
 
-    // Unmount (dropping the session unmounts), and make sure the mount is gone even if the
-    // kernel still had it busy.
+    // Unmount (ours, or fuser's by dropping the session), and make sure the mount is gone even
+    // if the kernel still had it busy.
+    if !mounted.owned_by_fuser && is_mounted(&mountpoint) {
+        if let Err(e) = nix::mount::umount2(&mountpoint, nix::mount::MntFlags::empty()) {
+            tracing::debug!(error = %e, "umount2 at shutdown");
+        }
+    }
     drop(fuse);
     let deadline = Instant::now() + Duration::from_secs(5);
     while is_mounted(&mountpoint) && Instant::now() < deadline {

@@ -1,7 +1,10 @@
-//! `cairn status [--json]`: the leader's view of the cluster ([`ClusterReport`]), as JSON or a
-//! table.
+//! `cairn status [--json]`: the leader's view of the cluster ([`ClusterReport`]) with its
+//! health verdict ([`crate::health`]), as JSON or as tables.
+use crate::health::{self, Health};
 use crate::meta::Meta;
+use crate::transfer::human_secs;
 use cairn_proto::ClusterStatusReply;
+use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -12,6 +15,11 @@ pub struct MetaNode {
     pub role: String,
     pub term: u64,
     pub last_applied: u64,
+    pub last_log_index: u64,
+    /// Log entries this node's applied state is behind the leader's log (0 for the leader).
+    pub lag: u64,
+    /// Hex digest of the node's applied state at `last_applied` (empty if it did not answer).
+    pub applied_digest: String,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -19,8 +27,11 @@ pub struct ChunkServer {
     pub id: u64,
     pub addr: String,
     pub state: String,
+    pub capacity_bytes: u64,
     pub used_bytes: u64,
     pub free_bytes: u64,
+    /// Milliseconds since the leader last heard from it (0: never).
+    pub heartbeat_age_ms: u64,
     pub chunk_count: u64,
     /// Replicas the metadata cluster lists here (as of the last repair scan).
     pub listed_replicas: u64,
@@ -38,9 +49,15 @@ pub struct Scrub {
     pub running: bool,
     /// Unix ms; 0 when no full pass has finished yet.
     pub last_full_pass_unix_ms: u64,
-    /// Unix ms of the least recently verified chunk; 0: some chunk not verified yet.
+    /// Unix ms of the least recent read-back of a verified chunk; 0: none.
     pub oldest_verified_unix_ms: u64,
+    /// Chunks no pass has read back since they were written (or since the server started).
+    pub unverified_chunks: u64,
+    /// Unix ms when the oldest of those arrived; 0: none.
+    pub oldest_unverified_unix_ms: u64,
     pub rate_limit_bytes: u64,
+    pub interval_secs: u64,
+    pub start_delay_secs: u64,
 }
 
 /// The repair worker's figures.
@@ -63,6 +80,9 @@ pub struct Repair {
 /// The cluster as `cairn status` shows it (also its `--json` shape).
 #[derive(Debug, Serialize, PartialEq)]
 pub struct ClusterReport {
+    pub health: Health,
+    /// Which cluster, and where its name came from (set by the command).
+    pub cluster: Option<Named>,
     pub meta: Vec<MetaNode>,
     pub chunk_servers: Vec<ChunkServer>,
     pub leader_id: u64,
@@ -70,18 +90,44 @@ pub struct ClusterReport {
     pub repair: Repair,
 }
 
-impl From<ClusterStatusReply> for ClusterReport {
-    fn from(r: ClusterStatusReply) -> ClusterReport {
-        ClusterReport {
+/// The cluster a command talked to: `meta` as `--meta` takes it, `source` where it came from
+/// (see [`crate::cluster`]).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Named {
+    pub meta: String,
+    pub source: String,
+}
+
+impl ClusterReport {
+    /// The report of a leader's reply, judged at `now_ms`.
+    pub fn new(r: ClusterStatusReply, now_ms: u64) -> ClusterReport {
+        let leader_index = r
+            .meta
+            .iter()
+            .find(|m| m.role == "leader")
+            .map_or(0, |m| m.last_log_index);
+        let mut report = ClusterReport {
+            health: Health {
+                status: health::Level::Ok,
+                reasons: vec![],
+            },
+            cluster: None,
             meta: r
                 .meta
                 .into_iter()
                 .map(|m| MetaNode {
+                    lag: if m.role == "down" {
+                        0
+                    } else {
+                        leader_index.saturating_sub(m.last_applied)
+                    },
                     id: m.id,
                     addr: m.addr,
                     role: m.role,
                     term: m.term,
                     last_applied: m.last_applied,
+                    last_log_index: m.last_log_index,
+                    applied_digest: hex::encode(&m.applied_digest),
                 })
                 .collect(),
             chunk_servers: r
@@ -91,8 +137,10 @@ impl From<ClusterStatusReply> for ClusterReport {
                     id: c.id,
                     addr: c.addr,
                     state: c.state,
+                    capacity_bytes: c.capacity_bytes,
                     used_bytes: c.used_bytes,
                     free_bytes: c.free_bytes,
+                    heartbeat_age_ms: c.last_heartbeat_ms_ago,
                     chunk_count: c.chunk_count,
                     listed_replicas: c.listed_replicas,
                     draining: c.draining,
@@ -104,7 +152,11 @@ impl From<ClusterStatusReply> for ClusterReport {
                         running: s.running,
                         last_full_pass_unix_ms: s.last_full_pass_unix_ms,
                         oldest_verified_unix_ms: s.oldest_verified_unix_ms,
+                        unverified_chunks: s.unverified_chunks,
+                        oldest_unverified_unix_ms: s.oldest_unverified_unix_ms,
                         rate_limit_bytes: s.rate_limit_bytes,
+                        interval_secs: s.interval_secs,
+                        start_delay_secs: s.start_delay_secs,
                     }),
                 })
                 .collect(),
@@ -125,7 +177,9 @@ impl From<ClusterStatusReply> for ClusterReport {
                     gc_collected: p.gc_collected,
                 })
                 .unwrap_or_default(),
-        }
+        };
+        report.health = health::verdict(&report, now_ms);
+        report
     }
 }
 
@@ -137,7 +191,7 @@ pub async fn fetch(addrs: Vec<String>, timeout: Duration) -> anyhow::Result<Clus
     let reply = meta.cluster_status().await.map_err(|s| {
         anyhow::anyhow!("cannot reach the Cairn cluster at {list}: {}", s.message())
     })?;
-    Ok(ClusterReport::from(reply))
+    Ok(ClusterReport::new(reply, now_ms()))
 }
 
 pub fn human(bytes: u64) -> String {
@@ -155,28 +209,74 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
-/// The human-readable table.
+fn new_table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header.to_vec());
+    t
+}
+
+/// Right-aligns the numeric columns `cols` of `t`.
+fn align_right(t: &mut Table, cols: &[usize]) {
+    for &i in cols {
+        if let Some(c) = t.column_mut(i) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+}
+
+/// Indents every line of a rendered table by two spaces.
+fn indented(t: &Table) -> String {
+    t.lines().map(|l| format!("  {}\n", l.trim_end())).collect()
+}
+
+/// The human-readable report: the verdict and its reasons, then the tables.
 pub fn table(s: &ClusterReport) -> String {
     let mut out = String::new();
+    out.push_str(s.health.status.name());
+    out.push('\n');
+    for r in &s.health.reasons {
+        out.push_str(&format!(
+            "  [{}] {}\n",
+            r.level.name().trim_start_matches("HEALTH_"),
+            r.message
+        ));
+    }
+    if let Some(c) = &s.cluster {
+        out.push_str(&format!("cluster {} (from {})\n", c.meta, c.source));
+    }
     out.push_str(&format!(
         "meta nodes (leader {}, replication {})\n",
         s.leader_id, s.replication
     ));
-    out.push_str(&format!(
-        "  {:>4}  {:<22} {:<9} {:>6} {:>12}\n",
-        "ID", "ADDR", "ROLE", "TERM", "LAST_APPLIED"
-    ));
+    let mut t = new_table(&["ID", "ADDR", "ROLE", "TERM", "APPLIED", "LOG", "LAG"]);
     for m in &s.meta {
-        out.push_str(&format!(
-            "  {:>4}  {:<22} {:<9} {:>6} {:>12}\n",
-            m.id, m.addr, m.role, m.term, m.last_applied
-        ));
+        t.add_row(vec![
+            m.id.to_string(),
+            m.addr.clone(),
+            m.role.clone(),
+            m.term.to_string(),
+            m.last_applied.to_string(),
+            m.last_log_index.to_string(),
+            m.lag.to_string(),
+        ]);
     }
+    align_right(&mut t, &[0, 3, 4, 5, 6]);
+    out.push_str(&indented(&t));
     out.push_str("chunk servers\n");
-    out.push_str(&format!(
-        "  {:>4}  {:<22} {:<8} {:>11} {:>11} {:>8} {:>8}  {}\n",
-        "ID", "ADDR", "STATE", "USED", "FREE", "CHUNKS", "LISTED", "SCRUB"
-    ));
+    let mut t = new_table(&[
+        "ID",
+        "ADDR",
+        "STATE",
+        "HEARTBEAT",
+        "CAPACITY",
+        "USED",
+        "FREE",
+        "CHUNKS",
+        "LISTED",
+        "SCRUB",
+    ]);
     let now = now_ms();
     for c in &s.chunk_servers {
         let state = if c.draining {
@@ -184,18 +284,25 @@ pub fn table(s: &ClusterReport) -> String {
         } else {
             c.state.clone()
         };
-        out.push_str(&format!(
-            "  {:>4}  {:<22} {:<8} {:>11} {:>11} {:>8} {:>8}  {}\n",
-            c.id,
-            c.addr,
+        t.add_row(vec![
+            c.id.to_string(),
+            c.addr.clone(),
             state,
-            human(c.used_bytes),
+            if c.heartbeat_age_ms == 0 {
+                "-".into()
+            } else {
+                format!("{:.1}s ago", c.heartbeat_age_ms as f64 / 1000.0)
+            },
+            human(c.capacity_bytes),
+            format!("{} {}", human(c.used_bytes), capacity_bar(c)),
             human(c.free_bytes),
-            c.chunk_count,
-            c.listed_replicas,
-            scrub_summary(c.scrub.as_ref(), now)
-        ));
+            c.chunk_count.to_string(),
+            c.listed_replicas.to_string(),
+            scrub_summary(c.scrub.as_ref(), now),
+        ]);
     }
+    align_right(&mut t, &[0, 3, 4, 5, 6, 7, 8]);
+    out.push_str(&indented(&t));
     let r = &s.repair;
     out.push_str(&format!(
         "repair: {} under-replicated ({} missing), {} over-replicated; copied {} replicas ({}), removed {}, {} failures",
@@ -222,15 +329,29 @@ pub fn table(s: &ClusterReport) -> String {
     out
 }
 
-fn now_ms() -> u64 {
+/// `[####------]`: the used share of a server's disk as `df` counts it, ten cells.
+fn capacity_bar(c: &ChunkServer) -> String {
+    let Some(free) = health::free_percent(c) else {
+        return String::new();
+    };
+    let cells = ((100 - free.min(100)) / 10) as usize;
+    format!("[{}{}]", "#".repeat(cells), "-".repeat(10 - cells))
+}
+
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
+/// Whole seconds from `then_ms` to `now_ms` (0 if `then_ms` is later).
+pub fn ago_secs(now_ms: u64, then_ms: u64) -> u64 {
+    now_ms.saturating_sub(then_ms) / 1000
+}
+
 fn ago(now_ms: u64, then_ms: u64) -> String {
-    let s = now_ms.saturating_sub(then_ms) / 1000;
+    let s = ago_secs(now_ms, then_ms);
     match s {
         0..=119 => format!("{s}s"),
         120..=7199 => format!("{}m", s / 60),
@@ -264,56 +385,73 @@ fn scrub_summary(s: Option<&Scrub>, now: u64) -> String {
             ago(now, s.oldest_verified_unix_ms)
         ));
     }
+    if s.unverified_chunks > 0 {
+        out.push_str(&format!(
+            ", {} never verified (oldest arrived {} ago)",
+            s.unverified_chunks,
+            ago(now, s.oldest_unverified_unix_ms)
+        ));
+    }
+    if let Some(age) = health::scrub_overdue(s, now) {
+        out.push_str(&format!(", OVERDUE ({} unchecked)", human_secs(age)));
+    }
     out
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use cairn_proto::{ChunkServerStatus, MetaNodeStatus};
 
-    fn sample() -> ClusterReport {
-        ClusterReport::from(ClusterStatusReply {
-            meta: vec![MetaNodeStatus {
-                id: 1,
-                addr: "127.0.0.1:7001".into(),
-                role: "leader".into(),
-                term: 4,
-                last_applied: 99,
-                last_log_index: 100,
-                applied_digest: vec![],
-            }],
-            chunk_servers: vec![ChunkServerStatus {
-                id: 2,
-                addr: "127.0.0.1:7101".into(),
-                state: "up".into(),
-                capacity_bytes: 10 << 30,
-                used_bytes: 3 << 20,
-                free_bytes: 5 << 30,
-                chunk_count: 7,
-                last_heartbeat_ms_ago: 300,
-                scrub: Some(cairn_proto::ScrubStats {
-                    chunks_verified: 7,
-                    bytes_verified: 3 << 20,
-                    corruptions: 1,
-                    passes: 1,
-                    last_full_pass_unix_ms: now_ms() - 300_000,
-                    oldest_verified_unix_ms: now_ms() - 300_000,
-                    running: false,
-                    rate_limit_bytes: 64 << 20,
+    pub(crate) fn sample() -> ClusterReport {
+        ClusterReport::new(
+            ClusterStatusReply {
+                meta: vec![MetaNodeStatus {
+                    id: 1,
+                    addr: "127.0.0.1:7001".into(),
+                    role: "leader".into(),
+                    term: 4,
+                    last_applied: 99,
+                    last_log_index: 100,
+                    applied_digest: vec![],
+                }],
+                chunk_servers: vec![ChunkServerStatus {
+                    id: 2,
+                    addr: "127.0.0.1:7101".into(),
+                    state: "up".into(),
+                    capacity_bytes: 10 << 30,
+                    used_bytes: 3 << 20,
+                    free_bytes: 5 << 30,
+                    chunk_count: 7,
+                    last_heartbeat_ms_ago: 300,
+                    scrub: Some(cairn_proto::ScrubStats {
+                        chunks_verified: 7,
+                        bytes_verified: 3 << 20,
+                        corruptions: 1,
+                        passes: 1,
+                        last_full_pass_unix_ms: now_ms() - 300_000,
+                        oldest_verified_unix_ms: now_ms() - 300_000,
+                        running: false,
+                        rate_limit_bytes: 64 << 20,
+                        unverified_chunks: 2,
+                        oldest_unverified_unix_ms: now_ms() - 60_000,
+                        interval_secs: 3600,
+                        start_delay_secs: 3600,
+                    }),
+                    draining: true,
+                    listed_replicas: 6,
+                }],
+                leader_id: 1,
+                replication: 3,
+                repair: Some(cairn_proto::RepairStatus {
+                    under_replicated: 2,
+                    missing: 1,
+                    replicas_copied: 5,
+                    ..Default::default()
                 }),
-                draining: true,
-                listed_replicas: 6,
-            }],
-            leader_id: 1,
-            replication: 3,
-            repair: Some(cairn_proto::RepairStatus {
-                under_replicated: 2,
-                missing: 1,
-                replicas_copied: 5,
-                ..Default::default()
-            }),
-        })
+            },
+            now_ms(),
+        )
     }
 
     #[test]
@@ -341,6 +479,12 @@ mod tests {
         assert!(t.contains("5.0 GiB"));
         assert!(t.contains("up/drain"), "{t}");
         assert!(t.contains("1 corrupt, last full pass 5m ago"), "{t}");
+        assert!(
+            t.contains("2 never verified (oldest arrived 60s ago)"),
+            "{t}"
+        );
+        assert!(t.starts_with("HEALTH_ERR\n"), "{t}");
+        assert!(t.contains("[ERR] 1 chunk(s) have no intact replica"), "{t}");
         assert!(t.contains("repair: 2 under-replicated (1 missing)"), "{t}");
         assert_eq!(human(512), "512 B");
     }

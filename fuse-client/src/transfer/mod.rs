@@ -64,9 +64,11 @@ fn run<T>(cmd: &str, f: impl Future<Output = anyhow::Result<T>>) -> Result<T, Ex
 
 /// `cairn put`.
 pub fn put_main(meta: Vec<String>, local: PathBuf, remote: String, quiet: bool) -> ExitCode {
-    match run("put", put(meta, &local, &remote, quiet, stop_signal())) {
+    let done = run("put", put(meta, &local, &remote, quiet, stop_signal()));
+    crate::out::clear_progress_bar();
+    match done {
         Ok(s) => {
-            println!("{}", s.line());
+            crate::outln!("{}", s.line());
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -75,9 +77,11 @@ pub fn put_main(meta: Vec<String>, local: PathBuf, remote: String, quiet: bool) 
 
 /// `cairn get`.
 pub fn get_main(meta: Vec<String>, remote: String, local: PathBuf, quiet: bool) -> ExitCode {
-    match run("get", get(meta, &remote, &local, quiet, stop_signal())) {
+    let done = run("get", get(meta, &remote, &local, quiet, stop_signal()));
+    crate::out::clear_progress_bar();
+    match done {
         Ok(s) => {
-            println!("{}", s.line());
+            crate::outln!("{}", s.line());
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -91,15 +95,12 @@ pub fn uploads_list_main(meta: Vec<String>, json: bool) -> ExitCode {
         Err(code) => return code,
     };
     if json {
-        match serde_json::to_string_pretty(&rows) {
-            Ok(j) => println!("{j}"),
-            Err(e) => {
-                eprintln!("cairn uploads list: {e}");
-                return ExitCode::FAILURE;
-            }
+        if let Err(e) = crate::out::json(&rows) {
+            eprintln!("cairn uploads list: {e}");
+            return ExitCode::FAILURE;
         }
     } else {
-        print!("{}", table(&rows));
+        crate::out::print(&table(&rows));
     }
     ExitCode::SUCCESS
 }
@@ -108,7 +109,7 @@ pub fn uploads_list_main(meta: Vec<String>, json: bool) -> ExitCode {
 pub fn uploads_abort_main(meta: Vec<String>, id: u64) -> ExitCode {
     match run("uploads abort", abort(meta, id)) {
         Ok(()) => {
-            println!("upload {id} aborted; its chunks become garbage unless a file uses them");
+            crate::outln!("upload {id} aborted; its chunks become garbage unless a file uses them");
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -244,6 +245,7 @@ fn progress_bar(len: u64, quiet: bool, what: String) -> ProgressBar {
         pb.set_style(style.progress_chars("=> "));
     }
     pb.set_message(what);
+    crate::out::set_progress_bar(&pb);
     pb
 }
 
