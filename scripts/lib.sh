@@ -82,6 +82,28 @@ chunk_servers_up() {
   grep -o '"state": *"up"' <<<"$json" | wc -l || true  # none found: 0, not a failure
 }
 
+# promtool (Prometheus's checker of metrics text and alert rules), for the tests of
+# packaging/prometheus/: unpacked from Debian's prometheus package into $CAIRN_TOOLS, not
+# installed, so no Prometheus server is set up or started. Exports CAIRN_PROMTOOL.
+ensure_promtool() {
+  local dir=$CAIRN_TOOLS/prometheus
+  if [ ! -x "$dir/usr/bin/promtool" ]; then
+    log "unpacking promtool from Debian's prometheus package into $dir"
+    local sudo="" tmp
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    tmp=$(mktemp -d)
+    if ! (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1); then
+      $sudo apt-get update -qq
+      (cd "$tmp" && apt-get download -qq prometheus >/dev/null)
+    fi
+    mkdir -p "$dir"
+    dpkg-deb -x "$tmp"/prometheus_*.deb "$dir"
+    rm -rf "$tmp"
+  fi
+  [ -x "$dir/usr/bin/promtool" ] || die "promtool did not unpack to $dir"
+  export CAIRN_PROMTOOL=$dir/usr/bin/promtool
+}
+
 # pid_alive FILE: the pid in FILE names a running process.
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 

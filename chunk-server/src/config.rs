@@ -17,6 +17,11 @@ pub struct Config {
     #[arg(long, env = "CAIRN_CHUNK_ADVERTISE")]
     pub advertise: Option<String>,
 
+    /// Address of the HTTP port serving `/metrics` (Prometheus text), `/healthz` and `/readyz`
+    /// (host:port; port 0 picks a free port). Default: none.
+    #[arg(long, env = "CAIRN_CHUNK_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+
     /// Directory holding chunks, temp files, quarantine and the server identity.
     #[arg(long, env = "CAIRN_CHUNK_DATA_DIR")]
     pub data_dir: PathBuf,
@@ -59,6 +64,7 @@ impl Config {
         Config {
             listen: "127.0.0.1:0".into(),
             advertise: None,
+            metrics_listen: None,
             data_dir: data_dir.into(),
             meta: Vec::new(),
             heartbeat_ms: 1000,

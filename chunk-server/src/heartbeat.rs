@@ -45,6 +45,8 @@ pub struct Heartbeat {
     pub uuid: String,
     /// The advertised address.
     pub addr: String,
+    /// The address of its HTTP port (/metrics, …), or empty.
+    pub metrics_addr: String,
     pub interval: Duration,
     /// Where the assigned id is published (shared with the service's `Info`).
     pub server_id: Arc<AtomicU64>,
@@ -107,6 +109,7 @@ impl Heartbeat {
             free_bytes: stats.free_bytes,
             chunk_count: stats.chunk_count,
             scrub: Some(self.scrub.stats(stats.chunk_count)),
+            metrics_addr: self.metrics_addr.clone(),
         };
         self.meta
             .call(|mut c| {

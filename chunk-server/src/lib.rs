@@ -23,11 +23,13 @@
 //!   heartbeats (with the scrub figures), and the reports of corrupt copies
 //!   (`ReportBadReplica`).
 //! - [`config`]: command-line flags / `CAIRN_CHUNK_*` environment.
+//! - [`metrics`]: what the server serves on its HTTP port (`/metrics`, `/readyz`).
 //! - [`start`] / [`RunningServer`]: runs a server in-process (used by `main.rs` and tests): the
 //!   gRPC server, and the workers in one [`TaskSet`], with a graceful shutdown that stops the
 //!   workers and drains in-flight requests.
 pub mod config;
 pub mod heartbeat;
+pub mod metrics;
 pub mod replicate;
 pub mod scrub;
 pub mod service;
@@ -114,8 +116,32 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     ))
     .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
     .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);
+    // The HTTP port, stopped with the workers.
+    let mut metrics_addr = String::new();
+    if let Some(listen) = &config.metrics_listen {
+        let http = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("bind the metrics port {listen}"))?;
+        metrics_addr = http
+            .local_addr()
+            .context("read the metrics address")?
+            .to_string();
+        let probe = Arc::new(metrics::ChunkProbe {
+            store: store.clone(),
+            scrub: scrub.clone(),
+            server_id: server_id.clone(),
+            registers: !config.meta.is_empty(),
+        });
+        let router = cairn_common::metrics::router(probe, axum::Router::new());
+        let stop = workers.token().cancelled_owned();
+        workers.spawn(
+            "metrics-http",
+            cairn_common::metrics::serve(http, router, stop),
+        );
+    }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let serve = tonic::transport::Server::builder()
+        .layer(cairn_common::metrics::RpcMetricsLayer::new("chunk"))
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -136,6 +162,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             scrub: scrub.clone(),
             uuid: store.uuid().to_owned(),
             addr: advertise.clone(),
+            metrics_addr,
             interval: config.heartbeat_interval(),
             server_id: server_id.clone(),
             id_file: config.data_dir.join("server.id"),

@@ -133,13 +133,21 @@ impl ChunkService for ChunkServiceImpl {
         let id = parse_id(&req.id)?;
         let span = tracing::info_span!("put_chunk", chunk = %id, len = req.data.len());
         let data = req.data;
+        let len = data.len() as u64;
         let outcome = self
             .blocking(move |s| s.put(id, data))
             .instrument(span)
             .await?;
         self.scrub.note_written(id);
+        let stored = outcome != PutOutcome::AlreadyPresent;
+        metrics::counter!("cairn_chunk_puts_total",
+            "outcome" => if stored { "stored" } else { "already_present" })
+        .increment(1);
+        if stored {
+            metrics::counter!("cairn_chunk_bytes_written_total").increment(len);
+        }
         Ok(Response::new(PutChunkReply {
-            already_present: outcome == PutOutcome::AlreadyPresent,
+            already_present: !stored,
         }))
     }
 
@@ -155,6 +163,7 @@ impl ChunkService for ChunkServiceImpl {
             .blocking(move |s| s.read(id, req.offset, req.len, req.with_block_cvs))
             .instrument(span)
             .await?;
+        metrics::counter!("cairn_chunk_bytes_read_total").increment(read.data.len() as u64);
         Ok(Response::new(GetChunkReply {
             data: read.data,
             stored_len: read.stored_len,

@@ -18,6 +18,8 @@
 //! - [`worker`]: the one shape of a background job ([`worker::Worker`]) and the task set that
 //!   starts and stops a process's tasks with a deadline.
 //! - [`rate`]: the byte-rate limiter of background I/O (scrub, repair).
+//! - [`metrics`]: the HTTP port of every process (`/metrics`, `/healthz`, `/readyz`), the one
+//!   Prometheus recorder, and the gRPC call metrics layer.
 pub mod block_tree;
 pub mod chunk;
 pub mod chunk_client;
@@ -25,6 +27,7 @@ pub mod durable;
 pub mod error;
 pub mod kind;
 pub mod meta_client;
+pub mod metrics;
 pub mod name;
 pub mod rate;
 pub mod time;

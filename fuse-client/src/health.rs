@@ -330,6 +330,7 @@ mod tests {
             last_log_index: 0,
             lag: 0,
             applied_digest: String::new(),
+            metrics_url: None,
         });
         let h = verdict(&r, now);
         assert_eq!(

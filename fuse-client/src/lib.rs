@@ -4,7 +4,8 @@
 //! - [`mount`]: `cairn mount` — mounting, signal handling, draining dirty files, unmounting,
 //!   and the mount's background tasks; [`mount_cli`]: mount options, the `mount.fuse.cairn`
 //!   helper of `mount -t fuse.cairn` and fstab, `--background`, `cairn umount`; [`mount_sys`]:
-//!   the kernel mount itself (type `fuse.cairn`, the cluster as its source).
+//!   the kernel mount itself (type `fuse.cairn`, the cluster as its source); [`mount_metrics`]:
+//!   the mount's figures and its HTTP port (`--metrics-listen`).
 //! - [`fs`]: fuser's `Filesystem` as thin adapters onto the mount's operations (`fs::Core`),
 //!   grouped by area (namespace, files, directories, xattrs, locks, attribute conversion); the
 //!   one reply helper turns each operation's `Result<T, Errno>` into the FUSE reply.
@@ -43,6 +44,7 @@ pub mod health;
 pub mod meta;
 pub mod mount;
 pub mod mount_cli;
+pub mod mount_metrics;
 pub mod mount_session;
 pub mod mount_sys;
 pub mod out;

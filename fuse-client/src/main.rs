@@ -79,6 +79,9 @@ enum Cmd {
         /// Accepted for compatibility; the mount runs in the foreground unless --background.
         #[arg(long)]
         foreground: bool,
+        /// Serve `/metrics` (Prometheus text), `/healthz` and `/readyz` on this host:port.
+        #[arg(long, env = "CAIRN_MOUNT_METRICS_LISTEN", value_name = "ADDR")]
+        metrics_listen: Option<String>,
         /// Files of at most this many bytes (up to 65536) keep their content in the metadata
         /// cluster, replicated by Raft, instead of on chunk servers: no chunk round trips to
         /// write or read them. 0: every file's content goes to chunk servers.
@@ -296,9 +299,16 @@ fn main() -> ExitCode {
             log_file,
             options,
             inline_max,
+            metrics_listen,
             ..
         } => run_mount(
-            mountpoint, cluster, background, log_file, options, inline_max,
+            mountpoint,
+            cluster,
+            background,
+            log_file,
+            options,
+            inline_max,
+            metrics_listen,
         ),
         Cmd::Umount {
             mountpoint,
@@ -452,10 +462,14 @@ fn run_mount(
     log_file: Option<PathBuf>,
     options: Vec<String>,
     inline_max: u32,
+    metrics_listen: Option<String>,
 ) -> anyhow::Result<()> {
     let mut opts = MountOptions::default();
     for o in &options {
         opts.parse(o)?;
+    }
+    if metrics_listen.is_some() {
+        opts.metrics_listen = metrics_listen;
     }
     if opts.remount {
         let mp = mountpoint

@@ -5,12 +5,15 @@ use crate::data::DataPlane;
 use crate::fs::{CairnFs, Core};
 use crate::meta::Meta;
 use crate::mount_cli::MountOptions;
+use crate::mount_metrics::MountProbe;
 use crate::mount_session::{MountSession, Renewal};
 use crate::mount_sys;
 use anyhow::Context;
 use cairn_common::worker::TaskSet;
 use fuser::MountOption;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long the mount's background tasks get to stop at exit.
@@ -130,6 +133,23 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
         tasks.spawn_worker(Renewal::new(session.clone()));
     }
     let dp = DataPlane::with_inline_max(meta, cfg.inline_max);
+    // The HTTP port (/metrics, /healthz, /readyz), stopped with the other tasks.
+    let probe = Arc::new(MountProbe {
+        dp: dp.clone(),
+        mounted: AtomicBool::new(false),
+    });
+    if let Some(listen) = &cfg.options.metrics_listen {
+        let http = rt
+            .block_on(tokio::net::TcpListener::bind(listen))
+            .with_context(|| format!("bind the metrics port {listen}"))?;
+        let router = cairn_common::metrics::router(probe.clone(), axum::Router::new());
+        let stop = tasks.token().cancelled_owned();
+        let _guard = rt.enter();
+        tasks.spawn(
+            "metrics-http",
+            cairn_common::metrics::serve(http, router, stop),
+        );
+    }
     let _ = dp
         .writer_label
         .set(format!("{}:{}", session.host(), mountpoint.display()));
@@ -167,6 +187,7 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
     let fuse = mounted.session;
     core.set_notifier(fuse.notifier());
     raise_readahead(&mountpoint);
+    probe.mounted.store(true, Ordering::Relaxed);
     tracing::info!(mountpoint = %mountpoint.display(), meta = %cfg.meta.join(","),
         read_only = cfg.options.read_only, "mounted");
 

@@ -29,6 +29,8 @@ pub struct MountOptions {
     pub log_file: Option<PathBuf>,
     /// `remount`: change the flags (`ro`/`rw`, …) of an existing mount, start nothing.
     pub remount: bool,
+    /// `metrics=<host:port>`: serve `/metrics`, `/healthz`, `/readyz` there.
+    pub metrics_listen: Option<String>,
 }
 
 /// Options `mount(8)` and fstab carry that are not for the file system.
@@ -84,9 +86,10 @@ impl MountOptions {
                 o if KERNEL.contains(&o) => self.kernel.push(o.to_owned()),
                 o if IGNORED.contains(&o) || IGNORED_PREFIXES.iter().any(|p| o.starts_with(p)) => {}
                 o if o.starts_with("log=") => self.log_file = Some(PathBuf::from(&o[4..])),
+                o if o.starts_with("metrics=") => self.metrics_listen = Some(o[8..].to_owned()),
                 o => bail!(
                     "unknown mount option {o:?} (Cairn takes ro, rw, remount, allow_other, \
-                     log=<file>, nosuid, nodev, noexec, sync, dirsync and mount(8)'s own options)"
+                     log=<file>, metrics=<host:port>, nosuid, nodev, noexec, sync, dirsync and mount(8)'s own options)"
                 ),
             }
         }
@@ -151,6 +154,10 @@ pub fn foreground_args(cluster: &str, mountpoint: &Path, o: &MountOptions) -> Ve
     if !opts.is_empty() {
         args.push("-o".into());
         args.push(opts.join(",").into());
+    }
+    if let Some(m) = &o.metrics_listen {
+        args.push("--metrics-listen".into());
+        args.push(m.into());
     }
     args
 }

@@ -20,6 +20,8 @@ pub struct MetaNode {
     pub lag: u64,
     /// Hex digest of the node's applied state at `last_applied` (empty if it did not answer).
     pub applied_digest: String,
+    /// `http://host:port/metrics` of the node, if it serves one.
+    pub metrics_url: Option<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -33,6 +35,8 @@ pub struct ChunkServer {
     /// Milliseconds since the leader last heard from it (0: never).
     pub heartbeat_age_ms: u64,
     pub chunk_count: u64,
+    /// `http://host:port/metrics` of the server, if it serves one.
+    pub metrics_url: Option<String>,
     /// Replicas the metadata cluster lists here (as of the last repair scan).
     pub listed_replicas: u64,
     pub draining: bool,
@@ -85,6 +89,8 @@ pub struct ClusterReport {
     pub cluster: Option<Named>,
     pub meta: Vec<MetaNode>,
     pub chunk_servers: Vec<ChunkServer>,
+    /// Every node's `/metrics` URL (meta nodes, then chunk servers): Prometheus targets.
+    pub metrics: Vec<String>,
     pub leader_id: u64,
     pub replication: u32,
     pub repair: Repair,
@@ -128,8 +134,10 @@ impl ClusterReport {
                     last_applied: m.last_applied,
                     last_log_index: m.last_log_index,
                     applied_digest: hex::encode(&m.applied_digest),
+                    metrics_url: metrics_url(&m.metrics_addr),
                 })
                 .collect(),
+            metrics: vec![],
             chunk_servers: r
                 .chunk_servers
                 .into_iter()
@@ -141,6 +149,7 @@ impl ClusterReport {
                     used_bytes: c.used_bytes,
                     free_bytes: c.free_bytes,
                     heartbeat_age_ms: c.last_heartbeat_ms_ago,
+                    metrics_url: metrics_url(&c.metrics_addr),
                     chunk_count: c.chunk_count,
                     listed_replicas: c.listed_replicas,
                     draining: c.draining,
@@ -179,8 +188,24 @@ impl ClusterReport {
                 .unwrap_or_default(),
         };
         report.health = health::verdict(&report, now_ms);
+        report.metrics = report
+            .meta
+            .iter()
+            .filter_map(|m| m.metrics_url.clone())
+            .chain(
+                report
+                    .chunk_servers
+                    .iter()
+                    .filter_map(|c| c.metrics_url.clone()),
+            )
+            .collect();
         report
     }
+}
+
+/// `http://<addr>/metrics`, or nothing for an empty address.
+fn metrics_url(addr: &str) -> Option<String> {
+    (!addr.is_empty()).then(|| format!("http://{addr}/metrics"))
 }
 
 /// Asks the leader for the cluster status, giving up after `timeout`.
@@ -414,6 +439,7 @@ pub(crate) mod tests {
                     last_applied: 99,
                     last_log_index: 100,
                     applied_digest: vec![],
+                    metrics_addr: "127.0.0.1:9101".into(),
                 }],
                 chunk_servers: vec![ChunkServerStatus {
                     id: 2,
@@ -440,6 +466,7 @@ pub(crate) mod tests {
                     }),
                     draining: true,
                     listed_replicas: 6,
+                    metrics_addr: String::new(),
                 }],
                 leader_id: 1,
                 replication: 3,
@@ -468,6 +495,12 @@ pub(crate) mod tests {
         assert_eq!(v["chunk_servers"][0]["draining"], true);
         assert_eq!(v["repair"]["under_replicated"], 2);
         assert_eq!(v["repair"]["missing"], 1);
+        assert_eq!(v["metrics"][0], "http://127.0.0.1:9101/metrics");
+        assert_eq!(
+            v["metrics"].as_array().unwrap().len(),
+            1,
+            "none for the chunk server"
+        );
     }
 
     #[test]

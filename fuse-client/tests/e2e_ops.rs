@@ -378,3 +378,294 @@ fn t30_scripts_up_puts_cairn_on_the_path_of_a_new_shell() {
     assert!(!is_mounted(&mnt));
     assert_eq!(mount_processes(&mnt), 0);
 }
+
+/// `GET path` from `http://addr`: (status code, body). Plain HTTP/1.1, one request.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let raw = text(&raw);
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (code, body)
+}
+
+/// The body of a chunked HTTP response.
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+fn promtool() -> PathBuf {
+    PathBuf::from(std::env::var("CAIRN_PROMTOOL").expect(
+        "CAIRN_PROMTOOL is not set: run the tests through scripts/test (it unpacks promtool)",
+    ))
+}
+
+/// `promtool check metrics` accepts `text` (exposition format and naming lint).
+fn assert_valid_metrics(what: &str, text_: &str) {
+    use std::io::Write;
+    let mut child = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text_.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "promtool check metrics refused {what}: {}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+}
+
+/// The value of the sample `series` (name with labels, as rendered) in `page`.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Every `cairn_…` metric name a text (rules, a dashboard) refers to.
+fn referenced_metrics(text_: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let b = text_.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = text_[i..].find("cairn_") {
+        let start = i + pos;
+        let mut end = start;
+        while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+            end += 1;
+        }
+        let name = &text_[start..end];
+        if !(start > 0 && (b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_')) {
+            out.insert(name.trim_end_matches("_bucket").to_owned());
+        }
+        i = end;
+    }
+    out
+}
+
+#[test]
+fn t40_every_process_serves_metrics_and_the_alerts_fire_on_real_figures() {
+    init_tracing();
+    let http = ["--metrics-listen", "127.0.0.1:0"];
+    let mut c = Cluster::start_with(3, 3, e2e_harness::Opts::new(&http, &http));
+    let mount_http = format!(
+        "127.0.0.1:{}",
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let mnt = c.mount_with(&["--metrics-listen", &mount_http]);
+
+    info!("--- some traffic: a file written and read through the mount");
+    e2e_harness::write_random_file(&mnt.join("f"), 9 << 20, 40);
+    let back = std::fs::read(mnt.join("f")).unwrap();
+    assert_eq!(back.len(), 9 << 20);
+
+    info!("--- cairn status --json lists every node's metrics URL");
+    let st = c.status().expect("status");
+    let urls: Vec<String> = st["metrics"]
+        .as_array()
+        .expect("a metrics list")
+        .iter()
+        .map(|u| u.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(urls.len(), 6, "3 meta nodes and 3 chunk servers: {urls:?}");
+    let leader_url = st["meta"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "leader")
+        .and_then(|m| m["metrics_url"].as_str())
+        .expect("the leader's URL")
+        .to_owned();
+    let addr_of = |url: &str| {
+        url.trim_start_matches("http://")
+            .trim_end_matches("/metrics")
+            .to_owned()
+    };
+
+    info!("--- each page is valid Prometheus text with the figures the issue names");
+    let mut seen = std::collections::BTreeSet::new();
+    let mut pages = vec![];
+    for url in urls
+        .iter()
+        .chain(std::iter::once(&format!("http://{mount_http}/metrics")))
+    {
+        let addr = addr_of(url);
+        let (code, page) = http_get(&addr, "/metrics");
+        assert_eq!(code, 200, "{url}");
+        assert_valid_metrics(url, &page);
+        assert_eq!(http_get(&addr, "/healthz").0, 200, "{url} /healthz");
+        let (code, why) = http_get(&addr, "/readyz");
+        assert_eq!(code, 200, "{url} /readyz: {why}");
+        for l in page.lines().filter(|l| !l.starts_with('#')) {
+            let name = l.split(['{', ' ']).next().unwrap_or("");
+            seen.insert(name.trim_end_matches("_bucket").to_owned());
+        }
+        pages.push((url.clone(), page));
+    }
+    let leader_page = &pages.iter().find(|(u, _)| *u == leader_url).unwrap().1;
+    for name in [
+        "cairn_raft_term",
+        "cairn_raft_commit_index",
+        "cairn_raft_applied_index",
+        "cairn_raft_follower_lag_entries",
+        "cairn_rpc_requests_total",
+        "cairn_rpc_duration_seconds_bucket",
+        "cairn_chunk_server_up",
+        "cairn_chunk_server_free_bytes",
+        "cairn_repair_under_replicated_chunks",
+        "cairn_repair_missing_chunks",
+        "cairn_gc_pending_chunks",
+        "cairn_gc_collected_chunks",
+        "cairn_scrub_unverified_chunks",
+    ] {
+        assert!(leader_page.contains(name), "the leader's page lacks {name}");
+    }
+    assert_eq!(
+        sample(leader_page, "cairn_raft_state{state=\"leader\"}"),
+        Some(1.0)
+    );
+    let chunk_pages: Vec<&String> = pages
+        .iter()
+        .filter(|(u, _)| !st["meta"].to_string().contains(u.as_str()) && !u.contains(&mount_http))
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(chunk_pages.len(), 3);
+    let written: f64 = chunk_pages
+        .iter()
+        .filter_map(|p| sample(p, "cairn_chunk_bytes_written_total"))
+        .sum();
+    assert!(
+        written >= 3.0 * (9 << 20) as f64,
+        "three replicas of 9 MiB written, counted {written}"
+    );
+    for p in &chunk_pages {
+        for name in [
+            "cairn_scrub_unverified_chunks",
+            "cairn_scrub_oldest_unverified_age_seconds",
+            "cairn_store_free_bytes",
+            "cairn_rpc_requests_total{service=\"chunk\",method=\"PutChunk\",outcome=\"ok\"}",
+        ] {
+            assert!(p.contains(name), "a chunk server's page lacks {name}");
+        }
+    }
+    let mount_page = &pages.last().unwrap().1;
+    for name in [
+        "cairn_fuse_ops_total{op=\"write\",outcome=\"ok\"}",
+        "cairn_fuse_op_duration_seconds_bucket{op=\"read\"",
+        "cairn_mount_cache_lookups_total",
+        "cairn_mount_uploads_in_flight",
+    ] {
+        assert!(mount_page.contains(name), "the mount's page lacks {name}");
+    }
+
+    info!("--- the alert rules check, and every metric they and the dashboard use exists");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging");
+    let rules = root.join("prometheus/cairn-alerts.yml");
+    let o = run(Command::new(promtool())
+        .args(["check", "rules"])
+        .arg(&rules));
+    assert!(o.status.success(), "{}", text(&o.stdout));
+    let dashboard = std::fs::read_to_string(root.join("grafana/cairn-dashboard.json")).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard JSON");
+    assert!(parsed["panels"].as_array().unwrap().len() >= 10);
+    let used = referenced_metrics(&std::fs::read_to_string(&rules).unwrap())
+        .into_iter()
+        .chain(referenced_metrics(&dashboard));
+    for name in used {
+        // cairn_mount_commit_conflicts_total appears only once a conflict happened.
+        if name == "cairn_mount_commit_conflicts_total" {
+            continue;
+        }
+        assert!(
+            seen.contains(&name),
+            "{name} is used but no process exports it"
+        );
+    }
+
+    info!("--- a chunk server killed: its up figure drops, and the alert fires on those figures");
+    c.chunks[1].kill9();
+    let mut page = String::new();
+    let mut victim = None;
+    wait_until(
+        "the leader to export a server down",
+        Duration::from_secs(30),
+        || {
+            page = http_get(&addr_of(&leader_url), "/metrics").1;
+            victim = page
+                .lines()
+                .find(|l| l.starts_with("cairn_chunk_server_up{") && l.ends_with(" 0"))
+                .and_then(|l| l.split('"').nth(1).map(str::to_owned));
+            victim.is_some()
+        },
+    );
+    let victim = victim.unwrap();
+    info!(%victim, "victim down in the leader's figures");
+    let inputs: Vec<String> = page
+        .lines()
+        .filter(|l| l.starts_with("cairn_chunk_server_up{"))
+        .map(|l| {
+            let (s, v) = l.rsplit_once(' ').unwrap();
+            format!("      - series: '{s}'\n        values: '{v}x10'\n")
+        })
+        .collect();
+    let test = format!(
+        "rule_files:\n  - {}\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n{}    alert_rule_test:\n      - eval_time: 5m\n        alertname: CairnChunkServerDown\n        exp_alerts:\n          - exp_labels:\n              severity: warning\n              server: \"{victim}\"\n            exp_annotations:\n              summary: \"Chunk server {victim} is down\"\n              description: \"The meta leader has had no heartbeat from chunk server {victim} for over a minute; its chunks are being re-replicated elsewhere.\"\n",
+        rules.display(),
+        inputs.concat()
+    );
+    let test_file = c.path("alert-test.yml");
+    std::fs::write(&test_file, &test).unwrap();
+    let o = run(Command::new(promtool())
+        .args(["test", "rules"])
+        .arg(&test_file));
+    assert!(
+        o.status.success(),
+        "the alert did not fire as expected on the real figures:\n{test}\n{}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+}

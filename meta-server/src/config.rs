@@ -56,6 +56,11 @@ pub struct Config {
     #[arg(long, env = "CAIRN_META_PEERS", value_delimiter = ',', value_parser = parse_peer)]
     pub peers: Vec<Peer>,
 
+    /// Address of the HTTP port serving `/metrics` (Prometheus text), `/healthz` and `/readyz`
+    /// (host:port; port 0 picks a free port). Default: none.
+    #[arg(long, env = "CAIRN_META_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+
     /// Directory of this node's RocksDB (`db/`) and current snapshot (`snapshot/`).
     #[arg(long, env = "CAIRN_META_DATA_DIR")]
     pub data_dir: PathBuf,
@@ -179,6 +184,7 @@ impl Config {
             listen: listen.into(),
             advertise: None,
             peers: Vec::new(),
+            metrics_listen: None,
             data_dir: data_dir.into(),
             replication: 3,
             min_replication: 2,

@@ -38,6 +38,8 @@ pub struct LeaderState {
     pub placement: Placement,
     /// The scrub figures of each server's last heartbeat.
     scrub: Mutex<HashMap<u64, pb::ScrubStats>>,
+    /// The HTTP (metrics) address each server's last heartbeat named.
+    metrics_addrs: Mutex<HashMap<u64, String>>,
     /// The repair worker's figures.
     pub repair: RepairStats,
     /// The garbage collector's figures.
@@ -53,6 +55,7 @@ impl LeaderState {
             heartbeat_timeout,
             placement: Placement::new(heartbeat_timeout),
             scrub: Mutex::default(),
+            metrics_addrs: Mutex::default(),
             repair: RepairStats::default(),
             gc: GcStats::default(),
             repair_kick: Notify::new(),
@@ -71,6 +74,22 @@ impl LeaderState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, stats);
+    }
+
+    /// Records the HTTP (metrics) address server `id` named in its latest heartbeat.
+    pub fn note_metrics_addr(&self, id: u64, addr: String) {
+        let mut m = self.metrics_addrs.lock().unwrap_or_else(|e| e.into_inner());
+        if addr.is_empty() {
+            m.remove(&id);
+        } else {
+            m.insert(id, addr);
+        }
+    }
+
+    /// The HTTP (metrics) address of server `id`, if it named one.
+    pub fn metrics_addr(&self, id: u64) -> String {
+        let m = self.metrics_addrs.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&id).cloned().unwrap_or_default()
     }
 
     /// The latest scrub figures of every server that sent some.

@@ -22,6 +22,8 @@
 //!   under-replicated chunks and trims surplus copies; [`gc`] collects unreferenced chunks
 //!   (mark, epoch, marked delete); [`reaper`] expires dead mount sessions and idle uploads.
 //! - [`fsck`]: the namespace checked against the chunk inventory.
+//! - [`metrics`]: what the node serves on its HTTP port (Raft figures; on the leader, the
+//!   cluster's).
 //! - [`config`]: a node's flags; [`error`]: the meta server's error type and its one mapping to
 //!   the wire.
 //!
@@ -35,6 +37,7 @@ pub mod fsm;
 pub mod gc;
 pub mod leader;
 pub mod log_clock;
+pub mod metrics;
 pub mod node;
 pub mod placement;
 pub mod proposer;
@@ -197,8 +200,27 @@ pub async fn start_with_listener(
     // server to stop accepting and drain (`drain_server`), with a hard deadline.
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (drain_tx, drain_rx) = oneshot::channel::<()>();
+    // The HTTP port, stopped with the workers.
+    if let Some(listen) = &config.metrics_listen {
+        let http = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("bind the metrics port {listen}"))?;
+        let bound = http.local_addr().context("read the metrics address")?;
+        node.set_metrics_addr(bound.to_string());
+        let probe = Arc::new(metrics::MetaProbe {
+            node: node.clone(),
+            leader: leader.clone(),
+        });
+        let router = cairn_common::metrics::router(probe, axum::Router::new());
+        let stop = workers.token().cancelled_owned();
+        workers.spawn(
+            "metrics-http",
+            cairn_common::metrics::serve(http, router, stop),
+        );
+    }
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
+        .layer(cairn_common::metrics::RpcMetricsLayer::new("meta"))
         .add_service(raft_svc)
         .add_service(meta_svc)
         .serve_with_incoming_shutdown(incoming, async {

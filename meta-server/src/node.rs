@@ -27,6 +27,8 @@ pub struct MetaNode {
     read_index: ReadIndex,
     /// Writes, proposed together when they arrive together (group commit).
     proposer: Proposer,
+    /// host:port of this node's HTTP port (/metrics, …), once it serves one.
+    metrics_addr: std::sync::OnceLock<String>,
 }
 
 impl MetaNode {
@@ -77,6 +79,7 @@ impl MetaNode {
             log_clock,
             read_index,
             proposer,
+            metrics_addr: std::sync::OnceLock::new(),
         }
     }
 
@@ -184,6 +187,11 @@ impl MetaNode {
         self.digests.at(index)
     }
 
+    /// Notes the address of this node's HTTP port, for `cairn status`.
+    pub fn set_metrics_addr(&self, addr: String) {
+        let _ = self.metrics_addr.set(addr);
+    }
+
     /// This node's own view: role, term, last applied / last log index, applied digest.
     pub fn local_status(&self) -> cairn_proto::MetaNodeStatus {
         let m = self.raft.metrics();
@@ -202,6 +210,7 @@ impl MetaNode {
             last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_digest: self.digests.last().1.to_vec(),
+            metrics_addr: self.metrics_addr.get().cloned().unwrap_or_default(),
         }
     }
 }

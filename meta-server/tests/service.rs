@@ -171,6 +171,7 @@ async fn one_node_cluster_end_to_end() {
             free_bytes: 10 << 30,
             chunk_count: 0,
             scrub: None,
+            metrics_addr: String::new(),
         })
         .await
         .unwrap();

@@ -282,13 +282,16 @@ async fn commit_request(
                 // are safe to resolve; a real concurrent content change is an error.
                 let fresh = load_base(dp, ino).await?;
                 if fresh.same_content(&expected) {
+                    crate::mount_metrics::commit_conflict(true);
                     // Whether `then` went with it is unknown here: the caller applies it.
                     return Ok((fresh, None));
                 }
                 if fresh.same_content(before) {
+                    crate::mount_metrics::commit_conflict(true);
                     req.base_version = fresh.version;
                     continue;
                 }
+                crate::mount_metrics::commit_conflict(false);
                 tracing::error!(
                     inode = ino,
                     base_version = base.version,

@@ -21,6 +21,7 @@
 //! marked as failed: it answered, only that one copy is bad.
 use super::DataPlane;
 use crate::errno::Errno;
+use crate::mount_metrics::{cache_lookup, CacheResult};
 use bytes::Bytes;
 use cairn_common::block_tree::VerifiedCvs;
 use cairn_common::{ChunkId, ErrorKind, BLOCK_SIZE};
@@ -173,8 +174,12 @@ impl ChunkCache {
         let mut c = self.lock();
         let data = match c.map.get(&key) {
             Some(Entry::Ready(d)) => d.clone(),
-            _ => return None,
+            _ => {
+                cache_lookup(CacheResult::Miss);
+                return None;
+            }
         };
+        cache_lookup(CacheResult::Hit);
         if let Some(pos) = c.lru.iter().position(|x| *x == key) {
             c.lru.remove(pos);
             c.lru.push_back(key);
@@ -253,12 +258,16 @@ pub async fn fetch_chunk(dp: &Arc<DataPlane>, chunk: &StoredChunk) -> Result<Byt
             Some(Entry::Ready(d)) => {
                 let d = d.clone();
                 drop(c);
-                // Touch for LRU.
+                // Touch for LRU (and counted as the hit it is).
                 let _ = dp.cache.get(&chunk.id);
                 return Ok(d);
             }
-            Some(Entry::Pending(f)) => f.clone(),
+            Some(Entry::Pending(f)) => {
+                cache_lookup(CacheResult::Joined);
+                f.clone()
+            }
             None => {
+                cache_lookup(CacheResult::Miss);
                 let f = fetch_from_replicas(dp.clone(), chunk.clone())
                     .boxed()
                     .shared();

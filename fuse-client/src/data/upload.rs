@@ -70,6 +70,7 @@ pub async fn upload_chunk(
     slot: u64,
     data: Bytes,
 ) -> Result<Uploaded, Errno> {
+    let _in_flight = crate::mount_metrics::UploadInFlight::start();
     let id = ChunkId::of(&data);
     let cref = ChunkRef {
         id: id.as_bytes().to_vec(),

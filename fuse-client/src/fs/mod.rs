@@ -56,26 +56,34 @@ impl CairnFs {
         CairnFs { core, rt }
     }
 
-    /// Runs `op` on the runtime and answers `reply` with its result.
-    fn spawn_reply<R, F, Fut>(&self, reply: R, op: F)
+    /// Runs `op` (the FUSE operation `name`) on the runtime and answers `reply` with its
+    /// result; the operation is counted and timed ([`crate::mount_metrics::fuse_op`]).
+    fn spawn_reply<R, F, Fut>(&self, name: &'static str, reply: R, op: F)
     where
         R: FuseReply,
         F: FnOnce(Arc<Core>) -> Fut,
         Fut: Future<Output = Result<R::Value, Errno>> + Send + 'static,
     {
         let op = op(self.core.clone());
-        self.rt.spawn(async move { reply.finish(op.await) });
+        let started = std::time::Instant::now();
+        self.rt.spawn(async move {
+            let r = op.await;
+            crate::mount_metrics::fuse_op(name, r.is_ok(), started);
+            reply.finish(r)
+        });
     }
 
     /// Lists directory `ino` (handle `fh`) from cookie `offset` into `out` on the runtime.
-    fn spawn_listing<L>(&self, mut out: L, ino: u64, fh: u64, offset: i64)
+    fn spawn_listing<L>(&self, name: &'static str, mut out: L, ino: u64, fh: u64, offset: i64)
     where
         L: Listing + FuseReply<Value = ()>,
     {
         let h = self.core.dirs.handle(fh);
         let core = self.core.clone();
+        let started = std::time::Instant::now();
         self.rt.spawn(async move {
             let r = core.list_dir(ino, &h, offset, &mut out).await;
+            crate::mount_metrics::fuse_op(name, r.is_ok(), started);
             out.finish(r)
         });
     }
@@ -129,10 +137,9 @@ impl Filesystem for CairnFs {
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         let name = bytes(name);
-        self.spawn_reply(
-            reply,
-            move |core| async move { core.lookup(parent, name).await },
-        );
+        self.spawn_reply("lookup", reply, move |core| async move {
+            core.lookup(parent, name).await
+        });
     }
 
     fn forget(&mut self, _req: &Request<'_>, ino: u64, _nlookup: u64) {
@@ -140,7 +147,9 @@ impl Filesystem for CairnFs {
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        self.spawn_reply(reply, move |core| async move { core.getattr(ino).await });
+        self.spawn_reply("getattr", reply, move |core| async move {
+            core.getattr(ino).await
+        });
     }
 
     fn setattr(
@@ -169,14 +178,15 @@ impl Filesystem for CairnFs {
             atime,
             mtime,
         };
-        self.spawn_reply(
-            reply,
-            move |core| async move { core.setattr(ino, change).await },
-        );
+        self.spawn_reply("setattr", reply, move |core| async move {
+            core.setattr(ino, change).await
+        });
     }
 
     fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
-        self.spawn_reply(reply, move |core| async move { core.readlink(ino).await });
+        self.spawn_reply("readlink", reply, move |core| async move {
+            core.readlink(ino).await
+        });
     }
 
     fn mknod(
@@ -190,7 +200,7 @@ impl Filesystem for CairnFs {
         reply: ReplyEntry,
     ) {
         let at = Self::new_entry(req, parent, name);
-        self.spawn_reply(reply, move |core| async move {
+        self.spawn_reply("mknod", reply, move |core| async move {
             core.mknod(at, mode, rdev).await
         });
     }
@@ -205,23 +215,23 @@ impl Filesystem for CairnFs {
         reply: ReplyEntry,
     ) {
         let at = Self::new_entry(req, parent, name);
-        self.spawn_reply(reply, move |core| async move { core.mkdir(at, mode).await });
+        self.spawn_reply("mkdir", reply, move |core| async move {
+            core.mkdir(at, mode).await
+        });
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let name = bytes(name);
-        self.spawn_reply(
-            reply,
-            move |core| async move { core.unlink(parent, name).await },
-        );
+        self.spawn_reply("unlink", reply, move |core| async move {
+            core.unlink(parent, name).await
+        });
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let name = bytes(name);
-        self.spawn_reply(
-            reply,
-            move |core| async move { core.rmdir(parent, name).await },
-        );
+        self.spawn_reply("rmdir", reply, move |core| async move {
+            core.rmdir(parent, name).await
+        });
     }
 
     fn symlink(
@@ -234,10 +244,9 @@ impl Filesystem for CairnFs {
     ) {
         let at = Self::new_entry(req, parent, link_name);
         let target = bytes(target.as_os_str());
-        self.spawn_reply(
-            reply,
-            move |core| async move { core.symlink(at, target).await },
-        );
+        self.spawn_reply("symlink", reply, move |core| async move {
+            core.symlink(at, target).await
+        });
     }
 
     fn rename(
@@ -251,7 +260,7 @@ impl Filesystem for CairnFs {
         reply: ReplyEmpty,
     ) {
         let (name, new_name) = (bytes(name), bytes(newname));
-        self.spawn_reply(reply, move |core| async move {
+        self.spawn_reply("rename", reply, move |core| async move {
             core.rename(parent, name, newparent, new_name, flags).await
         });
     }
@@ -265,7 +274,7 @@ impl Filesystem for CairnFs {
         reply: ReplyEntry,
     ) {
         let new_name = bytes(newname);
-        self.spawn_reply(reply, move |core| async move {
+        self.spawn_reply("link", reply, move |core| async move {
             core.link(ino, newparent, new_name).await
         });
     }
@@ -273,7 +282,7 @@ impl Filesystem for CairnFs {
     fn open(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
         let fh = self.core.fh();
         let opener = req.pid();
-        self.spawn_reply(reply, move |core| async move {
+        self.spawn_reply("open", reply, move |core| async move {
             core.open(ino, flags, opener).await.map(|()| fh)
         });
     }
@@ -290,7 +299,7 @@ impl Filesystem for CairnFs {
         reply: ReplyData,
     ) {
         let started = self.core.start_read(ino, offset);
-        self.spawn_reply(reply, move |core| async move {
+        self.spawn_reply("read", reply, move |core| async move {
             let (f, offset) = started?;
             f.read(&core.dp, offset, size).await
         });
@@ -310,7 +319,7 @@ impl Filesystem for CairnFs {
     ) {
         let started = self.core.start_write(ino, offset, req.pid());
         let data = data.to_vec();
-        self.spawn_reply(reply, move |core| async move {
+        self.spawn_reply("write", reply, move |core| async move {
             let (f, offset) = started?;
             f.write(&core.dp, offset, &data).await
         });
@@ -319,7 +328,7 @@ impl Filesystem for CairnFs {
     fn flush(&mut self, req: &Request<'_>, ino: u64, _fh: u64, lock_owner: u64, reply: ReplyEmpty) {
         let file = self.core.files.get(ino);
         let closer = req.pid();
-        self.spawn_reply(reply, move |core| async move {
+        self.spawn_reply("flush", reply, move |core| async move {
             core.flush(file, ino, lock_owner, closer).await
         });
     }
@@ -338,7 +347,7 @@ impl Filesystem for CairnFs {
         // (see `Core::release`).
         let left = self.core.files.release(ino);
         let file = self.core.files.get(ino);
-        self.spawn_reply(reply, move |core| async move {
+        self.spawn_reply("release", reply, move |core| async move {
             core.release(ino, file, left, lock_owner).await
         });
     }
@@ -352,7 +361,11 @@ impl Filesystem for CairnFs {
         reply: ReplyEmpty,
     ) {
         let file = self.core.files.get(ino);
-        self.spawn_reply(reply, move |core| async move { core.fsync(file).await });
+        self.spawn_reply(
+            "fsync",
+            reply,
+            move |core| async move { core.fsync(file).await },
+        );
     }
 
     fn opendir(&mut self, _req: &Request<'_>, _ino: u64, _flags: i32, reply: ReplyOpen) {
@@ -369,7 +382,7 @@ impl Filesystem for CairnFs {
         offset: i64,
         reply: ReplyDirectory,
     ) {
-        self.spawn_listing(reply, ino, fh, offset);
+        self.spawn_listing("readdir", reply, ino, fh, offset);
     }
 
     fn readdirplus(
@@ -380,7 +393,7 @@ impl Filesystem for CairnFs {
         offset: i64,
         reply: ReplyDirectoryPlus,
     ) {
-        self.spawn_listing(reply, ino, fh, offset);
+        self.spawn_listing("readdirplus", reply, ino, fh, offset);
     }
 
     fn releasedir(
@@ -396,7 +409,11 @@ impl Filesystem for CairnFs {
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
-        self.spawn_reply(reply, move |core| async move { core.statfs().await });
+        self.spawn_reply(
+            "statfs",
+            reply,
+            move |core| async move { core.statfs().await },
+        );
     }
 
     fn access(&mut self, _req: &Request<'_>, _ino: u64, _mask: i32, reply: ReplyEmpty) {
@@ -416,7 +433,7 @@ impl Filesystem for CairnFs {
     ) {
         let at = Self::new_entry(req, parent, name);
         let fh = self.core.fh();
-        self.spawn_reply(reply, move |core| async move {
+        self.spawn_reply("create", reply, move |core| async move {
             let attr = core.create_file(at, mode, flags).await?;
             Ok((attr, fh))
         });
@@ -435,7 +452,7 @@ impl Filesystem for CairnFs {
         reply: ReplyLock,
     ) {
         let want = locks::lock_arg(typ, start, end, pid);
-        self.spawn_reply(reply, move |core| async move {
+        self.spawn_reply("getlk", reply, move |core| async move {
             core.getlk(ino, lock_owner, want?).await
         });
     }
@@ -455,7 +472,7 @@ impl Filesystem for CairnFs {
     ) {
         let want = locks::lock_arg(typ, start, end, pid);
         let waiter = req.pid();
-        self.spawn_reply(reply, move |core| async move {
+        self.spawn_reply("setlk", reply, move |core| async move {
             core.setlk(ino, lock_owner, want?, sleep, waiter).await
         });
     }
@@ -476,7 +493,7 @@ impl Filesystem for CairnFs {
             value: value.to_vec(),
             flags: flags as u32,
         };
-        self.spawn_reply(reply, move |core| async move {
+        self.spawn_reply("setxattr", reply, move |core| async move {
             if position != 0 {
                 return Err(Errno::EINVAL);
             }
@@ -493,21 +510,20 @@ impl Filesystem for CairnFs {
         reply: ReplyXattr,
     ) {
         let name = bytes(name);
-        self.spawn_reply(reply, move |core| async move {
+        self.spawn_reply("getxattr", reply, move |core| async move {
             core.getxattr(ino, name, size).await
         });
     }
 
     fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
-        self.spawn_reply(
-            reply,
-            move |core| async move { core.listxattr(ino, size).await },
-        );
+        self.spawn_reply("listxattr", reply, move |core| async move {
+            core.listxattr(ino, size).await
+        });
     }
 
     fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
         let name = bytes(name);
-        self.spawn_reply(reply, move |core| async move {
+        self.spawn_reply("removexattr", reply, move |core| async move {
             core.removexattr(ino, name).await
         });
     }
@@ -523,7 +539,7 @@ impl Filesystem for CairnFs {
         reply: ReplyEmpty,
     ) {
         let range = (u64::try_from(offset), u64::try_from(length));
-        self.spawn_reply(reply, move |core| async move {
+        self.spawn_reply("fallocate", reply, move |core| async move {
             let (Ok(offset), Ok(length)) = range else {
                 return Err(Errno::EINVAL);
             };

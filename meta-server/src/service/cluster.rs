@@ -184,7 +184,7 @@ pub(super) async fn heartbeat(
     if r.server_id == 0 {
         return Err(invalid("server id 0: register first"));
     }
-    if r.addr.len() > MAX_ADDR {
+    if r.addr.len() > MAX_ADDR || r.metrics_addr.len() > MAX_ADDR {
         return Err(invalid(format!("address longer than {MAX_ADDR} bytes")));
     }
     ctx.require_leader()?;
@@ -210,6 +210,7 @@ pub(super) async fn heartbeat(
     if let Some(scrub) = r.scrub {
         ctx.leader.note_scrub(r.server_id, scrub);
     }
+    ctx.leader.note_metrics_addr(r.server_id, r.metrics_addr);
     Ok(Response::new(pb::HeartbeatReply {}))
 }
 
@@ -288,6 +289,7 @@ pub(super) async fn cluster_status(
                     .saturating_duration_since(s.last_seen)
                     .as_millis()
                     .max(1) as u64,
+                metrics_addr: ctx.leader.metrics_addr(rec.id),
             },
             None => pb::ChunkServerStatus {
                 id: rec.id,
