@@ -104,6 +104,20 @@ ensure_promtool() {
   export CAIRN_PROMTOOL=$dir/usr/bin/promtool
 }
 
+# A headless Chromium for the test of the meta leader's status page (Debian's
+# chromium-headless-shell). Exports CAIRN_CHROMIUM.
+ensure_chromium() {
+  if ! command -v chromium-headless-shell >/dev/null; then
+    log "installing chromium-headless-shell (the status page test loads the page in it)"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium-headless-shell >/dev/null
+  fi
+  CAIRN_CHROMIUM=$(command -v chromium-headless-shell)
+  export CAIRN_CHROMIUM
+}
+
 # pid_alive FILE: the pid in FILE names a running process.
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 

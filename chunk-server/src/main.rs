@@ -16,11 +16,13 @@ async fn main() -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let server = cairn_chunk_server::start(config).await?;
+    cairn_common::systemd::notify_ready();
     let stop = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!(signal = "SIGTERM", "stopping"),
             _ = int.recv() => tracing::info!(signal = "SIGINT", "stopping"),
         }
+        cairn_common::systemd::notify_stopping();
     };
     server.run_until(stop).await
 }

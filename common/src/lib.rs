@@ -18,19 +18,27 @@
 //! - [`worker`]: the one shape of a background job ([`worker::Worker`]) and the task set that
 //!   starts and stops a process's tasks with a deadline.
 //! - [`rate`]: the byte-rate limiter of background I/O (scrub, repair).
+//! - [`cluster_report`]: the cluster as `cairn status` and the status page show it, judged by
+//!   [`health`] (`HEALTH_OK` / `WARN` / `ERR` and the reasons); [`units`]: sizes and durations
+//!   as people read them.
+//! - [`systemd`]: readiness notifications for `Type=notify` units.
 //! - [`metrics`]: the HTTP port of every process (`/metrics`, `/healthz`, `/readyz`), the one
 //!   Prometheus recorder, and the gRPC call metrics layer.
 pub mod block_tree;
 pub mod chunk;
 pub mod chunk_client;
+pub mod cluster_report;
 pub mod durable;
 pub mod error;
+pub mod health;
 pub mod kind;
 pub mod meta_client;
 pub mod metrics;
 pub mod name;
 pub mod rate;
+pub mod systemd;
 pub mod time;
+pub mod units;
 pub mod worker;
 
 pub use chunk::{ChunkId, BLOCK_SIZE, CHUNK_SIZE, INLINE_MAX};

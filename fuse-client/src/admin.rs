@@ -6,6 +6,32 @@ use cairn_proto as pb;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
+/// A progress bar on stderr for a `--wait` (hidden when stderr is not a terminal or with -q);
+/// log lines are printed above it (see [`crate::out`]).
+fn wait_bar(len: u64, quiet: bool, what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    let target = if quiet || !std::io::stderr().is_terminal() {
+        indicatif::ProgressDrawTarget::hidden()
+    } else {
+        indicatif::ProgressDrawTarget::stderr()
+    };
+    let bar = indicatif::ProgressBar::with_draw_target(Some(len), target);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} [{wide_bar}] {pos}/{len} {elapsed}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_owned());
+    crate::out::set_progress_bar(&bar);
+    bar
+}
+
+/// Ends a `--wait` bar.
+fn finish_bar(bar: &indicatif::ProgressBar) {
+    bar.finish_and_clear();
+    crate::out::clear_progress_bar();
+}
+
 fn client(addrs: Vec<String>, timeout: Duration) -> anyhow::Result<Meta> {
     anyhow::ensure!(!addrs.is_empty(), "no meta server addresses given (--meta)");
     Ok(Meta::with_timeouts(
@@ -169,9 +195,16 @@ pub async fn fsck(
     Ok(FsckReport::from(reply))
 }
 
-/// Starts a scrub pass on every chunk server that is up; returns one line per server.
-pub async fn scrub_now(addrs: Vec<String>, timeout: Duration) -> anyhow::Result<Vec<String>> {
-    let st = status::fetch(addrs, timeout).await?;
+/// Starts a scrub pass on every chunk server that is up; returns one line per server. With
+/// `wait`, returns once every server that started one has finished it (at most `wait`),
+/// showing the chunks verified so far (unless `quiet`).
+pub async fn scrub_now(
+    addrs: Vec<String>,
+    timeout: Duration,
+    wait: Option<Duration>,
+    quiet: bool,
+) -> anyhow::Result<Vec<String>> {
+    let st = status::fetch(addrs.clone(), timeout).await?;
     let clients = ChunkClients::new();
     let mut lines = Vec::new();
     let mut failed = 0;
@@ -206,17 +239,97 @@ pub async fn scrub_now(addrs: Vec<String>, timeout: Duration) -> anyhow::Result<
         ));
     }
     anyhow::ensure!(failed == 0, "{}", lines.join("\n"));
+    if let Some(limit) = wait {
+        lines.push(wait_for_passes(&addrs, &st, timeout, limit, quiet).await?);
+    }
     Ok(lines)
 }
 
+/// Waits until every chunk server up in `before` has completed one more pass than it had.
+async fn wait_for_passes(
+    addrs: &[String],
+    before: &status::ClusterReport,
+    timeout: Duration,
+    limit: Duration,
+    quiet: bool,
+) -> anyhow::Result<String> {
+    // (id, passes, chunks verified) before the pass, per server that is up.
+    let start: Vec<(u64, u64, u64)> = before
+        .chunk_servers
+        .iter()
+        .filter(|c| c.state == "up")
+        .map(|c| {
+            let s = c.scrub.as_ref();
+            (
+                c.id,
+                s.map_or(0, |s| s.passes),
+                s.map_or(0, |s| s.chunks_verified),
+            )
+        })
+        .collect();
+    let total: u64 = before
+        .chunk_servers
+        .iter()
+        .filter(|c| c.state == "up")
+        .map(|c| c.chunk_count)
+        .sum();
+    let bar = wait_bar(total, quiet, "scrubbing");
+    let deadline = Instant::now() + limit;
+    let done = loop {
+        let st = match status::fetch(addrs.to_vec(), timeout).await {
+            Ok(st) => st,
+            Err(e) => break Err(e),
+        };
+        let mut verified = 0;
+        let mut finished = 0;
+        for &(id, passes, chunks) in &start {
+            let Some(s) = st
+                .chunk_servers
+                .iter()
+                .find(|c| c.id == id)
+                .and_then(|c| c.scrub.as_ref())
+            else {
+                continue;
+            };
+            verified += s.chunks_verified.saturating_sub(chunks);
+            if s.passes > passes {
+                finished += 1;
+            }
+        }
+        bar.set_position(verified.min(total));
+        if finished == start.len() {
+            let corrupt: u64 = st
+                .chunk_servers
+                .iter()
+                .filter_map(|c| c.scrub.as_ref())
+                .map(|s| s.corruptions)
+                .sum();
+            break Ok(format!(
+                "scrub finished on {finished} chunk server(s): {verified} chunks verified; \
+                 {corrupt} corrupt copies found since the servers started"
+            ));
+        }
+        if Instant::now() >= deadline {
+            break Err(anyhow::anyhow!(
+                "the scrub finished on {finished} of {} chunk servers within {limit:?}",
+                start.len()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    finish_bar(&bar);
+    done
+}
+
 /// Marks `server` draining (or not, with `undo`); with `wait`, returns once no replica is listed
-/// on it any more.
+/// on it any more, showing the replicas moved so far (unless `quiet`).
 pub async fn drain(
     addrs: Vec<String>,
     server: String,
     undo: bool,
     wait: Option<Duration>,
     timeout: Duration,
+    quiet: bool,
 ) -> anyhow::Result<String> {
     let meta = client(addrs.clone(), timeout)?;
     let reply = meta
@@ -234,26 +347,39 @@ pub async fn drain(
         ));
     };
     let deadline = Instant::now() + limit;
-    loop {
-        let st = status::fetch(addrs.clone(), timeout).await?;
+    let bar = wait_bar(
+        reply.listed_replicas,
+        quiet,
+        &format!("draining chunk server {id}"),
+    );
+    let done = loop {
+        let st = match status::fetch(addrs.clone(), timeout).await {
+            Ok(st) => st,
+            Err(e) => break Err(e),
+        };
         let listed = st
             .chunk_servers
             .iter()
             .find(|c| c.id == id)
             .map(|c| c.listed_replicas)
             .unwrap_or(0);
+        bar.set_length(bar.length().unwrap_or(0).max(listed));
+        bar.set_position(bar.length().unwrap_or(0).saturating_sub(listed));
         // A scan that finished after the drain started is needed to trust "0".
         if listed == 0 && st.repair.last_scan_unix_ms > 0 && st.repair.under_replicated == 0 {
-            return Ok(format!(
+            break Ok(format!(
                 "chunk server {id} is drained: no replicas left on it; it can be retired"
             ));
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "chunk server {id} still holds {listed} replicas after {limit:?}"
-        );
+        if Instant::now() >= deadline {
+            break Err(anyhow::anyhow!(
+                "chunk server {id} still holds {listed} replicas after {limit:?}"
+            ));
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    };
+    finish_bar(&bar);
+    done
 }
 
 #[cfg(test)]

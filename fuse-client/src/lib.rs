@@ -31,7 +31,8 @@
 //!   local disk alike) and `cairn bench --compare` of two results.
 //! - [`cluster`]: which cluster a command talks to (`--meta`, `CAIRN_META`, cluster files, the
 //!   mount the current directory is in).
-//! - [`status`]: `cairn status [--json] [--watch]` (the cluster report), judged by [`health`].
+//! - [`status`]: `cairn status [--json] [--watch]`: the cluster report of
+//!   `cairn_common::cluster_report`, judged by `cairn_common::health`, fetched and shown.
 //! - [`admin`]: `cairn fsck`, `cairn scrub [--now]`, `cairn chunk drain`.
 //! - [`transfer`]: `cairn put`, `cairn get` (resumable copies) and `cairn uploads list|abort`.
 pub mod admin;
@@ -40,7 +41,6 @@ pub mod cluster;
 pub mod data;
 pub mod errno;
 pub mod fs;
-pub mod health;
 pub mod meta;
 pub mod mount;
 pub mod mount_cli;

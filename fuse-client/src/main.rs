@@ -135,6 +135,10 @@ enum Cmd {
         /// Start a scrub pass on every chunk server that is up.
         #[arg(long)]
         now: bool,
+        /// With --now: wait until every pass has finished (at most this many seconds),
+        /// showing progress.
+        #[arg(long, requires = "now", value_name = "SECS")]
+        wait: Option<f64>,
         #[arg(long)]
         json: bool,
         #[arg(long, default_value_t = 5.0)]
@@ -355,12 +359,18 @@ fn main() -> ExitCode {
         Cmd::Scrub {
             cluster,
             now,
+            wait,
             json,
             timeout,
         } => {
             if now {
                 cluster.resolve(&[]).and_then(|c| {
-                    let lines = block_on(admin::scrub_now(c.meta, secs(timeout)))?;
+                    let lines = block_on(admin::scrub_now(
+                        c.meta,
+                        secs(timeout),
+                        wait.map(secs),
+                        quiet,
+                    ))?;
                     if json {
                         out::json(&lines)
                     } else {
@@ -389,6 +399,7 @@ fn main() -> ExitCode {
                 undo,
                 wait.map(secs),
                 secs(timeout),
+                quiet,
             ))?;
             if json {
                 out::json(&serde_json::json!({ "message": msg }))

@@ -188,6 +188,7 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
     core.set_notifier(fuse.notifier());
     raise_readahead(&mountpoint);
     probe.mounted.store(true, Ordering::Relaxed);
+    cairn_common::systemd::notify_ready();
     tracing::info!(mountpoint = %mountpoint.display(), meta = %cfg.meta.join(","),
         read_only = cfg.options.read_only, "mounted");
 
@@ -207,6 +208,7 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
         }
     })?;
     tracing::info!(reason, "shutting down: flushing dirty files");
+    cairn_common::systemd::notify_stopping();
     let failed = rt.block_on(core.drain());
 
     // Unmount (ours, or fuser's by dropping the session), and make sure the mount is gone even

@@ -1,212 +1,15 @@
-//! `cairn status [--json]`: the leader's view of the cluster ([`ClusterReport`]) with its
-//! health verdict ([`crate::health`]), as JSON or as tables.
-use crate::health::{self, Health};
+//! `cairn status [--json]`: the leader's view of the cluster
+//! ([`cairn_common::cluster_report::ClusterReport`], with its health verdict), fetched, and
+//! shown as tables.
 use crate::meta::Meta;
-use crate::transfer::human_secs;
-use cairn_proto::ClusterStatusReply;
+use cairn_common::health;
 use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
-use serde::Serialize;
 use std::time::Duration;
 
-#[derive(Debug, Serialize, PartialEq)]
-pub struct MetaNode {
-    pub id: u64,
-    pub addr: String,
-    pub role: String,
-    pub term: u64,
-    pub last_applied: u64,
-    pub last_log_index: u64,
-    /// Log entries this node's applied state is behind the leader's log (0 for the leader).
-    pub lag: u64,
-    /// Hex digest of the node's applied state at `last_applied` (empty if it did not answer).
-    pub applied_digest: String,
-    /// `http://host:port/metrics` of the node, if it serves one.
-    pub metrics_url: Option<String>,
-}
-
-#[derive(Debug, Serialize, PartialEq)]
-pub struct ChunkServer {
-    pub id: u64,
-    pub addr: String,
-    pub state: String,
-    pub capacity_bytes: u64,
-    pub used_bytes: u64,
-    pub free_bytes: u64,
-    /// Milliseconds since the leader last heard from it (0: never).
-    pub heartbeat_age_ms: u64,
-    pub chunk_count: u64,
-    /// `http://host:port/metrics` of the server, if it serves one.
-    pub metrics_url: Option<String>,
-    /// Replicas the metadata cluster lists here (as of the last repair scan).
-    pub listed_replicas: u64,
-    pub draining: bool,
-    pub scrub: Option<Scrub>,
-}
-
-/// A chunk server's scrub figures (from its last heartbeat).
-#[derive(Debug, Serialize, PartialEq)]
-pub struct Scrub {
-    pub chunks_verified: u64,
-    pub bytes_verified: u64,
-    pub corruptions: u64,
-    pub passes: u64,
-    pub running: bool,
-    /// Unix ms; 0 when no full pass has finished yet.
-    pub last_full_pass_unix_ms: u64,
-    /// Unix ms of the least recent read-back of a verified chunk; 0: none.
-    pub oldest_verified_unix_ms: u64,
-    /// Chunks no pass has read back since they were written (or since the server started).
-    pub unverified_chunks: u64,
-    /// Unix ms when the oldest of those arrived; 0: none.
-    pub oldest_unverified_unix_ms: u64,
-    pub rate_limit_bytes: u64,
-    pub interval_secs: u64,
-    pub start_delay_secs: u64,
-}
-
-/// The repair worker's figures.
-#[derive(Debug, Serialize, PartialEq, Default)]
-pub struct Repair {
-    pub under_replicated: u64,
-    pub missing: u64,
-    pub over_replicated: u64,
-    pub replicas_copied: u64,
-    pub bytes_copied: u64,
-    pub replicas_removed: u64,
-    pub failures: u64,
-    pub last_scan_unix_ms: u64,
-    /// Unreferenced chunks waiting for the grace period or being deleted.
-    pub gc_pending: u64,
-    /// Chunks deleted by GC since the leader took office.
-    pub gc_collected: u64,
-}
-
-/// The cluster as `cairn status` shows it (also its `--json` shape).
-#[derive(Debug, Serialize, PartialEq)]
-pub struct ClusterReport {
-    pub health: Health,
-    /// Which cluster, and where its name came from (set by the command).
-    pub cluster: Option<Named>,
-    pub meta: Vec<MetaNode>,
-    pub chunk_servers: Vec<ChunkServer>,
-    /// Every node's `/metrics` URL (meta nodes, then chunk servers): Prometheus targets.
-    pub metrics: Vec<String>,
-    pub leader_id: u64,
-    pub replication: u32,
-    pub repair: Repair,
-}
-
-/// The cluster a command talked to: `meta` as `--meta` takes it, `source` where it came from
-/// (see [`crate::cluster`]).
-#[derive(Debug, Serialize, PartialEq)]
-pub struct Named {
-    pub meta: String,
-    pub source: String,
-}
-
-impl ClusterReport {
-    /// The report of a leader's reply, judged at `now_ms`.
-    pub fn new(r: ClusterStatusReply, now_ms: u64) -> ClusterReport {
-        let leader_index = r
-            .meta
-            .iter()
-            .find(|m| m.role == "leader")
-            .map_or(0, |m| m.last_log_index);
-        let mut report = ClusterReport {
-            health: Health {
-                status: health::Level::Ok,
-                reasons: vec![],
-            },
-            cluster: None,
-            meta: r
-                .meta
-                .into_iter()
-                .map(|m| MetaNode {
-                    lag: if m.role == "down" {
-                        0
-                    } else {
-                        leader_index.saturating_sub(m.last_applied)
-                    },
-                    id: m.id,
-                    addr: m.addr,
-                    role: m.role,
-                    term: m.term,
-                    last_applied: m.last_applied,
-                    last_log_index: m.last_log_index,
-                    applied_digest: hex::encode(&m.applied_digest),
-                    metrics_url: metrics_url(&m.metrics_addr),
-                })
-                .collect(),
-            metrics: vec![],
-            chunk_servers: r
-                .chunk_servers
-                .into_iter()
-                .map(|c| ChunkServer {
-                    id: c.id,
-                    addr: c.addr,
-                    state: c.state,
-                    capacity_bytes: c.capacity_bytes,
-                    used_bytes: c.used_bytes,
-                    free_bytes: c.free_bytes,
-                    heartbeat_age_ms: c.last_heartbeat_ms_ago,
-                    metrics_url: metrics_url(&c.metrics_addr),
-                    chunk_count: c.chunk_count,
-                    listed_replicas: c.listed_replicas,
-                    draining: c.draining,
-                    scrub: c.scrub.map(|s| Scrub {
-                        chunks_verified: s.chunks_verified,
-                        bytes_verified: s.bytes_verified,
-                        corruptions: s.corruptions,
-                        passes: s.passes,
-                        running: s.running,
-                        last_full_pass_unix_ms: s.last_full_pass_unix_ms,
-                        oldest_verified_unix_ms: s.oldest_verified_unix_ms,
-                        unverified_chunks: s.unverified_chunks,
-                        oldest_unverified_unix_ms: s.oldest_unverified_unix_ms,
-                        rate_limit_bytes: s.rate_limit_bytes,
-                        interval_secs: s.interval_secs,
-                        start_delay_secs: s.start_delay_secs,
-                    }),
-                })
-                .collect(),
-            leader_id: r.leader_id,
-            replication: r.replication,
-            repair: r
-                .repair
-                .map(|p| Repair {
-                    under_replicated: p.under_replicated,
-                    missing: p.missing,
-                    over_replicated: p.over_replicated,
-                    replicas_copied: p.replicas_copied,
-                    bytes_copied: p.bytes_copied,
-                    replicas_removed: p.replicas_removed,
-                    failures: p.failures,
-                    last_scan_unix_ms: p.last_scan_unix_ms,
-                    gc_pending: p.gc_pending,
-                    gc_collected: p.gc_collected,
-                })
-                .unwrap_or_default(),
-        };
-        report.health = health::verdict(&report, now_ms);
-        report.metrics = report
-            .meta
-            .iter()
-            .filter_map(|m| m.metrics_url.clone())
-            .chain(
-                report
-                    .chunk_servers
-                    .iter()
-                    .filter_map(|c| c.metrics_url.clone()),
-            )
-            .collect();
-        report
-    }
-}
-
-/// `http://<addr>/metrics`, or nothing for an empty address.
-fn metrics_url(addr: &str) -> Option<String> {
-    (!addr.is_empty()).then(|| format!("http://{addr}/metrics"))
-}
+pub use cairn_common::cluster_report::{
+    ago_secs, now_ms, ChunkServer, ClusterReport, MetaNode, Named, Repair, Scrub,
+};
+pub use cairn_common::units::{human, human_secs};
 
 /// Asks the leader for the cluster status, giving up after `timeout`.
 pub async fn fetch(addrs: Vec<String>, timeout: Duration) -> anyhow::Result<ClusterReport> {
@@ -217,21 +20,6 @@ pub async fn fetch(addrs: Vec<String>, timeout: Duration) -> anyhow::Result<Clus
         anyhow::anyhow!("cannot reach the Cairn cluster at {list}: {}", s.message())
     })?;
     Ok(ClusterReport::new(reply, now_ms()))
-}
-
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 fn new_table(header: &[&str]) -> Table {
@@ -363,18 +151,6 @@ fn capacity_bar(c: &ChunkServer) -> String {
     format!("[{}{}]", "#".repeat(cells), "-".repeat(10 - cells))
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Whole seconds from `then_ms` to `now_ms` (0 if `then_ms` is later).
-pub fn ago_secs(now_ms: u64, then_ms: u64) -> u64 {
-    now_ms.saturating_sub(then_ms) / 1000
-}
-
 fn ago(now_ms: u64, then_ms: u64) -> String {
     let s = ago_secs(now_ms, then_ms);
     match s {
@@ -424,84 +200,9 @@ fn scrub_summary(s: Option<&Scrub>, now: u64) -> String {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use cairn_proto::{ChunkServerStatus, MetaNodeStatus};
-
-    pub(crate) fn sample() -> ClusterReport {
-        ClusterReport::new(
-            ClusterStatusReply {
-                meta: vec![MetaNodeStatus {
-                    id: 1,
-                    addr: "127.0.0.1:7001".into(),
-                    role: "leader".into(),
-                    term: 4,
-                    last_applied: 99,
-                    last_log_index: 100,
-                    applied_digest: vec![],
-                    metrics_addr: "127.0.0.1:9101".into(),
-                }],
-                chunk_servers: vec![ChunkServerStatus {
-                    id: 2,
-                    addr: "127.0.0.1:7101".into(),
-                    state: "up".into(),
-                    capacity_bytes: 10 << 30,
-                    used_bytes: 3 << 20,
-                    free_bytes: 5 << 30,
-                    chunk_count: 7,
-                    last_heartbeat_ms_ago: 300,
-                    scrub: Some(cairn_proto::ScrubStats {
-                        chunks_verified: 7,
-                        bytes_verified: 3 << 20,
-                        corruptions: 1,
-                        passes: 1,
-                        last_full_pass_unix_ms: now_ms() - 300_000,
-                        oldest_verified_unix_ms: now_ms() - 300_000,
-                        running: false,
-                        rate_limit_bytes: 64 << 20,
-                        unverified_chunks: 2,
-                        oldest_unverified_unix_ms: now_ms() - 60_000,
-                        interval_secs: 3600,
-                        start_delay_secs: 3600,
-                    }),
-                    draining: true,
-                    listed_replicas: 6,
-                    metrics_addr: String::new(),
-                }],
-                leader_id: 1,
-                replication: 3,
-                repair: Some(cairn_proto::RepairStatus {
-                    under_replicated: 2,
-                    missing: 1,
-                    replicas_copied: 5,
-                    ..Default::default()
-                }),
-            },
-            now_ms(),
-        )
-    }
-
-    #[test]
-    fn json_has_the_documented_shape() {
-        let v = serde_json::to_value(sample()).unwrap();
-        assert_eq!(v["meta"][0]["role"], "leader");
-        assert_eq!(v["meta"][0]["id"], 1);
-        assert_eq!(v["meta"][0]["term"], 4);
-        assert_eq!(v["meta"][0]["last_applied"], 99);
-        assert_eq!(v["chunk_servers"][0]["state"], "up");
-        assert_eq!(v["chunk_servers"][0]["used_bytes"], 3 << 20);
-        assert_eq!(v["chunk_servers"][0]["chunk_count"], 7);
-        assert_eq!(v["chunk_servers"][0]["scrub"]["corruptions"], 1);
-        assert_eq!(v["chunk_servers"][0]["draining"], true);
-        assert_eq!(v["repair"]["under_replicated"], 2);
-        assert_eq!(v["repair"]["missing"], 1);
-        assert_eq!(v["metrics"][0], "http://127.0.0.1:9101/metrics");
-        assert_eq!(
-            v["metrics"].as_array().unwrap().len(),
-            1,
-            "none for the chunk server"
-        );
-    }
+    use cairn_common::cluster_report::example as sample;
 
     #[test]
     fn table_lists_every_node() {
@@ -519,7 +220,6 @@ pub(crate) mod tests {
         assert!(t.starts_with("HEALTH_ERR\n"), "{t}");
         assert!(t.contains("[ERR] 1 chunk(s) have no intact replica"), "{t}");
         assert!(t.contains("repair: 2 under-replicated (1 missing)"), "{t}");
-        assert_eq!(human(512), "512 B");
     }
 
     #[tokio::test]

@@ -23,7 +23,7 @@
 //!   (mark, epoch, marked delete); [`reaper`] expires dead mount sessions and idle uploads.
 //! - [`fsck`]: the namespace checked against the chunk inventory.
 //! - [`metrics`]: what the node serves on its HTTP port (Raft figures; on the leader, the
-//!   cluster's).
+//!   cluster's); [`http`]: the status page on the same port.
 //! - [`config`]: a node's flags; [`error`]: the meta server's error type and its one mapping to
 //!   the wire.
 //!
@@ -35,6 +35,7 @@ pub mod error;
 pub mod fsck;
 pub mod fsm;
 pub mod gc;
+pub mod http;
 pub mod leader;
 pub mod log_clock;
 pub mod metrics;
@@ -172,8 +173,11 @@ pub async fn start_with_listener(
         .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);
     // The leader-only state has one owner, shared by the service and the workers.
     let leader = leader::LeaderState::new(node.clone(), config.heartbeat_timeout());
-    let meta_impl =
-        service::MetaServiceImpl::new(node.clone(), config.service_config(), leader.clone());
+    let meta_impl = Arc::new(service::MetaServiceImpl::new(
+        node.clone(),
+        config.service_config(),
+        leader.clone(),
+    ));
     let mut workers = TaskSet::in_span(span.clone());
     workers.spawn_worker(repair::Repairer::worker(
         node.clone(),
@@ -192,7 +196,7 @@ pub async fn start_with_listener(
     );
     workers.spawn_worker(session_reaper);
     workers.spawn_worker(upload_reaper);
-    let meta_svc = MetaServiceServer::new(meta_impl)
+    let meta_svc = MetaServiceServer::from_arc(meta_impl.clone())
         .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);
 
@@ -211,7 +215,8 @@ pub async fn start_with_listener(
             node: node.clone(),
             leader: leader.clone(),
         });
-        let router = cairn_common::metrics::router(probe, axum::Router::new());
+        let pages = http::routes(node.clone(), meta_impl.clone());
+        let router = cairn_common::metrics::router(probe, pages);
         let stop = workers.token().cancelled_owned();
         workers.spawn(
             "metrics-http",
@@ -338,9 +343,11 @@ async fn bootstrap(raft: &raft::Raft, config: &Config) -> anyhow::Result<()> {
 /// that stops by itself (a fatal storage error) returns that error at once.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let mut node = start(config).await?;
+    cairn_common::systemd::notify_ready();
     tokio::select! {
         _ = shutdown => {
             tracing::info!("shutdown requested");
+            cairn_common::systemd::notify_stopping();
             node.shutdown().await
         }
         stopped = &mut node.task => {

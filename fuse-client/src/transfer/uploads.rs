@@ -65,15 +65,7 @@ impl UploadRow {
     }
 }
 
-/// `1h02m`, `3m05s`, `42s`.
-pub fn human_secs(s: u64) -> String {
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
-    }
-}
+pub use cairn_common::units::human_secs;
 
 pub fn table(rows: &[UploadRow]) -> String {
     if rows.is_empty() {
@@ -174,8 +166,5 @@ mod tests {
             t.lines().nth(1).unwrap().contains("/big") && t.contains("12.0 MiB"),
             "{t}"
         );
-        assert_eq!(human_secs(59), "59s");
-        assert_eq!(human_secs(185), "3m05s");
-        assert_eq!(human_secs(3720), "1h02m");
     }
 }

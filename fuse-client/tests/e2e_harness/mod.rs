@@ -265,7 +265,8 @@ impl Cluster {
         Cluster::start_meta_with(n_meta, Opts::default())
     }
 
-    fn start_meta_with(n_meta: usize, opts: Opts) -> Cluster {
+    /// [`Cluster::start_meta`] with extra flags (the chunk flags for the servers added later).
+    pub fn start_meta_with(n_meta: usize, opts: Opts) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("cairn-e2e-")
             .tempdir()

@@ -143,6 +143,15 @@ impl MetaServiceImpl {
     }
 }
 
+impl MetaServiceImpl {
+    /// The `ClusterStatus` answer (leader only), for the status page of [`crate::http`].
+    pub async fn cluster_status(&self) -> Result<pb::ClusterStatusReply, Status> {
+        cluster::cluster_status(&self.ctx, Request::new(pb::ClusterStatusRequest {}))
+            .await
+            .map(Response::into_inner)
+    }
+}
+
 /// What an RPC answers.
 type Answer<T> = Result<Response<T>, Status>;
 

@@ -12,7 +12,8 @@
 //!   not read back for longer than its schedule allows, see [`scrub_overdue`]).
 //!
 //! The exit status of `cairn status` is 0, 1 or 2 to match ([`Level::exit_code`]).
-use crate::status::{ago_secs, ChunkServer, ClusterReport, Scrub};
+use crate::cluster_report::{ago_secs, ChunkServer, ClusterReport, Scrub};
+use crate::units::human_secs;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -212,8 +213,8 @@ pub fn verdict(r: &ClusterReport, now_ms: u64) -> Health {
                 format!(
                     "chunk server {}: a chunk has not been verified for {} (due within {})",
                     c.id,
-                    crate::transfer::human_secs(age),
-                    crate::transfer::human_secs(s)
+                    human_secs(age),
+                    human_secs(s)
                 ),
             );
         }
@@ -252,8 +253,7 @@ pub fn verdict(r: &ClusterReport, now_ms: u64) -> Health {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::now_ms;
-    use crate::status::tests::sample;
+    use crate::cluster_report::{example as sample, now_ms, MetaNode};
 
     fn codes(h: &Health) -> Vec<&'static str> {
         h.reasons.iter().map(|r| r.code).collect()
@@ -321,7 +321,7 @@ mod tests {
         );
 
         let mut r = healthy();
-        r.meta.push(crate::status::MetaNode {
+        r.meta.push(MetaNode {
             id: 2,
             addr: "127.0.0.1:7002".into(),
             role: "down".into(),
