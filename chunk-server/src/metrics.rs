@@ -14,11 +14,10 @@
 //! standalone) and its store answers.
 use crate::scrub::Scrub;
 use crate::store::{ChunkStore, FileStore};
-use cairn_common::metrics::Probe;
+use cairn_common::metrics::{age_secs, Probe};
 use metrics::gauge;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 pub struct ChunkProbe {
     pub store: Arc<FileStore>,
@@ -26,17 +25,6 @@ pub struct ChunkProbe {
     pub server_id: Arc<AtomicU64>,
     /// False when running standalone (no metadata cluster to register with).
     pub registers: bool,
-}
-
-fn age_secs(unix_ms: u64) -> f64 {
-    if unix_ms == 0 {
-        return 0.0;
-    }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    now.saturating_sub(unix_ms) as f64 / 1000.0
 }
 
 impl ChunkProbe {

@@ -1,10 +1,49 @@
 //! The cluster as `cairn status` and the meta leader's status page show it: the leader's
-//! `ClusterStatus` reply turned into one report ([`ClusterReport`]) with its health verdict
-//! ([`crate::health`]). Its serde form is the JSON of `cairn status --json` and of the status
+//! `ClusterStatus` reply turned into one report ([`ClusterReport`]), judged by
+//! [`crate::health`] (which builds the reports: [`crate::health::report`]). Its serde form is the JSON of `cairn status --json` and of the status
 //! page's `status.json`.
-use crate::health::{self, Health};
 use cairn_proto::ClusterStatusReply;
 use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Level {
+    #[serde(rename = "HEALTH_OK")]
+    Ok,
+    #[serde(rename = "HEALTH_WARN")]
+    Warn,
+    #[serde(rename = "HEALTH_ERR")]
+    Err,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Ok => "HEALTH_OK",
+            Level::Warn => "HEALTH_WARN",
+            Level::Err => "HEALTH_ERR",
+        }
+    }
+
+    /// 0, 1 or 2.
+    pub fn exit_code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// One reason for a verdict worse than OK.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reason {
+    pub level: Level,
+    /// A stable identifier, for scripts and alerting (`CHUNK_SERVER_DOWN`, …).
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    pub status: Level,
+    pub reasons: Vec<Reason>,
+}
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct MetaNode {
@@ -103,8 +142,9 @@ pub struct Named {
 }
 
 impl ClusterReport {
-    /// The report of a leader's reply, judged at `now_ms`.
-    pub fn new(r: ClusterStatusReply, now_ms: u64) -> ClusterReport {
+    /// The report of a leader's reply, with an OK verdict not judged yet: use
+    /// [`crate::health::report`], which judges it.
+    pub fn unjudged(r: ClusterStatusReply) -> ClusterReport {
         let leader_index = r
             .meta
             .iter()
@@ -112,7 +152,7 @@ impl ClusterReport {
             .map_or(0, |m| m.last_log_index);
         let mut report = ClusterReport {
             health: Health {
-                status: health::Level::Ok,
+                status: Level::Ok,
                 reasons: vec![],
             },
             cluster: None,
@@ -185,7 +225,6 @@ impl ClusterReport {
                 })
                 .unwrap_or_default(),
         };
-        report.health = health::verdict(&report, now_ms);
         report.metrics = report
             .meta
             .iter()
@@ -218,59 +257,56 @@ pub fn ago_secs(now_ms: u64, then_ms: u64) -> u64 {
     now_ms.saturating_sub(then_ms) / 1000
 }
 
-/// An example report (one leader, one draining chunk server with a corrupt and two unverified
-/// chunks, one chunk missing), for documentation and tests.
-pub fn example() -> ClusterReport {
-    ClusterReport::new(
-        cairn_proto::ClusterStatusReply {
-            meta: vec![cairn_proto::MetaNodeStatus {
-                id: 1,
-                addr: "127.0.0.1:7001".into(),
-                role: "leader".into(),
-                term: 4,
-                last_applied: 99,
-                last_log_index: 100,
-                applied_digest: vec![],
-                metrics_addr: "127.0.0.1:9101".into(),
-            }],
-            chunk_servers: vec![cairn_proto::ChunkServerStatus {
-                id: 2,
-                addr: "127.0.0.1:7101".into(),
-                state: "up".into(),
-                capacity_bytes: 10 << 30,
-                used_bytes: 3 << 20,
-                free_bytes: 5 << 30,
-                chunk_count: 7,
-                last_heartbeat_ms_ago: 300,
-                scrub: Some(cairn_proto::ScrubStats {
-                    chunks_verified: 7,
-                    bytes_verified: 3 << 20,
-                    corruptions: 1,
-                    passes: 1,
-                    last_full_pass_unix_ms: now_ms() - 300_000,
-                    oldest_verified_unix_ms: now_ms() - 300_000,
-                    running: false,
-                    rate_limit_bytes: 64 << 20,
-                    unverified_chunks: 2,
-                    oldest_unverified_unix_ms: now_ms() - 60_000,
-                    interval_secs: 3600,
-                    start_delay_secs: 3600,
-                }),
-                draining: true,
-                listed_replicas: 6,
-                metrics_addr: String::new(),
-            }],
-            leader_id: 1,
-            replication: 3,
-            repair: Some(cairn_proto::RepairStatus {
-                under_replicated: 2,
-                missing: 1,
-                replicas_copied: 5,
-                ..Default::default()
+/// The leader's answer of an example cluster (one leader, one draining chunk server with a
+/// corrupt and two unverified chunks, one chunk missing), for documentation and tests.
+pub fn example_reply() -> ClusterStatusReply {
+    cairn_proto::ClusterStatusReply {
+        meta: vec![cairn_proto::MetaNodeStatus {
+            id: 1,
+            addr: "127.0.0.1:7001".into(),
+            role: "leader".into(),
+            term: 4,
+            last_applied: 99,
+            last_log_index: 100,
+            applied_digest: vec![],
+            metrics_addr: "127.0.0.1:9101".into(),
+        }],
+        chunk_servers: vec![cairn_proto::ChunkServerStatus {
+            id: 2,
+            addr: "127.0.0.1:7101".into(),
+            state: "up".into(),
+            capacity_bytes: 10 << 30,
+            used_bytes: 3 << 20,
+            free_bytes: 5 << 30,
+            chunk_count: 7,
+            last_heartbeat_ms_ago: 300,
+            scrub: Some(cairn_proto::ScrubStats {
+                chunks_verified: 7,
+                bytes_verified: 3 << 20,
+                corruptions: 1,
+                passes: 1,
+                last_full_pass_unix_ms: now_ms() - 300_000,
+                oldest_verified_unix_ms: now_ms() - 300_000,
+                running: false,
+                rate_limit_bytes: 64 << 20,
+                unverified_chunks: 2,
+                oldest_unverified_unix_ms: now_ms() - 60_000,
+                interval_secs: 3600,
+                start_delay_secs: 3600,
             }),
-        },
-        now_ms(),
-    )
+            draining: true,
+            listed_replicas: 6,
+            metrics_addr: String::new(),
+        }],
+        leader_id: 1,
+        replication: 3,
+        repair: Some(cairn_proto::RepairStatus {
+            under_replicated: 2,
+            missing: 1,
+            replicas_copied: 5,
+            ..Default::default()
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -279,7 +315,7 @@ mod tests {
 
     #[test]
     fn json_has_the_documented_shape() {
-        let v = serde_json::to_value(example()).unwrap();
+        let v = serde_json::to_value(ClusterReport::unjudged(example_reply())).unwrap();
         assert_eq!(v["meta"][0]["role"], "leader");
         assert_eq!(v["meta"][0]["id"], 1);
         assert_eq!(v["meta"][0]["term"], 4);

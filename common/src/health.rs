@@ -13,53 +13,14 @@
 //!
 //! The exit status of `cairn status` is 0, 1 or 2 to match ([`Level::exit_code`]).
 use crate::cluster_report::{ago_secs, ChunkServer, ClusterReport, Scrub};
+pub use crate::cluster_report::{Health, Level, Reason};
 use crate::units::human_secs;
-use serde::Serialize;
+use cairn_proto::ClusterStatusReply;
 use std::collections::BTreeMap;
 
 pub const WARN_FREE_PERCENT: u64 = 15;
 pub const ERR_FREE_PERCENT: u64 = 5;
 pub const LAG_WARN_ENTRIES: u64 = 10_000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub enum Level {
-    #[serde(rename = "HEALTH_OK")]
-    Ok,
-    #[serde(rename = "HEALTH_WARN")]
-    Warn,
-    #[serde(rename = "HEALTH_ERR")]
-    Err,
-}
-
-impl Level {
-    pub fn name(self) -> &'static str {
-        match self {
-            Level::Ok => "HEALTH_OK",
-            Level::Warn => "HEALTH_WARN",
-            Level::Err => "HEALTH_ERR",
-        }
-    }
-
-    /// 0, 1 or 2.
-    pub fn exit_code(self) -> u8 {
-        self as u8
-    }
-}
-
-/// One reason for a verdict worse than OK.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Reason {
-    pub level: Level,
-    /// A stable identifier, for scripts and alerting (`CHUNK_SERVER_DOWN`, …).
-    pub code: &'static str,
-    pub message: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Health {
-    pub status: Level,
-    pub reasons: Vec<Reason>,
-}
 
 /// How long a chunk may go without a scrub read-back before the scrub counts as overdue:
 /// twice the interval between passes (a pass takes time to reach every chunk), and never
@@ -86,6 +47,14 @@ pub fn scrub_overdue(s: &Scrub, now_ms: u64) -> Option<u64> {
 pub fn free_percent(c: &ChunkServer) -> Option<u64> {
     let usable = c.used_bytes.saturating_add(c.free_bytes);
     (usable > 0).then(|| c.free_bytes.saturating_mul(100) / usable)
+}
+
+/// The report of a leader's `ClusterStatus` answer, judged at `now_ms`: what `cairn status`
+/// and the status page show.
+pub fn report(reply: ClusterStatusReply, now_ms: u64) -> ClusterReport {
+    let mut r = ClusterReport::unjudged(reply);
+    r.health = verdict(&r, now_ms);
+    r
 }
 
 /// The verdict on `r` at `now_ms`.
@@ -253,7 +222,11 @@ pub fn verdict(r: &ClusterReport, now_ms: u64) -> Health {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster_report::{example as sample, now_ms, MetaNode};
+    use crate::cluster_report::{example_reply, now_ms, MetaNode};
+
+    fn sample() -> ClusterReport {
+        report(example_reply(), now_ms())
+    }
 
     fn codes(h: &Health) -> Vec<&'static str> {
         h.reasons.iter().map(|r| r.code).collect()

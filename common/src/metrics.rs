@@ -52,6 +52,18 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
+/// Seconds from the Unix-ms time `unix_ms` to now, as a gauge shows an age (0 for 0: never).
+pub fn age_secs(unix_ms: u64) -> f64 {
+    if unix_ms == 0 {
+        return 0.0;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    now.saturating_sub(unix_ms) as f64 / 1000.0
+}
+
 /// What a process adds to its HTTP port: fresh gauges before a render, and its readiness.
 pub trait Probe: Send + Sync + 'static {
     /// Describes the process's own metrics (their `# HELP` lines); called once, at start.

@@ -5,10 +5,10 @@ use crate::data::DataPlane;
 use crate::fs::{CairnFs, Core};
 use crate::meta::Meta;
 use crate::mount_cli::MountOptions;
-use crate::mount_metrics::MountProbe;
 use crate::mount_session::{MountSession, Renewal};
 use crate::mount_sys;
 use anyhow::Context;
+use cairn_common::metrics::Probe;
 use cairn_common::worker::TaskSet;
 use fuser::MountOption;
 use std::path::{Path, PathBuf};
@@ -245,4 +245,47 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
     );
     tracing::info!("unmounted cleanly");
     Ok(())
+}
+
+/// The mount's probe: cache size at scrape, ready once mounted.
+struct MountProbe {
+    dp: Arc<DataPlane>,
+    mounted: AtomicBool,
+}
+
+impl Probe for MountProbe {
+    fn describe(&self) {
+        use metrics::{describe_counter as c, describe_gauge as d, describe_histogram as h};
+        c!(
+            "cairn_fuse_ops_total",
+            "FUSE operations answered, by type and outcome"
+        );
+        h!(
+            "cairn_fuse_op_duration_seconds",
+            metrics::Unit::Seconds,
+            "Time to answer a FUSE operation, by type"
+        );
+        c!(
+            "cairn_mount_cache_lookups_total",
+            "Chunk cache lookups: hit, miss, joined (a fetch under way)"
+        );
+        c!(
+            "cairn_mount_commit_conflicts_total",
+            "Commits refused because the file changed, by whether it was harmless"
+        );
+        d!("cairn_mount_uploads_in_flight", "Chunk uploads under way");
+        d!("cairn_mount_cache_bytes", "Bytes held in the chunk cache");
+    }
+
+    async fn refresh(&self) {
+        metrics::gauge!("cairn_mount_cache_bytes").set(self.dp.cache.cached_bytes() as f64);
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        if self.mounted.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("not mounted yet".into())
+        }
+    }
 }

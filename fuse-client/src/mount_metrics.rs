@@ -8,12 +8,9 @@
 //! - `cairn_mount_uploads_in_flight` ([`UploadInFlight`]);
 //! - `cairn_mount_commit_conflicts_total{resolved}` ([`commit_conflict`]).
 //!
-//! `/readyz` answers 200 once the FUSE mount is up.
-use crate::data::DataPlane;
-use cairn_common::metrics::Probe;
+//! The mount's HTTP port itself (its probe: cache size at scrape, `/readyz` once mounted) is
+//! set up by [`crate::mount`].
 use metrics::{counter, gauge, histogram};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 /// Counts and times one FUSE operation `op` that started at `started`.
@@ -61,48 +58,5 @@ impl UploadInFlight {
 impl Drop for UploadInFlight {
     fn drop(&mut self) {
         gauge!("cairn_mount_uploads_in_flight").decrement(1.0);
-    }
-}
-
-/// The mount's probe: cache size at scrape, ready once mounted.
-pub struct MountProbe {
-    pub dp: Arc<DataPlane>,
-    pub mounted: AtomicBool,
-}
-
-impl Probe for MountProbe {
-    fn describe(&self) {
-        use metrics::{describe_counter as c, describe_gauge as d, describe_histogram as h};
-        c!(
-            "cairn_fuse_ops_total",
-            "FUSE operations answered, by type and outcome"
-        );
-        h!(
-            "cairn_fuse_op_duration_seconds",
-            metrics::Unit::Seconds,
-            "Time to answer a FUSE operation, by type"
-        );
-        c!(
-            "cairn_mount_cache_lookups_total",
-            "Chunk cache lookups: hit, miss, joined (a fetch under way)"
-        );
-        c!(
-            "cairn_mount_commit_conflicts_total",
-            "Commits refused because the file changed, by whether it was harmless"
-        );
-        d!("cairn_mount_uploads_in_flight", "Chunk uploads under way");
-        d!("cairn_mount_cache_bytes", "Bytes held in the chunk cache");
-    }
-
-    async fn refresh(&self) {
-        gauge!("cairn_mount_cache_bytes").set(self.dp.cache.cached_bytes() as f64);
-    }
-
-    async fn ready(&self) -> Result<(), String> {
-        if self.mounted.load(Ordering::Relaxed) {
-            Ok(())
-        } else {
-            Err("not mounted yet".into())
-        }
     }
 }

@@ -19,7 +19,7 @@ pub async fn fetch(addrs: Vec<String>, timeout: Duration) -> anyhow::Result<Clus
     let reply = meta.cluster_status().await.map_err(|s| {
         anyhow::anyhow!("cannot reach the Cairn cluster at {list}: {}", s.message())
     })?;
-    Ok(ClusterReport::new(reply, now_ms()))
+    Ok(health::report(reply, now_ms()))
 }
 
 fn new_table(header: &[&str]) -> Table {
@@ -202,7 +202,11 @@ fn scrub_summary(s: Option<&Scrub>, now: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_common::cluster_report::example as sample;
+    use cairn_common::cluster_report::example_reply;
+
+    fn sample() -> ClusterReport {
+        health::report(example_reply(), now_ms())
+    }
 
     #[test]
     fn table_lists_every_node() {

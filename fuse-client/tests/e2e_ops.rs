@@ -806,7 +806,10 @@ fn t50_the_leaders_status_page_renders_in_a_browser() {
         assert!(dom.contains(addr), "the page lacks meta node {addr}");
     }
     assert!(dom.contains("class=\"bar"), "capacity bars");
-    assert!(dom.contains("<p id=\"error\"></p>"), "no load error shown: {dom}");
+    assert!(
+        dom.contains("<p id=\"error\"></p>"),
+        "no load error shown: {dom}"
+    );
 
     info!("--- a screenshot, kept as a test artifact");
     let dir = bin_dir()

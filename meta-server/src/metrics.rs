@@ -19,11 +19,11 @@
 //! `/readyz` answers 200 when the node knows a leader (it can serve or forward requests).
 use crate::leader::LeaderState;
 use crate::node::MetaNode;
-use cairn_common::metrics::Probe;
+use cairn_common::metrics::{age_secs, Probe};
 use metrics::gauge;
 use openraft::ServerState;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 pub struct MetaProbe {
     pub node: Arc<MetaNode>,
@@ -37,14 +37,6 @@ const STATES: [(ServerState, &str); 5] = [
     (ServerState::Learner, "learner"),
     (ServerState::Shutdown, "shutdown"),
 ];
-
-fn age_secs(unix_ms: u64) -> f64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    now.saturating_sub(unix_ms) as f64 / 1000.0
-}
 
 /// The highest index a majority of the voters (leader included) hold: the commit index.
 fn majority_index(own: u64, followers: &[u64], voters: usize) -> u64 {
@@ -104,20 +96,10 @@ impl MetaProbe {
                 if let Some(st) = scrub.get(&rec.id) {
                     gauge!("cairn_scrub_unverified_chunks", "server" => id.clone())
                         .set(st.unverified_chunks as f64);
-                    let unverified_age = if st.oldest_unverified_unix_ms == 0 {
-                        0.0
-                    } else {
-                        age_secs(st.oldest_unverified_unix_ms)
-                    };
                     gauge!("cairn_scrub_oldest_unverified_age_seconds", "server" => id.clone())
-                        .set(unverified_age);
-                    let verified_age = if st.oldest_verified_unix_ms == 0 {
-                        0.0
-                    } else {
-                        age_secs(st.oldest_verified_unix_ms)
-                    };
+                        .set(age_secs(st.oldest_unverified_unix_ms));
                     gauge!("cairn_scrub_oldest_verified_age_seconds", "server" => id.clone())
-                        .set(verified_age);
+                        .set(age_secs(st.oldest_verified_unix_ms));
                     gauge!("cairn_scrub_corruptions", "server" => id.clone())
                         .set(st.corruptions as f64);
                     gauge!("cairn_scrub_interval_seconds", "server" => id)
