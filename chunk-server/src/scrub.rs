@@ -55,13 +55,14 @@
 //! its end.
 use crate::store::{ChunkStore, Verification};
 use cairn_common::rate::RateLimiter;
+use cairn_common::time::unix_ms;
 use cairn_common::worker::{Worker, WorkerState};
 use cairn_common::ChunkId;
 use cairn_proto::ScrubStats;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -116,13 +117,6 @@ struct Seen {
     pass: u64,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// `now + d`, or a time decades away when that does not fit.
 fn deadline_after(d: Duration) -> Instant {
     let now = Instant::now();
@@ -135,7 +129,7 @@ impl Scrub {
         Arc::new(Scrub {
             config,
             state: Mutex::new(State {
-                started_ms: now_ms(),
+                started_ms: unix_ms(),
                 ..State::default()
             }),
             wake: Notify::new(),
@@ -153,13 +147,21 @@ impl Scrub {
     /// What the scrub has done since start-up, for a store holding `held_chunks` chunks.
     pub fn stats(&self, held_chunks: u64) -> ScrubStats {
         let st = self.lock();
-        let verified = st.verified.values().filter(|s| s.at_ms > 0);
-        let oldest_verified_unix_ms = verified.clone().map(|s| s.at_ms).min().unwrap_or(0);
-        let read_back = verified.count() as u64;
+        // One pass over the map (it has an entry per chunk): the chunks read back and the
+        // oldest read-back, and the oldest arrival among those not read back.
+        let (mut read_back, mut oldest_verified, mut oldest_written) = (0u64, None, None);
+        for s in st.verified.values() {
+            if s.at_ms > 0 {
+                read_back += 1;
+                oldest_verified = Some(oldest_verified.map_or(s.at_ms, |m: u64| m.min(s.at_ms)));
+            } else {
+                oldest_written =
+                    Some(oldest_written.map_or(s.since_ms, |m: u64| m.min(s.since_ms)));
+            }
+        }
+        let oldest_verified_unix_ms = oldest_verified.unwrap_or(0);
         // Chunks on disk the scrub has not met since start-up (no entry at all).
         let unseen = held_chunks.saturating_sub(st.verified.len() as u64);
-        let written = st.verified.values().filter(|s| s.at_ms == 0);
-        let oldest_written = written.clone().map(|s| s.since_ms).min();
         let unverified_chunks = held_chunks.saturating_sub(read_back);
         let oldest_unverified_unix_ms = if unverified_chunks == 0 {
             0
@@ -201,7 +203,7 @@ impl Scrub {
     /// Records that a put just wrote `id` (or found a copy it re-checked): unverified until a
     /// pass reads it back.
     pub fn note_written(&self, id: ChunkId) {
-        let since_ms = now_ms();
+        let since_ms = unix_ms();
         let mut st = self.lock();
         let pass = st.started;
         st.verified.insert(
@@ -246,7 +248,7 @@ impl Scrub {
 
     /// Records what verifying `id` in `pass` found (`None`: it could not be read).
     fn record(&self, pass: u64, id: ChunkId, found: Option<&Verification>) {
-        let at_ms = now_ms();
+        let at_ms = unix_ms();
         let mut st = self.lock();
         match found {
             Some(Verification::Intact { len }) => {
@@ -290,7 +292,7 @@ impl Scrub {
         st.running = false;
         if complete {
             st.passes += 1;
-            st.last_full_pass_unix_ms = now_ms();
+            st.last_full_pass_unix_ms = unix_ms();
             st.verified.retain(|_, s| s.pass == pass);
         }
     }

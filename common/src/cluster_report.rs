@@ -2,6 +2,7 @@
 //! `ClusterStatus` reply turned into one report ([`ClusterReport`]), judged by
 //! [`crate::health`] (which builds the reports: [`crate::health::report`]). Its serde form is the JSON of `cairn status --json` and of the status
 //! page's `status.json`.
+use crate::time::unix_ms;
 use cairn_proto::ClusterStatusReply;
 use serde::Serialize;
 
@@ -245,13 +246,6 @@ fn metrics_url(addr: &str) -> Option<String> {
     (!addr.is_empty()).then(|| format!("http://{addr}/metrics"))
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Whole seconds from `then_ms` to `now_ms` (0 if `then_ms` is later).
 pub fn ago_secs(now_ms: u64, then_ms: u64) -> u64 {
     now_ms.saturating_sub(then_ms) / 1000
@@ -285,12 +279,12 @@ pub fn example_reply() -> ClusterStatusReply {
                 bytes_verified: 3 << 20,
                 corruptions: 1,
                 passes: 1,
-                last_full_pass_unix_ms: now_ms() - 300_000,
-                oldest_verified_unix_ms: now_ms() - 300_000,
+                last_full_pass_unix_ms: unix_ms() - 300_000,
+                oldest_verified_unix_ms: unix_ms() - 300_000,
                 running: false,
                 rate_limit_bytes: 64 << 20,
                 unverified_chunks: 2,
-                oldest_unverified_unix_ms: now_ms() - 60_000,
+                oldest_unverified_unix_ms: unix_ms() - 60_000,
                 interval_secs: 3600,
                 start_delay_secs: 3600,
             }),

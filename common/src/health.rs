@@ -222,7 +222,8 @@ pub fn verdict(r: &ClusterReport, now_ms: u64) -> Health {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster_report::{example_reply, now_ms, MetaNode};
+    use crate::cluster_report::{example_reply, MetaNode};
+    use crate::time::unix_ms as now_ms;
 
     fn sample() -> ClusterReport {
         report(example_reply(), now_ms())

@@ -17,7 +17,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -57,11 +57,7 @@ pub fn age_secs(unix_ms: u64) -> f64 {
     if unix_ms == 0 {
         return 0.0;
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    now.saturating_sub(unix_ms) as f64 / 1000.0
+    crate::time::unix_ms().saturating_sub(unix_ms) as f64 / 1000.0
 }
 
 /// What a process adds to its HTTP port: fresh gauges before a render, and its readiness.
@@ -160,9 +156,11 @@ pub struct RpcMetrics<S> {
     service: &'static str,
 }
 
-/// The method label of a request path (`/cairn.MetaService/Lookup` → `Lookup`), bounded.
-fn method_label(path: &str) -> String {
-    static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+/// The method label of a request path (`/cairn.MetaService/Lookup` → `Lookup`), bounded. On
+/// the path of every call: a known method is a read-locked lookup and no allocation; each of the
+/// at most [`MAX_METHOD_LABELS`] methods is interned once (leaked: a bounded, process-long set).
+fn method_label(path: &str) -> &'static str {
+    static SEEN: RwLock<Option<HashSet<&'static str>>> = RwLock::new(None);
     let method = path.rsplit('/').next().unwrap_or("");
     let valid = !method.is_empty()
         && method.len() <= 64
@@ -170,16 +168,24 @@ fn method_label(path: &str) -> String {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if !valid {
-        return "other".into();
+        return "other";
     }
-    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let known = SEEN.read().unwrap_or_else(|e| e.into_inner());
+    if let Some(&m) = known.as_ref().and_then(|s| s.get(method)) {
+        return m;
+    }
+    drop(known);
+    let mut seen = SEEN.write().unwrap_or_else(|e| e.into_inner());
     let seen = seen.get_or_insert_with(HashSet::new);
-    if seen.contains(method) || seen.len() < MAX_METHOD_LABELS {
-        seen.insert(method.to_owned());
-        method.to_owned()
-    } else {
-        "other".into()
+    if let Some(&m) = seen.get(method) {
+        return m;
     }
+    if seen.len() >= MAX_METHOD_LABELS {
+        return "other";
+    }
+    let m: &'static str = Box::leak(method.to_owned().into_boxed_str());
+    seen.insert(m);
+    m
 }
 
 /// `ok`, or the gRPC status name of a failed call (as far as the response head tells: a
@@ -235,7 +241,7 @@ where
                 Err(_) => "error",
             };
             metrics::counter!("cairn_rpc_requests_total",
-                "service" => service, "method" => method.clone(), "outcome" => outcome)
+                "service" => service, "method" => method, "outcome" => outcome)
             .increment(1);
             metrics::histogram!("cairn_rpc_duration_seconds",
                 "service" => service, "method" => method)

@@ -17,6 +17,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 static TEST_CLOCK_OFFSET_FILE: OnceLock<PathBuf> = OnceLock::new();
 
 /// TEST HOOK: from now on this process's wall clock is offset by the seconds in `path`.
+/// Milliseconds since the Unix epoch by this machine's clock (0 if it reads before 1970): the
+/// unit of the wall-clock figures in status reports and metrics (scrub times, repair scans).
+/// Not offset by the test clock hook (see [`Time::now`]).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 pub fn set_test_clock_offset_file(path: PathBuf) {
     let _ = TEST_CLOCK_OFFSET_FILE.set(path);
 }

@@ -164,6 +164,11 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
         .collect()
 }
 
+/// This process's mount table (`/proc/self/mountinfo`; empty if it cannot be read).
+pub fn mount_table() -> Vec<MountEntry> {
+    parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+}
+
 /// The Cairn mount `path` (absolute) is in: the innermost mount whose mount point is `path`
 /// or one of its parents, if that mount is a Cairn mount.
 pub fn cairn_mount_of<'a>(mounts: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> {

@@ -50,8 +50,17 @@ struct ClusterArg {
 
 impl ClusterArg {
     /// The cluster named by the flag or the first source that names one.
-    fn resolve(&self, paths: &[PathBuf]) -> anyhow::Result<Cluster> {
-        cluster::resolve(&cluster::Env::current(self.meta.clone(), paths))
+    fn resolve(&self) -> anyhow::Result<Cluster> {
+        cluster::resolve(&cluster::Env::current(self.meta.clone(), &[]))
+    }
+
+    /// Runs `f` with the named cluster's meta addresses; a cluster nothing names is an error
+    /// (status 1).
+    fn with_meta(&self, f: impl FnOnce(Vec<String>) -> ExitCode) -> ExitCode {
+        match self.resolve() {
+            Ok(c) => f(c.meta),
+            Err(e) => report(Err(e)),
+        }
     }
 }
 
@@ -59,36 +68,7 @@ impl ClusterArg {
 enum Cmd {
     /// Mount the file system. Runs in the foreground until SIGTERM/SIGINT or unmount, unless
     /// --background.
-    Mount {
-        /// An existing, empty directory.
-        mountpoint: PathBuf,
-        #[command(flatten)]
-        cluster: ClusterArg,
-        /// Return once the mount answers; the mount goes on in the background, logging to
-        /// --log-file.
-        #[arg(long)]
-        background: bool,
-        /// With --background: where the mount logs (default /var/log/cairn/mount-<path>.log
-        /// as root, else ~/.local/state/cairn/).
-        #[arg(long, requires = "background")]
-        log_file: Option<PathBuf>,
-        /// Mount options, comma separated: ro, rw, allow_other, nosuid, nodev, noexec, sync,
-        /// dirsync.
-        #[arg(short = 'o', value_name = "OPTIONS")]
-        options: Vec<String>,
-        /// Accepted for compatibility; the mount runs in the foreground unless --background.
-        #[arg(long)]
-        foreground: bool,
-        /// Serve `/metrics` (Prometheus text), `/healthz` and `/readyz` on this host:port.
-        #[arg(long, env = "CAIRN_MOUNT_METRICS_LISTEN", value_name = "ADDR")]
-        metrics_listen: Option<String>,
-        /// Files of at most this many bytes (up to 65536) keep their content in the metadata
-        /// cluster, replicated by Raft, instead of on chunk servers: no chunk round trips to
-        /// write or read them. 0: every file's content goes to chunk servers.
-        #[arg(long, env = "CAIRN_INLINE_MAX", default_value_t = cairn_common::INLINE_MAX as u32,
-              value_parser = clap::value_parser!(u32).range(0..=cairn_common::INLINE_MAX as i64))]
-        inline_max: u32,
-    },
+    Mount(MountArgs),
     /// Unmount a Cairn mount and wait until its mount process has flushed and exited.
     #[command(alias = "unmount")]
     Umount {
@@ -182,6 +162,38 @@ enum Cmd {
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout, e.g.
     /// `cairn completions bash > /etc/bash_completion.d/cairn`.
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Args)]
+struct MountArgs {
+    /// An existing, empty directory.
+    mountpoint: PathBuf,
+    #[command(flatten)]
+    cluster: ClusterArg,
+    /// Return once the mount answers; the mount goes on in the background, logging to
+    /// --log-file.
+    #[arg(long)]
+    background: bool,
+    /// With --background: where the mount logs (default /var/log/cairn/mount-<path>.log
+    /// as root, else ~/.local/state/cairn/).
+    #[arg(long, requires = "background")]
+    log_file: Option<PathBuf>,
+    /// Mount options, comma separated: ro, rw, allow_other, nosuid, nodev, noexec, sync,
+    /// dirsync.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Vec<String>,
+    /// Accepted for compatibility; the mount runs in the foreground unless --background.
+    #[arg(long)]
+    foreground: bool,
+    /// Serve `/metrics` (Prometheus text), `/healthz` and `/readyz` on this host:port.
+    #[arg(long, env = "CAIRN_MOUNT_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<String>,
+    /// Files of at most this many bytes (up to 65536) keep their content in the metadata
+    /// cluster, replicated by Raft, instead of on chunk servers: no chunk round trips to
+    /// write or read them. 0: every file's content goes to chunk servers.
+    #[arg(long, env = "CAIRN_INLINE_MAX", default_value_t = cairn_common::INLINE_MAX as u32,
+          value_parser = clap::value_parser!(u32).range(0..=cairn_common::INLINE_MAX as i64))]
+    inline_max: u32,
 }
 
 #[derive(Args)]
@@ -293,27 +305,10 @@ fn main() -> ExitCode {
         return report(mount_helper(&argv[1..]));
     }
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet, matches!(cli.cmd, Cmd::Mount { .. }));
+    init_logging(cli.verbose, cli.quiet, matches!(cli.cmd, Cmd::Mount(_)));
     let quiet = cli.quiet;
     let result = match cli.cmd {
-        Cmd::Mount {
-            mountpoint,
-            cluster,
-            background,
-            log_file,
-            options,
-            inline_max,
-            metrics_listen,
-            ..
-        } => run_mount(
-            mountpoint,
-            cluster,
-            background,
-            log_file,
-            options,
-            inline_max,
-            metrics_listen,
-        ),
+        Cmd::Mount(args) => run_mount(args),
         Cmd::Umount {
             mountpoint,
             lazy,
@@ -331,29 +326,21 @@ fn main() -> ExitCode {
             max_files,
             timeout,
         } => {
-            let report = cluster
-                .resolve(&[])
+            let fsck = cluster
+                .resolve()
                 .and_then(|c| block_on(admin::fsck(c.meta, max_files, secs(timeout))));
-            return match report {
-                Ok(report) => {
-                    if json {
-                        if let Err(e) = out::json(&report) {
-                            eprintln!("cairn: {e}");
-                            return ExitCode::FAILURE;
-                        }
-                    } else {
-                        out::print(&report.text());
-                    }
-                    if report.damaged() {
-                        ExitCode::from(2)
-                    } else {
-                        ExitCode::SUCCESS
-                    }
+            let printed = fsck.and_then(|r| {
+                if json {
+                    out::json(&r)?;
+                } else {
+                    out::print(&r.text());
                 }
-                Err(e) => {
-                    eprintln!("cairn: {e:#}");
-                    ExitCode::FAILURE
-                }
+                Ok(r)
+            });
+            return match printed {
+                Ok(r) if r.damaged() => ExitCode::from(2),
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => report(Err(e)),
             };
         }
         Cmd::Scrub {
@@ -364,7 +351,7 @@ fn main() -> ExitCode {
             timeout,
         } => {
             if now {
-                cluster.resolve(&[]).and_then(|c| {
+                cluster.resolve().and_then(|c| {
                     let lines = block_on(admin::scrub_now(
                         c.meta,
                         secs(timeout),
@@ -392,7 +379,7 @@ fn main() -> ExitCode {
                     json,
                     timeout,
                 },
-        } => cluster.resolve(&[]).and_then(|c| {
+        } => cluster.resolve().and_then(|c| {
             let msg = block_on(admin::drain(
                 c.meta,
                 server,
@@ -412,38 +399,18 @@ fn main() -> ExitCode {
             local,
             remote,
             cluster,
-        } => {
-            return match cluster.resolve(&[]) {
-                Ok(c) => transfer::put_main(c.meta, local, remote, quiet),
-                Err(e) => report(Err(e)),
-            }
-        }
+        } => return cluster.with_meta(|meta| transfer::put_main(meta, local, remote, quiet)),
         Cmd::Get {
             remote,
             local,
             cluster,
-        } => {
-            return match cluster.resolve(&[]) {
-                Ok(c) => transfer::get_main(c.meta, remote, local, quiet),
-                Err(e) => report(Err(e)),
-            }
-        }
+        } => return cluster.with_meta(|meta| transfer::get_main(meta, remote, local, quiet)),
         Cmd::Uploads {
             cmd: UploadsCmd::List { cluster, json },
-        } => {
-            return match cluster.resolve(&[]) {
-                Ok(c) => transfer::uploads_list_main(c.meta, json),
-                Err(e) => report(Err(e)),
-            }
-        }
+        } => return cluster.with_meta(|meta| transfer::uploads_list_main(meta, json)),
         Cmd::Uploads {
             cmd: UploadsCmd::Abort { id, cluster },
-        } => {
-            return match cluster.resolve(&[]) {
-                Ok(c) => transfer::uploads_abort_main(c.meta, id),
-                Err(e) => report(Err(e)),
-            }
-        }
+        } => return cluster.with_meta(|meta| transfer::uploads_abort_main(meta, id)),
         Cmd::Bench(args) => run_bench(args),
         Cmd::Completions { shell } => {
             let mut script = Vec::new();
@@ -466,15 +433,17 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn run_mount(
-    mountpoint: PathBuf,
-    cluster: ClusterArg,
-    background: bool,
-    log_file: Option<PathBuf>,
-    options: Vec<String>,
-    inline_max: u32,
-    metrics_listen: Option<String>,
-) -> anyhow::Result<()> {
+fn run_mount(a: MountArgs) -> anyhow::Result<()> {
+    let MountArgs {
+        mountpoint,
+        cluster,
+        background,
+        log_file,
+        options,
+        metrics_listen,
+        inline_max,
+        foreground: _,
+    } = a;
     let mut opts = MountOptions::default();
     for o in &options {
         opts.parse(o)?;
@@ -489,7 +458,7 @@ fn run_mount(
         return remount(&mp, &opts);
     }
     // The mount point itself is not a source: a mount never names its own cluster.
-    let cluster = cluster.resolve(&[])?;
+    let cluster = cluster.resolve()?;
     if background {
         let mp = mountpoint
             .canonicalize()
@@ -558,7 +527,7 @@ fn mount_helper(args: &[OsString]) -> anyhow::Result<()> {
 /// `cairn status`: the report, and the verdict as the exit status (0 OK, 1 WARN, 2 ERR; 2 too
 /// when the cluster cannot be reached at all).
 fn run_status(cluster: ClusterArg, json: bool, watch: Option<f64>, timeout: f64) -> ExitCode {
-    let named = match cluster.resolve(&[]) {
+    let named = match cluster.resolve() {
         Ok(c) => c,
         Err(e) => return report(Err(e)),
     };

@@ -50,12 +50,11 @@ fn kernel_option(o: &str) -> MountOption {
     }
 }
 
+/// Something (any file system, a dead FUSE mount included) is mounted at `path`.
 pub fn is_mounted(path: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let p = path.display().to_string();
-    mounts
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(p.as_str()))
+    crate::cluster::mount_table()
+        .iter()
+        .any(|m| m.mount_point == path)
 }
 
 fn allow_other() -> bool {

@@ -182,8 +182,7 @@ pub fn default_log_file(mountpoint: &Path) -> PathBuf {
 
 /// The Cairn mount at exactly `mountpoint`, if there is one.
 pub fn cairn_mount_at(mountpoint: &Path) -> Option<MountEntry> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    cluster::parse_mountinfo(&info)
+    cluster::mount_table()
         .into_iter()
         .rfind(|m| m.mount_point == mountpoint)
         .filter(|m| m.fstype == cluster::FSTYPE)

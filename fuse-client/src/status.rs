@@ -3,11 +3,12 @@
 //! shown as tables.
 use crate::meta::Meta;
 use cairn_common::health;
+use cairn_common::time::unix_ms;
 use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 use std::time::Duration;
 
 pub use cairn_common::cluster_report::{
-    ago_secs, now_ms, ChunkServer, ClusterReport, MetaNode, Named, Repair, Scrub,
+    ago_secs, ChunkServer, ClusterReport, MetaNode, Named, Repair, Scrub,
 };
 pub use cairn_common::units::{human, human_secs};
 
@@ -19,7 +20,7 @@ pub async fn fetch(addrs: Vec<String>, timeout: Duration) -> anyhow::Result<Clus
     let reply = meta.cluster_status().await.map_err(|s| {
         anyhow::anyhow!("cannot reach the Cairn cluster at {list}: {}", s.message())
     })?;
-    Ok(health::report(reply, now_ms()))
+    Ok(health::report(reply, unix_ms()))
 }
 
 fn new_table(header: &[&str]) -> Table {
@@ -90,7 +91,7 @@ pub fn table(s: &ClusterReport) -> String {
         "LISTED",
         "SCRUB",
     ]);
-    let now = now_ms();
+    let now = unix_ms();
     for c in &s.chunk_servers {
         let state = if c.draining {
             format!("{}/drain", c.state)
@@ -205,7 +206,7 @@ mod tests {
     use cairn_common::cluster_report::example_reply;
 
     fn sample() -> ClusterReport {
-        health::report(example_reply(), now_ms())
+        health::report(example_reply(), unix_ms())
     }
 
     #[test]

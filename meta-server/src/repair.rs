@@ -35,6 +35,7 @@ use crate::fsm::{ChunkRecord, ServerRecord};
 use crate::leader::{LeaderOnly, LeaderState};
 use crate::node::MetaNode;
 use cairn_common::rate::RateLimiter;
+use cairn_common::time::unix_ms;
 use cairn_common::worker::{Worker, WorkerState};
 use cairn_common::{ChunkClients, ChunkId};
 use cairn_proto as pb;
@@ -478,13 +479,6 @@ impl Repairer {
         }
         Ok(())
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use cairn_common::cluster_report::now_ms;
 use cairn_common::health;
+use cairn_common::time::unix_ms;
 use std::sync::Arc;
 
 const PAGE: &str = include_str!("status_page.html");
@@ -45,7 +45,7 @@ async fn status_json(State(p): State<Pages>) -> Response {
     let served_by = format!("{} ({})", p.node.id, p.node.addr);
     match p.service.cluster_status().await {
         Ok(reply) => {
-            let status = health::report(reply, now_ms());
+            let status = health::report(reply, unix_ms());
             Json(serde_json::json!({ "served_by": served_by, "status": status })).into_response()
         }
         Err(s) => {
