@@ -81,7 +81,7 @@ pub struct RunningServer {
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     config.validate()?;
     let opts = StoreOptions {
-        reserve_bytes: config.reserve_bytes,
+        reserve_bytes: config.reserve,
         ..StoreOptions::default()
     };
     let dir = config.data_dir.clone();

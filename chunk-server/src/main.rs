@@ -1,7 +1,6 @@
 //! `cairn-chunk`: the chunk server binary. See the library crate for the parts.
 use anyhow::Context;
 use cairn_chunk_server::Config;
-use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 
 #[tokio::main]
@@ -12,7 +11,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let config = Config::parse();
+    let config = Config::from_args().unwrap_or_else(|e| e.exit());
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let server = cairn_chunk_server::start(config).await?;

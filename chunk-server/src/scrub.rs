@@ -14,15 +14,15 @@
 //! # Bandwidth
 //!
 //! Every chunk read is charged to a token bucket ([`RateLimiter`], the one limiter of background
-//! I/O) filled at `--scrub-rate-mb`; the worker sleeps off any debt before it reads the next
+//! I/O) filled at `--scrub-rate`; the worker sleeps off any debt before it reads the next
 //! chunk. Over a pass the scrub so reads at most the configured rate (plus a burst of
 //! [`cairn_common::rate::BURST`] worth), in reads of one chunk file (at most 4 MiB) at a time,
 //! and foreground I/O keeps the rest of the disk.
 //!
 //! # Schedule
 //!
-//! The first pass starts `--scrub-start-delay-secs` after start-up, each next one
-//! `--scrub-interval-secs` after the previous one ended. `ScrubNow` ([`Scrub::request_pass`])
+//! The first pass starts `--scrub-start-delay` after start-up, each next one
+//! `--scrub-interval` after the previous one ended. `ScrubNow` ([`Scrub::request_pass`])
 //! starts one at once unless one is running.
 //!
 //! # Shutdown

@@ -156,7 +156,7 @@ async fn registers_heartbeats_reregisters_and_stops() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::for_tests(dir.path());
     cfg.meta = vec![meta_addr.to_string()];
-    cfg.heartbeat_ms = 50;
+    cfg.heartbeat = Duration::from_millis(50);
     let server = start(cfg).await.unwrap();
     wait_for("registration", || server.server_id() == 42).await;
     {
@@ -248,7 +248,7 @@ async fn corrupt_copies_are_reported_to_the_metadata_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::for_tests(dir.path());
     cfg.meta = vec![meta_addr.to_string()];
-    cfg.heartbeat_ms = 50;
+    cfg.heartbeat = Duration::from_millis(50);
     let server = start(cfg).await.unwrap();
     wait_for("registration", || server.server_id() == 42).await;
 

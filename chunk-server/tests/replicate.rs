@@ -259,7 +259,7 @@ async fn replicate_refuses_without_a_good_source() {
     tracing::info!("--- a full disk: no-space");
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::for_tests(dir.path());
-    cfg.reserve_bytes = u64::MAX / 2;
+    cfg.reserve = u64::MAX / 2;
     let full = start(cfg).await.unwrap();
     good.store().put(id, d.clone()).unwrap();
     let e = client(full.addr())

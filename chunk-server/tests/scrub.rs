@@ -35,7 +35,7 @@ async fn scrub_quarantines_every_corrupt_chunk_and_reports_each_once() {
     tracing::info!("--- a server (unlimited scrub rate) whose corruption reports go to a sink");
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::for_tests(dir.path());
-    cfg.scrub_rate_mb = 0;
+    cfg.scrub_rate = 0;
     let server = start(cfg).await.unwrap();
     let (sink, mut reports) = mpsc::channel(256);
     assert!(server.store().report_corruption_to(sink));
@@ -171,7 +171,7 @@ async fn scrub_honours_its_rate_limit_and_refuses_a_second_start() {
     tracing::info!("--- 8 MiB of chunks, scrubbed at 4 MiB/s");
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::for_tests(dir.path());
-    cfg.scrub_rate_mb = 4;
+    cfg.scrub_rate = 4 << 20;
     let server = start(cfg).await.unwrap();
     let mut c = client(server.addr()).await;
     for i in 0..8 {
@@ -210,8 +210,8 @@ async fn passes_start_after_the_start_delay_and_repeat_on_the_interval() {
         }
     }
     let mut cfg = Config::for_tests(dir.path());
-    cfg.scrub_start_delay_secs = 0;
-    cfg.scrub_interval_secs = 1;
+    cfg.scrub_start_delay = Duration::ZERO;
+    cfg.scrub_interval = Duration::from_secs(1);
     let server = start(cfg).await.unwrap();
     let mut c = client(server.addr()).await;
 
@@ -356,7 +356,7 @@ async fn shutdown_during_a_pass_returns_promptly() {
     tracing::info!("--- a pass that needs about 8 s (8 MiB at 1 MiB/s)");
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::for_tests(dir.path());
-    cfg.scrub_rate_mb = 1;
+    cfg.scrub_rate = 1 << 20;
     let server = start(cfg).await.unwrap();
     for i in 0..8 {
         let (id, d) = chunk(&format!("stop-{i}"), MIB as usize);

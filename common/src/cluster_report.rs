@@ -131,6 +131,8 @@ pub struct ClusterReport {
     pub metrics: Vec<String>,
     pub leader_id: u64,
     pub replication: u32,
+    /// Fewest replicas a chunk write commits with: fewer chunk servers up and writes fail.
+    pub commit_quorum: u32,
     pub repair: Repair,
 }
 
@@ -210,6 +212,11 @@ impl ClusterReport {
                 .collect(),
             leader_id: r.leader_id,
             replication: r.replication,
+            // A server from before the field: the default, a majority of the replicas.
+            commit_quorum: match r.commit_quorum {
+                0 => r.replication / 2 + 1,
+                q => q,
+            },
             repair: r
                 .repair
                 .map(|p| Repair {
@@ -294,6 +301,7 @@ pub fn example_reply() -> ClusterStatusReply {
         }],
         leader_id: 1,
         replication: 3,
+        commit_quorum: 2,
         repair: Some(cairn_proto::RepairStatus {
             under_replicated: 2,
             missing: 1,

@@ -3,7 +3,7 @@
 //! JSON, the exit status — agrees).
 //!
 //! - **ERR** (data is at risk or the cluster cannot do its job): chunks with no intact replica,
-//!   fewer chunk servers up than a write needs (a majority of the replication factor), a chunk server's disk almost full
+//!   fewer chunk servers up than a write needs (the cluster's commit quorum, `--min-replication`), a chunk server's disk almost full
 //!   (< [`ERR_FREE_PERCENT`] free), meta nodes whose applied states differ at the same log
 //!   index, or most meta nodes down.
 //! - **WARN** (redundancy reduced or attention needed): a meta node or chunk server down,
@@ -144,7 +144,7 @@ pub fn verdict(r: &ClusterReport, now_ms: u64) -> Health {
         );
     }
     let replication = u64::from(r.replication);
-    let quorum = replication / 2 + 1;
+    let quorum = u64::from(r.commit_quorum);
     if (up as u64) < quorum {
         add(
             Level::Err,
@@ -276,6 +276,14 @@ mod tests {
         let h = verdict(&r, now);
         assert_eq!(h.status, Level::Err, "{h:?}");
         assert_eq!(codes(&h)[0], "TOO_FEW_CHUNK_SERVERS", "errors first");
+        assert!(h.reasons[0].message.ends_with("need at least 2"), "{h:?}");
+        r.commit_quorum = 1;
+        let h = verdict(&r, now);
+        assert_eq!(
+            h.status,
+            Level::Warn,
+            "writes still commit with one replica (--min-replication 1): {h:?}"
+        );
 
         let mut r = healthy();
         r.repair.under_replicated = 3;

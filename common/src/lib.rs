@@ -21,6 +21,8 @@
 //! - [`cluster_report`]: the cluster as `cairn status` and the status page show it, judged by
 //!   [`health`] (`HEALTH_OK` / `WARN` / `ERR` and the reasons); [`units`]: sizes and durations
 //!   as people read them.
+//! - [`config_file`]: server settings from a TOML file under the command line, and the
+//!   parsers of durations, sizes and rates written with units.
 //! - [`systemd`]: readiness notifications for `Type=notify` units.
 //! - [`metrics`]: the HTTP port of every process (`/metrics`, `/healthz`, `/readyz`), the one
 //!   Prometheus recorder, and the gRPC call metrics layer.
@@ -28,6 +30,7 @@ pub mod block_tree;
 pub mod chunk;
 pub mod chunk_client;
 pub mod cluster_report;
+pub mod config_file;
 pub mod durable;
 pub mod error;
 pub mod health;

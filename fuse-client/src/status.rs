@@ -61,8 +61,8 @@ pub fn table(s: &ClusterReport) -> String {
         out.push_str(&format!("cluster {} (from {})\n", c.meta, c.source));
     }
     out.push_str(&format!(
-        "meta nodes (leader {}, replication {})\n",
-        s.leader_id, s.replication
+        "meta nodes (leader {}, replication {}, writes need {})\n",
+        s.leader_id, s.replication, s.commit_quorum
     ));
     let mut t = new_table(&["ID", "ADDR", "ROLE", "TERM", "APPLIED", "LOG", "LAG"]);
     for m in &s.meta {

@@ -205,7 +205,7 @@ fn t50_eight_writers_lose_nothing_they_were_told_was_created() {
     use std::sync::Arc;
     use std::time::Instant;
     init_tracing();
-    let mut c = Cluster::start_with(3, 3, Opts::new(&["--repair-interval-ms", "1000"], &[]));
+    let mut c = Cluster::start_with(3, 3, Opts::new(&["--repair-interval", "1000ms"], &[]));
     let mnt = c.mount();
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..8)
@@ -334,10 +334,10 @@ fn t60_chunk_servers_killed_mid_write_lose_nothing_acknowledged() {
         3,
         Opts::new(
             &[
-                "--heartbeat-timeout-ms",
-                "2000",
-                "--repair-interval-ms",
-                "500",
+                "--heartbeat-timeout",
+                "2000ms",
+                "--repair-interval",
+                "500ms",
             ],
             &[],
         ),

@@ -13,18 +13,18 @@ use tracing::info;
 fn opts() -> Opts {
     Opts::new(
         &[
-            "--heartbeat-timeout-ms",
-            "2000",
-            "--repair-interval-ms",
-            "300",
-            "--repair-rate-mb",
+            "--heartbeat-timeout",
+            "2000ms",
+            "--repair-interval",
+            "300ms",
+            "--repair-rate",
             "0",
         ],
         &[
-            "--scrub-interval-secs",
-            "100000",
-            "--scrub-start-delay-secs",
-            "100000",
+            "--scrub-interval",
+            "100000s",
+            "--scrub-start-delay",
+            "100000s",
         ],
     )
 }
@@ -314,7 +314,7 @@ fn t40_gc_deletes_overwritten_and_deleted_chunks_and_never_a_live_one() {
     init_tracing();
     let mut o = opts();
     o.meta_args.extend(
-        ["--gc-grace-secs", "1", "--gc-interval-ms", "300"]
+        ["--gc-grace", "1s", "--gc-interval", "300ms"]
             .iter()
             .map(|s| s.to_string()),
     );
@@ -415,7 +415,7 @@ fn t40_gc_deletes_overwritten_and_deleted_chunks_and_never_a_live_one() {
 
 /// A copy cut off by kill -9 of the mount leaves stored chunks no file references: those
 /// recorded in its upload session are kept while the session lives (so a rerun need not send
-/// them again) and collected once it expires (`--upload-ttl-secs`); any stored but never
+/// them again) and collected once it expires (`--upload-ttl`); any stored but never
 /// recorded are found by the inventory scan. Either way nothing is left behind.
 #[test]
 fn t50_chunks_of_an_upload_that_never_committed_are_collected() {
@@ -423,16 +423,16 @@ fn t50_chunks_of_an_upload_that_never_committed_are_collected() {
     let mut o = opts();
     o.meta_args.extend(
         [
-            "--gc-grace-secs",
-            "1",
-            "--gc-interval-ms",
-            "300",
-            "--gc-orphan-scan-secs",
-            "1",
-            "--gc-orphan-age-secs",
-            "2",
-            "--upload-ttl-secs",
-            "2",
+            "--gc-grace",
+            "1s",
+            "--gc-interval",
+            "300ms",
+            "--gc-orphan-scan",
+            "1s",
+            "--gc-orphan-age",
+            "2s",
+            "--upload-ttl",
+            "2s",
         ]
         .iter()
         .map(|s| s.to_string()),

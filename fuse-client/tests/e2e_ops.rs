@@ -831,7 +831,7 @@ fn t50_the_leaders_status_page_renders_in_a_browser() {
 }
 
 #[test]
-fn t60_systemd_units_verify_and_the_processes_notify_readiness() {
+fn t60_systemd_units_verify_and_the_processes_run_from_config_files_and_notify_readiness() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let bin = bin_dir();
@@ -848,8 +848,9 @@ fn t60_systemd_units_verify_and_the_processes_notify_readiness() {
         std::fs::write(dir.path().join(&name), unit).unwrap();
         names.push(name);
     }
-    for env in ["cairn-meta.env", "cairn-chunk.env"] {
-        std::fs::write(dir.path().join(env), "").unwrap();
+    for example in ["cairn-meta.toml", "cairn-chunk.toml"] {
+        let from = units.join("../config").join(example);
+        std::fs::copy(from, dir.path().join(example)).unwrap();
     }
     assert_eq!(names.len(), 3, "{names:?}");
     let o = run(Command::new("systemd-analyze")
@@ -859,21 +860,49 @@ fn t60_systemd_units_verify_and_the_processes_notify_readiness() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(text(&o.stderr).trim(), "", "no warnings");
 
-    info!("--- cairn-meta sends READY=1 once it serves, STOPPING=1 on SIGTERM");
+    info!("--- a config file with a typo is refused, naming the key");
+    let free_port = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port, file_metrics, flag_metrics) = (free_port(), free_port(), free_port());
+    let config = dir.path().join("meta.toml");
+    std::fs::write(&config, "id = 1\ngc-grace-secs = 600\n").unwrap();
+    let o = run(Command::new(bin.join("cairn-meta"))
+        .arg("--config")
+        .arg(&config));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("unknown key `gc-grace-secs`"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    info!(
+        "--- cairn-meta runs from its config file (a flag wins over it), sends READY=1 once \
+           it serves and STOPPING=1 on SIGTERM"
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "id = 1\nlisten = \"127.0.0.1:{port}\"\npeers = [\"1=127.0.0.1:{port}\"]\n\
+             data-dir = \"{}\"\nmetrics-listen = \"127.0.0.1:{file_metrics}\"\n\
+             gc-grace = \"15m\"\nelection-timeout-max = \"500ms\"\n",
+            dir.path().join("meta").display()
+        ),
+    )
+    .unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut meta = Command::new(bin.join("cairn-meta"))
-        .args(["--id", "1", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--peers", &format!("1=127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(dir.path().join("meta"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--metrics-listen", &format!("127.0.0.1:{flag_metrics}")])
         .env("NOTIFY_SOCKET", &sock_path)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -883,6 +912,9 @@ fn t60_systemd_units_verify_and_the_processes_notify_readiness() {
     let n = sock.recv(&mut buf).expect("a notification within 30 s");
     assert_eq!(text(&buf[..n]).trim(), "READY=1");
     std::net::TcpStream::connect(("127.0.0.1", port)).expect("it serves once it said so");
+    std::net::TcpStream::connect(("127.0.0.1", flag_metrics))
+        .expect("the flag's metrics address, not the file's");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", file_metrics)).is_err());
     unsafe {
         libc::kill(meta.id() as i32, libc::SIGTERM);
     }

@@ -600,12 +600,12 @@ fn t20_fsx_seeds_in_parallel_on_one_mount() {
         3,
         Opts::new(
             &[
-                "--heartbeat-timeout-ms",
-                "2000",
-                "--gc-grace-secs",
-                "2",
-                "--gc-interval-ms",
-                "500",
+                "--heartbeat-timeout",
+                "2000ms",
+                "--gc-grace",
+                "2s",
+                "--gc-interval",
+                "500ms",
             ],
             &[],
         ),
@@ -1004,11 +1004,11 @@ fn t42_locks_of_a_killed_mount_are_released_when_its_session_expires() {
         .output()
         .expect("cairn-meta --help");
     assert!(
-        String::from_utf8_lossy(&help.stdout).contains("--session-ttl-secs"),
-        "cairn-meta has no --session-ttl-secs flag: mount sessions (which release a dead \
+        String::from_utf8_lossy(&help.stdout).contains("--session-ttl"),
+        "cairn-meta has no --session-ttl flag: mount sessions (which release a dead \
          mount's locks) are not implemented"
     );
-    let mut c = Cluster::start_with(3, 3, Opts::new(&["--session-ttl-secs", "3"], &[]));
+    let mut c = Cluster::start_with(3, 3, Opts::new(&["--session-ttl", "3s"], &[]));
     let a = c.mount();
     let b = c.mount();
     std::fs::write(a.join("lock"), vec![0u8; 100]).unwrap();
@@ -1064,14 +1064,14 @@ fn t42_locks_of_a_killed_mount_are_released_when_its_session_expires() {
 /// Flags of a cluster whose meta nodes' wall clocks a test can step: node `i` adds the seconds
 /// written to `clock-i` in the cluster directory (a hidden test hook of `cairn-meta`).
 const STEPPED_CLOCKS: [&str; 10] = [
-    "--session-ttl-secs",
-    "3",
-    "--heartbeat-timeout-ms",
-    "2000",
-    "--gc-grace-secs",
-    "60",
-    "--gc-interval-ms",
-    "300",
+    "--session-ttl",
+    "3s",
+    "--heartbeat-timeout",
+    "2000ms",
+    "--gc-grace",
+    "60s",
+    "--gc-interval",
+    "300ms",
     "--test-clock-offset-file",
     "{dir}/clock-{id}",
 ];
@@ -1199,12 +1199,12 @@ fn t50_an_unlinked_open_file_lives_until_its_last_close() {
         3,
         Opts::new(
             &[
-                "--heartbeat-timeout-ms",
-                "2000",
-                "--gc-grace-secs",
-                "1",
-                "--gc-interval-ms",
-                "300",
+                "--heartbeat-timeout",
+                "2000ms",
+                "--gc-grace",
+                "1s",
+                "--gc-interval",
+                "300ms",
             ],
             &[],
         ),

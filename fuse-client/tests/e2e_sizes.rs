@@ -198,7 +198,7 @@ fn t20_small_files_live_in_the_metadata_and_move_to_chunks_when_they_grow() {
     // Repair every second: a chunk written right after the election may first be placed on
     // fewer than 3 servers (the new leader has not heard from all of them yet; see e2e_faults
     // t50), and fsck waits for repair to complete it.
-    let mut c = Cluster::start_with(3, 3, Opts::new(&["--repair-interval-ms", "1000"], &[]));
+    let mut c = Cluster::start_with(3, 3, Opts::new(&["--repair-interval", "1000ms"], &[]));
     let a = c.mount();
     let b = c.mount();
     std::fs::create_dir(a.join("small")).unwrap();

@@ -202,7 +202,7 @@ fn on_any_server(c: &Cluster, ids: &BTreeSet<String>) -> usize {
 }
 
 fn gc_opts(extra_meta: &[&str]) -> Opts {
-    let mut meta = vec!["--gc-grace-secs", "1", "--gc-interval-ms", "200"];
+    let mut meta = vec!["--gc-grace", "1s", "--gc-interval", "200ms"];
     meta.extend_from_slice(extra_meta);
     Opts::new(&meta, &[])
 }
@@ -589,14 +589,14 @@ fn t30_an_aborted_upload_disappears_and_its_chunks_are_collected() {
     );
 }
 
-/// An upload nobody records into for `--upload-ttl-secs` (2 s here) expires: it disappears
+/// An upload nobody records into for `--upload-ttl` (2 s here) expires: it disappears
 /// from the list and GC collects its chunks. A put that runs longer than the TTL but keeps
 /// recording is not expired, and the same put run after the expiry starts over and completes.
 #[test]
 fn t40_an_idle_upload_expires_and_its_chunks_are_collected() {
     init_tracing();
     let ttl = Duration::from_secs(2);
-    let c = Cluster::start_with(3, 3, gc_opts(&["--upload-ttl-secs", "2"]));
+    let c = Cluster::start_with(3, 3, gc_opts(&["--upload-ttl", "2s"]));
 
     info!("--- a put longer than the TTL completes: recording keeps its upload alive");
     let long = c.path("long.src");

@@ -1,6 +1,7 @@
 //! Configuration of one meta node: command-line flags (clap, each with a `CAIRN_META_*` env var).
 use crate::raft::network::SNAPSHOT_CHUNK_BYTES;
 use crate::service::ServiceConfig;
+use cairn_common::config_file::{parse_duration, parse_rate, ConfigError};
 use clap::Parser;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -35,9 +36,19 @@ fn parse_peer(s: &str) -> Result<Peer, String> {
 }
 
 /// A Cairn metadata node (one member of the Raft cluster).
+///
+/// Every setting is a flag, an environment variable (`CAIRN_META_*`) and a key of the
+/// `--config` file (the flag's long name: `heartbeat-timeout = "5s"`); flags win over the
+/// environment, which wins over the file. Durations take a unit (`500ms`, `5s`, `10m`, `24h`),
+/// sizes and rates too (`64MiB`, `100MiB/s`).
 #[derive(Parser, Clone, Debug)]
 #[command(name = "cairn-meta", version, about)]
 pub struct Config {
+    /// A TOML file of settings: the keys are the long flags below (`listen = "0.0.0.0:7001"`,
+    /// `peers = ["1=host1:7001", "2=host2:7001", "3=host3:7001"]`, `gc-grace = "10m"`).
+    #[arg(long, env = "CAIRN_META_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// This node's Raft id: unique in the cluster, greater than 0.
     #[arg(long, env = "CAIRN_META_ID")]
     pub id: u64,
@@ -73,38 +84,40 @@ pub struct Config {
     #[arg(long, env = "CAIRN_META_MIN_REPLICATION", default_value_t = 2)]
     pub min_replication: u32,
 
-    /// A chunk server with no heartbeat for this long (ms) is considered down.
-    #[arg(long, env = "CAIRN_META_HEARTBEAT_TIMEOUT_MS", default_value_t = 5000)]
-    pub heartbeat_timeout_ms: u64,
+    /// A chunk server with no heartbeat for this long is considered down (duration).
+    #[arg(long, env = "CAIRN_META_HEARTBEAT_TIMEOUT", default_value = "5s", value_name = "DURATION", value_parser = parse_duration)]
+    pub heartbeat_timeout: Duration,
 
     /// Build a snapshot (and purge the log) after this many entries since the last one.
     #[arg(long, env = "CAIRN_META_SNAPSHOT_LOGS", default_value_t = 10000)]
     pub snapshot_logs: u64,
 
-    /// Interval (ms) of the leader's Raft heartbeats.
-    #[arg(long, env = "CAIRN_META_RAFT_HEARTBEAT_MS", default_value_t = 100)]
-    pub raft_heartbeat_ms: u64,
+    /// Interval of the leader's Raft heartbeats (duration).
+    #[arg(long, env = "CAIRN_META_RAFT_HEARTBEAT", default_value = "100ms", value_name = "DURATION", value_parser = parse_duration)]
+    pub raft_heartbeat: Duration,
 
-    /// Lower bound (ms) of the randomized Raft election timeout. A follower that hears nothing
-    /// from the leader starts an election after the leader's lease (openraft 0.9: the upper
-    /// bound) plus this random timeout: 600–800 ms with the defaults, which with the vote, the
-    /// new leader's first entry and the clients' retry makes a leader failover of ~0.8 s
+    /// Lower bound of the randomized Raft election timeout (duration). A follower that hears
+    /// nothing from the leader starts an election after the leader's lease (openraft 0.9: the
+    /// upper bound) plus this random timeout: 600–800 ms with the defaults, which with the vote,
+    /// the new leader's first entry and the clients' retry makes a leader failover of ~0.8 s
     /// (`scripts/bench` measures it). Lower values fail over faster and risk elections on a
     /// loaded machine; the heartbeat interval must stay well below it.
     #[arg(
         long,
-        env = "CAIRN_META_ELECTION_TIMEOUT_MIN_MS",
-        default_value_t = 200
+        env = "CAIRN_META_ELECTION_TIMEOUT_MIN",
+        default_value = "200ms",
+        value_name = "DURATION", value_parser = parse_duration
     )]
-    pub election_timeout_min_ms: u64,
+    pub election_timeout_min: Duration,
 
-    /// Upper bound (ms) of the randomized Raft election timeout.
+    /// Upper bound of the randomized Raft election timeout (duration).
     #[arg(
         long,
-        env = "CAIRN_META_ELECTION_TIMEOUT_MAX_MS",
-        default_value_t = 400
+        env = "CAIRN_META_ELECTION_TIMEOUT_MAX",
+        default_value = "400ms",
+        value_name = "DURATION", value_parser = parse_duration
     )]
-    pub election_timeout_max_ms: u64,
+    pub election_timeout_max: Duration,
 
     /// Confirm leadership with a heartbeat round for every read (coalesced), instead of
     /// answering reads under the leader's lease (see `read_index`). Both are linearizable; the
@@ -112,60 +125,61 @@ pub struct Config {
     #[arg(long, env = "CAIRN_META_NO_LEASE_READS")]
     pub no_lease_reads: bool,
 
-    /// On shutdown, how long (ms) in-flight RPCs may take to finish before they are cut off.
-    #[arg(long, env = "CAIRN_META_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
-    pub drain_timeout_ms: u64,
+    /// On shutdown, how long in-flight RPCs may take to finish before they are cut off
+    /// (duration).
+    #[arg(long, env = "CAIRN_META_DRAIN_TIMEOUT", default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
 
-    /// Pause (ms) between two scans of the repair worker (leader only).
-    #[arg(long, env = "CAIRN_META_REPAIR_INTERVAL_MS", default_value_t = 10_000)]
-    pub repair_interval_ms: u64,
+    /// Pause between two scans of the repair worker, leader only (duration).
+    #[arg(long, env = "CAIRN_META_REPAIR_INTERVAL", default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    pub repair_interval: Duration,
 
-    /// Bandwidth (MiB/s) repair may use to copy chunks server to server; 0 is unlimited.
-    #[arg(long, env = "CAIRN_META_REPAIR_RATE_MB", default_value_t = 100)]
-    pub repair_rate_mb: u64,
+    /// Bandwidth repair may use to copy chunks server to server (rate, like `100MiB/s`; 0 is
+    /// unlimited).
+    #[arg(long, env = "CAIRN_META_REPAIR_RATE", default_value = "100MiB/s", value_name = "RATE", value_parser = parse_rate)]
+    pub repair_rate: u64,
 
     /// Chunk copies repair keeps in flight at once.
     #[arg(long, env = "CAIRN_META_REPAIR_CONCURRENCY", default_value_t = 4)]
     pub repair_concurrency: usize,
 
-    /// Seconds a chunk stays unreferenced (overwritten, deleted) before GC deletes it.
-    #[arg(long, env = "CAIRN_META_GC_GRACE_SECS", default_value_t = 600)]
-    pub gc_grace_secs: u64,
+    /// How long a chunk stays unreferenced (overwritten, deleted) before GC deletes it
+    /// (duration).
+    #[arg(long, env = "CAIRN_META_GC_GRACE", default_value = "10m", value_name = "DURATION", value_parser = parse_duration)]
+    pub gc_grace: Duration,
 
-    /// Pause (ms) between two GC rounds (leader only).
-    #[arg(long, env = "CAIRN_META_GC_INTERVAL_MS", default_value_t = 10_000)]
-    pub gc_interval_ms: u64,
+    /// Pause between two GC rounds, leader only (duration).
+    #[arg(long, env = "CAIRN_META_GC_INTERVAL", default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    pub gc_interval: Duration,
 
-    /// Seconds a collected chunk's tombstone is kept; a commit of an upload placed before an
-    /// older collection is refused.
-    #[arg(
-        long,
-        env = "CAIRN_META_GC_TICKET_HORIZON_SECS",
-        default_value_t = 86_400
-    )]
-    pub gc_ticket_horizon_secs: u64,
+    /// How long a collected chunk's tombstone is kept (duration); a commit of an upload placed
+    /// before an older collection is refused.
+    #[arg(long, env = "CAIRN_META_GC_TICKET_HORIZON", default_value = "24h", value_name = "DURATION", value_parser = parse_duration)]
+    pub gc_ticket_horizon: Duration,
 
-    /// Seconds between two scans of the chunk servers' inventories for copies the cluster does
-    /// not know (uploads never committed); such copies older than the grace are collected.
-    #[arg(long, env = "CAIRN_META_GC_ORPHAN_SCAN_SECS", default_value_t = 3600)]
-    pub gc_orphan_scan_secs: u64,
+    /// Pause between two scans of the chunk servers' inventories for copies the cluster does
+    /// not know (uploads never committed); such copies older than `--gc-orphan-age` are
+    /// collected (duration).
+    #[arg(long, env = "CAIRN_META_GC_ORPHAN_SCAN", default_value = "1h", value_name = "DURATION", value_parser = parse_duration)]
+    pub gc_orphan_scan: Duration,
 
-    /// Seconds a copy no chunk record knows must have been on disk before it counts as an
-    /// abandoned upload (a file being written keeps its uploaded chunks uncommitted until it is
-    /// closed, so this must exceed the longest write).
-    #[arg(long, env = "CAIRN_META_GC_ORPHAN_AGE_SECS", default_value_t = 86_400)]
-    pub gc_orphan_age_secs: u64,
+    /// How long a copy no chunk record knows must have been on disk before it counts as an
+    /// abandoned upload (duration). A file being written keeps its uploaded chunks uncommitted
+    /// until it is closed, so this must exceed the longest write.
+    #[arg(long, env = "CAIRN_META_GC_ORPHAN_AGE", default_value = "24h", value_name = "DURATION", value_parser = parse_duration)]
+    pub gc_orphan_age: Duration,
 
-    /// Seconds a mount session lives without a renewal. When it ends, the mount's locks are
-    /// released and the files it kept open after unlink are deleted. Mounts renew every quarter.
-    #[arg(long, env = "CAIRN_META_SESSION_TTL_SECS", default_value_t = 60)]
-    pub session_ttl_secs: u64,
+    /// How long a mount session lives without a renewal (duration). When it ends, the mount's
+    /// locks are released and the files it kept open after unlink are deleted. Mounts renew
+    /// every quarter.
+    #[arg(long, env = "CAIRN_META_SESSION_TTL", default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
+    pub session_ttl: Duration,
 
-    /// Seconds an upload session (chunks stored for a version not yet committed: an interrupted
-    /// copy, `cairn put`) lives without a new chunk recorded. Then it is aborted and its chunks
-    /// become garbage.
-    #[arg(long, env = "CAIRN_META_UPLOAD_TTL_SECS", default_value_t = 86_400)]
-    pub upload_ttl_secs: u64,
+    /// How long an upload session (chunks stored for a version not yet committed: an
+    /// interrupted copy, `cairn put`) lives without a new chunk recorded (duration). Then it is
+    /// aborted and its chunks become garbage.
+    #[arg(long, env = "CAIRN_META_UPLOAD_TTL", default_value = "24h", value_name = "DURATION", value_parser = parse_duration)]
+    pub upload_ttl: Duration,
     /// TEST HOOK: applying the log entry at this index fails as a storage error would (the
     /// node must stop). Never set in production.
     #[arg(long, hide = true)]
@@ -177,37 +191,27 @@ pub struct Config {
 }
 
 impl Config {
-    /// A config with every default, for tests and embedding.
+    /// A config with every default, for tests and embedding. The defaults are the flags' own
+    /// (parsed here), so they are written in one place.
     pub fn new(id: u64, listen: impl Into<String>, data_dir: impl Into<PathBuf>) -> Config {
-        Config {
-            id,
-            listen: listen.into(),
-            advertise: None,
-            peers: Vec::new(),
-            metrics_listen: None,
-            data_dir: data_dir.into(),
-            replication: 3,
-            min_replication: 2,
-            heartbeat_timeout_ms: 5000,
-            snapshot_logs: 10_000,
-            raft_heartbeat_ms: 100,
-            election_timeout_min_ms: 200,
-            election_timeout_max_ms: 400,
-            no_lease_reads: false,
-            drain_timeout_ms: 10_000,
-            repair_interval_ms: 10_000,
-            repair_rate_mb: 100,
-            repair_concurrency: 4,
-            gc_grace_secs: 600,
-            gc_interval_ms: 10_000,
-            gc_ticket_horizon_secs: 86_400,
-            gc_orphan_scan_secs: 3600,
-            gc_orphan_age_secs: 86_400,
-            session_ttl_secs: 60,
-            upload_ttl_secs: 86_400,
-            test_fail_apply_at: None,
-            test_clock_offset_file: None,
-        }
+        let id = id.to_string();
+        let listen: String = listen.into();
+        let data_dir: PathBuf = data_dir.into();
+        let args: [&std::ffi::OsStr; 7] = [
+            "cairn-meta".as_ref(),
+            "--id".as_ref(),
+            id.as_ref(),
+            "--listen".as_ref(),
+            listen.as_ref(),
+            "--data-dir".as_ref(),
+            data_dir.as_os_str(),
+        ];
+        Config::try_parse_from(args).unwrap_or_else(|e| panic!("cairn-meta defaults: {e}"))
+    }
+
+    /// The settings of this process: flags, environment, then the `--config` file.
+    pub fn from_args() -> Result<Config, ConfigError> {
+        cairn_common::config_file::parse()
     }
 
     /// Refuses inconsistent settings with a message naming the flag.
@@ -246,29 +250,30 @@ impl Config {
         if self.snapshot_logs == 0 {
             return Err("--snapshot-logs must be at least 1".into());
         }
-        if self.raft_heartbeat_ms == 0 || self.election_timeout_min_ms <= self.raft_heartbeat_ms {
-            return Err("--election-timeout-min-ms must exceed --raft-heartbeat-ms (> 0)".into());
+        let ms = |d: Duration| d.as_millis();
+        if ms(self.raft_heartbeat) == 0 || self.election_timeout_min <= self.raft_heartbeat {
+            return Err("--election-timeout-min must exceed --raft-heartbeat (>= 1ms)".into());
         }
-        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
-            return Err("--election-timeout-max-ms must exceed --election-timeout-min-ms".into());
+        if ms(self.election_timeout_max) <= ms(self.election_timeout_min) {
+            return Err("--election-timeout-max must exceed --election-timeout-min".into());
         }
-        if self.repair_interval_ms == 0 {
-            return Err("--repair-interval-ms must be at least 1".into());
+        if self.repair_interval.is_zero() {
+            return Err("--repair-interval must be more than 0".into());
         }
         if self.repair_concurrency == 0 {
             return Err("--repair-concurrency must be at least 1".into());
         }
-        if self.gc_interval_ms == 0 {
-            return Err("--gc-interval-ms must be at least 1".into());
+        if self.gc_interval.is_zero() {
+            return Err("--gc-interval must be more than 0".into());
         }
-        if self.upload_ttl_secs == 0 {
-            return Err("--upload-ttl-secs must be at least 1".into());
+        if self.upload_ttl < Duration::from_secs(1) {
+            return Err("--upload-ttl must be at least 1s".into());
         }
-        if self.session_ttl_secs < 2 {
-            return Err("--session-ttl-secs must be at least 2".into());
+        if self.session_ttl < Duration::from_secs(2) {
+            return Err("--session-ttl must be at least 2s".into());
         }
-        if self.gc_ticket_horizon_secs < self.gc_grace_secs {
-            return Err("--gc-ticket-horizon-secs must be at least --gc-grace-secs".into());
+        if self.gc_ticket_horizon < self.gc_grace {
+            return Err("--gc-ticket-horizon must be at least --gc-grace".into());
         }
         Ok(())
     }
@@ -288,9 +293,9 @@ impl Config {
     pub fn raft_config(&self) -> Result<openraft::Config, String> {
         openraft::Config {
             cluster_name: "cairn-meta".to_string(),
-            heartbeat_interval: self.raft_heartbeat_ms,
-            election_timeout_min: self.election_timeout_min_ms,
-            election_timeout_max: self.election_timeout_max_ms,
+            heartbeat_interval: self.raft_heartbeat.as_millis() as u64,
+            election_timeout_min: self.election_timeout_min.as_millis() as u64,
+            election_timeout_max: self.election_timeout_max.as_millis() as u64,
             // A snapshot chunk is at most SNAPSHOT_CHUNK_BYTES; give it time on a busy LAN.
             install_snapshot_timeout: 5_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
@@ -313,8 +318,8 @@ impl Config {
     pub fn repair_config(&self) -> crate::repair::RepairConfig {
         crate::repair::RepairConfig {
             replication: self.replication as usize,
-            interval: Duration::from_millis(self.repair_interval_ms),
-            rate_bytes: self.repair_rate_mb.saturating_mul(1 << 20),
+            interval: self.repair_interval,
+            rate_bytes: self.repair_rate,
             concurrency: self.repair_concurrency,
         }
     }
@@ -322,24 +327,23 @@ impl Config {
     /// The longest age this node's expiries ask its log clock about (see `crate::log_clock`).
     pub fn longest_expiry(&self) -> Duration {
         [
-            self.gc_grace_secs,
-            self.session_ttl_secs,
-            self.upload_ttl_secs,
+            self.gc_grace,
+            self.session_ttl,
+            self.upload_ttl,
+            crate::gc::REQUEST_ID_TTL,
         ]
         .into_iter()
-        .map(Duration::from_secs)
-        .chain([crate::gc::REQUEST_ID_TTL])
         .max()
         .unwrap_or_default()
     }
 
     pub fn gc_config(&self) -> crate::gc::GcConfig {
         crate::gc::GcConfig {
-            grace: Duration::from_secs(self.gc_grace_secs),
-            interval: Duration::from_millis(self.gc_interval_ms),
-            horizon: Duration::from_secs(self.gc_ticket_horizon_secs),
-            orphan_scan: Duration::from_secs(self.gc_orphan_scan_secs),
-            orphan_age: Duration::from_secs(self.gc_orphan_age_secs),
+            grace: self.gc_grace,
+            interval: self.gc_interval,
+            horizon: self.gc_ticket_horizon,
+            orphan_scan: self.gc_orphan_scan,
+            orphan_age: self.gc_orphan_age,
         }
     }
 
@@ -347,13 +351,13 @@ impl Config {
         ServiceConfig {
             replication: self.replication,
             min_replication: self.min_replication,
-            session_ttl: Duration::from_secs(self.session_ttl_secs),
+            session_ttl: self.session_ttl,
         }
     }
 
     /// A chunk server with no heartbeat for this long is down.
     pub fn heartbeat_timeout(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_timeout_ms)
+        self.heartbeat_timeout
     }
 }
 
@@ -389,6 +393,44 @@ mod tests {
             "127.0.0.1:7002"
         );
         c.raft_config().unwrap();
+    }
+
+    #[test]
+    fn durations_and_rates_take_units() {
+        let c = Config::try_parse_from([
+            "cairn-meta",
+            "--id=1",
+            "--listen=127.0.0.1:0",
+            "--data-dir=/tmp/x",
+            "--gc-grace=90s",
+            "--repair-rate=1GiB/s",
+            "--raft-heartbeat=50ms",
+        ])
+        .unwrap();
+        assert_eq!(c.gc_grace, Duration::from_secs(90));
+        assert_eq!(c.repair_rate, 1 << 30);
+        assert_eq!(c.raft_config().unwrap().heartbeat_interval, 50);
+        let unitless = [
+            "cairn-meta",
+            "--id=1",
+            "--listen=a:1",
+            "--data-dir=/x",
+            "--gc-grace=90",
+        ];
+        assert!(Config::try_parse_from(unitless).is_err());
+    }
+
+    /// The example in `packaging/config/` parses, and the defaults it shows in comments are the
+    /// real ones (uncommented, they change nothing).
+    #[test]
+    fn the_packaged_example_file_is_true() {
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../packaging/config/cairn-meta.toml"
+        );
+        let c: Config = cairn_common::config_file::check_example(example.as_ref()).unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.id, c.peers.len()), (1, 3));
     }
 
     #[test]

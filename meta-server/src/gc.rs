@@ -2,7 +2,7 @@
 //!
 //! Runs on every meta node and acts only on a leader that has held office for longer than the
 //! heartbeat timeout (like repair, behind [`LeaderOnly`]). Each round takes up to [`ROUND`] chunks that have been
-//! unreferenced for longer than `--gc-grace-secs` (on the log clock, [`crate::log_clock`]) (or whose collection is under way) and:
+//! unreferenced for longer than `--gc-grace` (on the log clock, [`crate::log_clock`]) (or whose collection is under way) and:
 //!
 //! 1. asks every up server listing a copy to **mark** it (`MarkChunks`);
 //! 2. commits `GcBegin` for them: a new GC epoch; only chunks still unreferenced are accepted;
@@ -28,13 +28,13 @@
 //! # Uploads that were never committed
 //!
 //! Copies that no chunk record knows (a client died between its puts and its commit) are found
-//! by listing each server's inventory every `--gc-orphan-scan-secs` (1 hour), skipping copies
-//! younger than `--gc-orphan-age-secs` (1 day: a file being written keeps its uploaded chunks
+//! by listing each server's inventory every `--gc-orphan-scan` (1 hour), skipping copies
+//! younger than `--gc-orphan-age` (1 day: a file being written keeps its uploaded chunks
 //! uncommitted until it is closed, so this must exceed the longest write). The same protocol applies: mark on that server, then `GcOrphans` gives each
 //! still-unknown id a tombstone in a new epoch (so a commit of an upload placed earlier is
 //! refused), then the marked copies are deleted.
 //!
-//! Tombstones are pruned after `--gc-ticket-horizon-secs` (1 day); commits whose tickets are
+//! Tombstones are pruned after `--gc-ticket-horizon` (1 day); commits whose tickets are
 //! older than the pruned epochs are refused (an upload left uncommitted for a day).
 use crate::command::{Command, GcBegin, GcOrphans, GcPrune, GcSwept, PruneRequests, Reply, Time};
 use crate::error::MetaError;

@@ -61,7 +61,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -189,11 +188,8 @@ pub async fn start_with_listener(
         leader.clone(),
         config.gc_config(),
     ));
-    let (session_reaper, upload_reaper) = reaper::workers(
-        &node,
-        Duration::from_secs(config.session_ttl_secs),
-        Duration::from_secs(config.upload_ttl_secs),
-    );
+    let (session_reaper, upload_reaper) =
+        reaper::workers(&node, config.session_ttl, config.upload_ttl);
     workers.spawn_worker(session_reaper);
     workers.spawn_worker(upload_reaper);
     let meta_svc = MetaServiceServer::from_arc(meta_impl.clone())
@@ -232,7 +228,7 @@ pub async fn start_with_listener(
             let _ = drain_rx.await;
         });
     let mut server_task = tokio::spawn(server.instrument(span.clone()));
-    let drain_deadline = Duration::from_millis(config.drain_timeout_ms);
+    let drain_deadline = config.drain_timeout;
     let task_raft = raft.clone();
     let task = tokio::spawn(
         async move {

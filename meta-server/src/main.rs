@@ -1,5 +1,4 @@
 //! `cairn-meta`: one node of Cairn's metadata cluster. See `cairn-meta --help`.
-use clap::Parser;
 use std::process::ExitCode;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
@@ -11,7 +10,7 @@ async fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let config = cairn_meta_server::config::Config::parse();
+    let config = cairn_meta_server::config::Config::from_args().unwrap_or_else(|e| e.exit());
     let (mut term, mut int) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),

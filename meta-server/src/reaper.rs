@@ -1,7 +1,7 @@
 //! The reapers: end mount sessions that stopped renewing (the mount crashed, was killed or lost
 //! the network), which releases their locks and deletes the files they kept open after unlink
 //! (see `fsm::sessions`); and abort upload sessions nobody recorded a chunk into for
-//! `--upload-ttl-secs` (their chunks become garbage; see `fsm::uploads`).
+//! `--upload-ttl` (their chunks become garbage; see `fsm::uploads`).
 //!
 //! They run on every node and act only on a leader that has held office for at least one TTL
 //! (each behind [`LeaderOnly`] with its own TTL as the settle time): a new leader cannot tell a

@@ -79,9 +79,9 @@ impl Cluster {
             })
             .collect();
         cfg.snapshot_logs = self.snapshot_logs;
-        cfg.drain_timeout_ms = 2_000;
+        cfg.drain_timeout = Duration::from_secs(2);
         // No periodic GC entries: the tests watch the log stand still.
-        cfg.gc_interval_ms = 3_600_000;
+        cfg.gc_interval = Duration::from_secs(3600);
         cfg
     }
 

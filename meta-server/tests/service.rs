@@ -5,6 +5,7 @@ use cairn_common::error::ErrorKind;
 use cairn_common::{ChunkId, CHUNK_SIZE};
 use cairn_meta_server::service::{MAX_REASON_LEN, MAX_SLOT_PAGE, MAX_SLOT_UPDATES};
 use cairn_proto as pb;
+use std::time::Duration;
 use tonic::{Request, Status};
 
 /// A one-node cluster on 127.0.0.1:0 in a temp dir (kept until dropped), a client of it, and
@@ -15,21 +16,27 @@ async fn one_node() -> (
     cairn_common::MetaClient,
     String,
 ) {
-    use cairn_meta_server::config::{Config, Peer};
     let dir = tempfile::tempdir().unwrap();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
-    let mut cfg = Config::new(1, addr.clone(), dir.path());
-    cfg.peers = vec![Peer {
-        id: 1,
-        addr: addr.clone(),
-    }];
-    cfg.drain_timeout_ms = 1_000;
-    let node = cairn_meta_server::start_with_listener(cfg, l)
-        .await
-        .unwrap();
+    let node = start_node(dir.path(), l).await;
     let meta = cairn_common::MetaClient::new(vec![addr.clone()]);
     (dir, node, meta, addr)
+}
+
+/// Starts (or restarts) the one-node cluster of `dir` on listener `l`.
+async fn start_node(
+    dir: &std::path::Path,
+    l: tokio::net::TcpListener,
+) -> cairn_meta_server::RunningNode {
+    use cairn_meta_server::config::{Config, Peer};
+    let addr = l.local_addr().unwrap().to_string();
+    let mut cfg = Config::new(1, addr.clone(), dir);
+    cfg.peers = vec![Peer { id: 1, addr }];
+    cfg.drain_timeout = Duration::from_secs(1);
+    cairn_meta_server::start_with_listener(cfg, l)
+        .await
+        .unwrap()
 }
 
 /// The whole service against a real one-node cluster: namespace calls, chunk-server
@@ -738,5 +745,92 @@ async fn uploads_are_listed_in_pages() {
     }
     assert!(page(u64::MAX).await.uploads.is_empty());
 
+    node.shutdown().await.unwrap();
+}
+
+/// A forged Raft request naming a term (or log index) near `u64::MAX` is refused at the door:
+/// openraft would persist the term as its vote and overflow on its next `term + 1`, and the node
+/// would never elect a leader again. The node keeps its term, keeps leading and keeps writing,
+/// and still does after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_raft_request_with_an_impossible_term_changes_nothing() {
+    use cairn_meta_server::raft::codec;
+    use cairn_meta_server::raft::service::MAX_PLAUSIBLE;
+    use openraft::raft::{AppendEntriesRequest, VoteRequest};
+    use openraft::{LogId, Vote};
+    let (dir, node, meta, addr) = one_node().await;
+    // The leader's view (the client waits for one and follows it).
+    let status = |addr: String| async move {
+        let cs = cairn_common::MetaClient::new(vec![addr])
+            .call(|mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await })
+            .await
+            .unwrap();
+        (cs.leader_id, cs.meta[0].term)
+    };
+    let (leader, term) = status(addr.clone()).await;
+    assert_eq!(leader, 1);
+
+    let mut raft = pb::raft_service_client::RaftServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let payload = |data: Vec<u8>| pb::RaftPayload { data: data.into() };
+    for bad_term in [u64::MAX, u64::MAX - 1, MAX_PLAUSIBLE + 1] {
+        let append = AppendEntriesRequest::<cairn_meta_server::raft::TypeConfig> {
+            vote: Vote::new_committed(bad_term, 2),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: None,
+        };
+        let e = raft
+            .append_entries(payload(codec::encode(&append).unwrap()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        assert!(e.message().contains("term"), "{e}");
+        let vote = VoteRequest::new(Vote::new(bad_term, 2), None);
+        let e = raft
+            .vote(payload(codec::encode(&vote).unwrap()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    }
+    let far_index = VoteRequest::new(
+        Vote::new(term + 1, 2),
+        Some(LogId::new(
+            openraft::CommittedLeaderId::new(term, 2),
+            u64::MAX,
+        )),
+    );
+    let e = raft
+        .vote(payload(codec::encode(&far_index).unwrap()))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("log index"), "{e}");
+    assert_eq!(
+        status(addr.clone()).await,
+        (1, term),
+        "same leader, same term"
+    );
+    meta.call(|mut c| async move {
+        c.create(pb::CreateRequest {
+            parent: 1,
+            name: b"after-forgery".to_vec(),
+            kind: pb::FileKind::Regular as i32,
+            mode: 0o644,
+            exclusive: true,
+            ..Default::default()
+        })
+        .await
+    })
+    .await
+    .expect("the node still writes");
+    node.shutdown().await.unwrap();
+
+    // The vote on disk was never touched: a restart elects this node again.
+    let l = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    let node = start_node(dir.path(), l).await;
+    let (leader, t) = status(addr.clone()).await;
+    assert_eq!(leader, 1);
+    assert!(t >= term && t < MAX_PLAUSIBLE, "term {t} after {term}");
     node.shutdown().await.unwrap();
 }

@@ -10,7 +10,7 @@
 //!   file's new version and ends the upload in the same entry, so nothing is ever visible half
 //!   written: the file shows the whole old version until that one entry applies.
 //!
-//! An upload nobody records into for `--upload-ttl-secs` is aborted by the leader's reaper (see
+//! An upload nobody records into for `--upload-ttl` is aborted by the leader's reaper (see
 //! [`crate::reaper`]), and its chunks become garbage like any unreferenced chunk.
 use super::content::{check_slot_chunk, NewContent};
 use super::namespace::validate_name;

@@ -3,9 +3,10 @@
 //! Requests are openraft types in the encoding of [`codec`]; the reply is the encoding of
 //! `Result<Response, RaftError>`, so a Raft-level refusal reaches the caller's openraft as a
 //! `RemoteError`. A payload that does not decode (another format, truncated, trailing bytes) is
-//! refused with `INVALID_ARGUMENT` and changes nothing.
+//! refused with `INVALID_ARGUMENT` and changes nothing, and so is one naming a term or a log
+//! index no real cluster reaches ([`MAX_PLAUSIBLE`]).
 use crate::raft::codec;
-use crate::raft::Raft;
+use crate::raft::{LogId, NodeId, Raft, TypeConfig, Vote};
 use cairn_proto::raft_service_server::RaftService;
 use cairn_proto::RaftPayload;
 use serde::de::DeserializeOwned;
@@ -27,6 +28,34 @@ fn decode<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
         .map_err(|e| Status::invalid_argument(format!("malformed raft payload: {e}")))
 }
 
+/// The largest term and log index a peer may name: an election or an entry every microsecond
+/// would take 2000 years to get here. One forged request carrying a term near `u64::MAX` would
+/// otherwise be persisted as the node's vote, and openraft's next `term + 1` overflows (a panic
+/// under the release profile's overflow checks) on every start: the node, and with it the
+/// cluster, never elects a leader again.
+pub const MAX_PLAUSIBLE: u64 = 1 << 56;
+
+/// Refuses a request that names an implausible term or index (see [`MAX_PLAUSIBLE`]).
+fn plausible<'a>(vote: &Vote, log_ids: impl IntoIterator<Item = &'a LogId>) -> Result<(), Status> {
+    let bad = |what: &str, v: u64| {
+        Status::invalid_argument(format!(
+            "raft request refused: {what} {v} is beyond any real cluster's (max {MAX_PLAUSIBLE})"
+        ))
+    };
+    if vote.leader_id.term > MAX_PLAUSIBLE {
+        return Err(bad("term", vote.leader_id.term));
+    }
+    for id in log_ids {
+        if id.leader_id.term > MAX_PLAUSIBLE {
+            return Err(bad("log term", id.leader_id.term));
+        }
+        if id.index > MAX_PLAUSIBLE {
+            return Err(bad("log index", id.index));
+        }
+    }
+    Ok(())
+}
+
 fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
     let data =
         codec::encode(value).map_err(|e| Status::internal(format!("encode raft reply: {e}")))?;
@@ -39,12 +68,15 @@ impl RaftService for RaftServiceImpl {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(request)?;
+        let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = decode(request)?;
+        let ids = rpc.prev_log_id.iter().chain(&rpc.leader_commit);
+        plausible(&rpc.vote, ids.chain(rpc.entries.iter().map(|e| &e.log_id)))?;
         encode(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(request)?;
+        let rpc: openraft::raft::VoteRequest<NodeId> = decode(request)?;
+        plausible(&rpc.vote, &rpc.last_log_id)?;
         encode(&self.raft.vote(rpc).await)
     }
 
@@ -52,7 +84,8 @@ impl RaftService for RaftServiceImpl {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(request)?;
+        let rpc: openraft::raft::InstallSnapshotRequest<TypeConfig> = decode(request)?;
+        plausible(&rpc.vote, &rpc.meta.last_log_id)?;
         encode(&self.raft.install_snapshot(rpc).await)
     }
 }

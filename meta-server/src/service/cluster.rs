@@ -306,6 +306,7 @@ pub(super) async fn cluster_status(
         chunk_servers,
         leader_id: ctx.node.id,
         replication: ctx.cfg.replication,
+        commit_quorum: ctx.cfg.commit_quorum() as u32,
         repair: Some(pb::RepairStatus {
             gc_pending: ctx.node.fsm().gc_pending()?,
             gc_collected: ctx.leader.gc.collected_total(),
