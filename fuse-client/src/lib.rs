@@ -5,10 +5,13 @@
 //!   and the mount's background tasks; [`mount_cli`]: mount options, the `mount.fuse.cairn`
 //!   helper of `mount -t fuse.cairn` and fstab, `--background`, `cairn umount`; [`mount_sys`]:
 //!   the kernel mount itself (type `fuse.cairn`, the cluster as its source); [`mount_metrics`]:
-//!   the mount's figures and its HTTP port (`--metrics-listen`).
+//!   the mount's figures and its HTTP port (`--metrics-listen`); [`mount_subdir`]: the
+//!   `subdir=` option (a directory of the namespace as the mount's root), its path checked and
+//!   resolved to an inode before mounting.
 //! - [`fs`]: fuser's `Filesystem` as thin adapters onto the mount's operations (`fs::Core`),
 //!   grouped by area (namespace, files, directories, xattrs, locks, attribute conversion); the
-//!   one reply helper turns each operation's `Result<T, Errno>` into the FUSE reply.
+//!   one reply helper turns each operation's `Result<T, Errno>` into the FUSE reply, and
+//!   `fs::InoMap` is the one translation between the kernel's inode numbers and Cairn's.
 //! - [`mount_session`]: this mount's session in the cluster (owner of its locks and of files
 //!   kept open after unlink), renewed in the background by a worker.
 //! - [`data`]: file data. The write side is [`data::open_file`] (per-inode dirty buffers and
@@ -46,6 +49,7 @@ pub mod mount;
 pub mod mount_cli;
 pub mod mount_metrics;
 pub mod mount_session;
+pub mod mount_subdir;
 pub mod mount_sys;
 pub mod out;
 pub mod procs;

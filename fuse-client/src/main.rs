@@ -4,6 +4,7 @@
 use anyhow::Context;
 use cairn_fuse_client::cluster::{self, Cluster};
 use cairn_fuse_client::mount_cli::{self, MountOptions};
+use cairn_fuse_client::mount_subdir::Subdir;
 use cairn_fuse_client::{admin, bench, mount, out, outln, status, transfer};
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 use std::ffi::OsString;
@@ -178,10 +179,15 @@ struct MountArgs {
     /// as root, else ~/.local/state/cairn/).
     #[arg(long, requires = "background")]
     log_file: Option<PathBuf>,
-    /// Mount options, comma separated: ro, rw, allow_other, nosuid, nodev, noexec, sync,
-    /// dirsync.
+    /// Mount options, comma separated: ro, rw, allow_other, subdir=<path>, nosuid, nodev,
+    /// noexec, sync, dirsync.
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
+    /// Mount this directory of the file system as the root of the mount (a path from the
+    /// file system's root, e.g. /projects/a; same as -o subdir=). It must exist and be a
+    /// directory; nothing above it can be reached through the mount.
+    #[arg(long, value_name = "PATH")]
+    subdir: Option<Subdir>,
     /// Accepted for compatibility; the mount runs in the foreground unless --background.
     #[arg(long)]
     foreground: bool,
@@ -441,6 +447,7 @@ fn run_mount(a: MountArgs) -> anyhow::Result<()> {
         log_file,
         options,
         metrics_listen,
+        subdir,
         inline_max,
         foreground: _,
     } = a;
@@ -450,6 +457,9 @@ fn run_mount(a: MountArgs) -> anyhow::Result<()> {
     }
     if metrics_listen.is_some() {
         opts.metrics_listen = metrics_listen;
+    }
+    if subdir.is_some() {
+        opts.subdir = subdir;
     }
     if opts.remount {
         let mp = mountpoint
@@ -470,9 +480,12 @@ fn run_mount(a: MountArgs) -> anyhow::Result<()> {
             .or(opts.log_file)
             .unwrap_or_else(|| mount_cli::default_log_file(&mp));
         let pid = mount_cli::spawn_background(&args, &mp, &log)?;
+        let what = match &opts.subdir {
+            Some(d) => format!("{d} of cluster {}", cluster.list()),
+            None => format!("cluster {}", cluster.list()),
+        };
         outln!(
-            "mounted cluster {} at {} (pid {pid}, log {})",
-            cluster.list(),
+            "mounted {what} at {} (pid {pid}, log {})",
             mp.display(),
             log.display()
         );

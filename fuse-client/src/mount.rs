@@ -2,7 +2,7 @@
 //! unmount. Shutdown is ordered so nothing acknowledged is lost and nothing written is dropped
 //! silently: flush every dirty file, unmount, then flush whatever arrived in between.
 use crate::data::DataPlane;
-use crate::fs::{CairnFs, Core};
+use crate::fs::{CairnFs, Core, InoMap};
 use crate::meta::Meta;
 use crate::mount_cli::MountOptions;
 use crate::mount_session::{MountSession, Renewal};
@@ -30,7 +30,7 @@ pub struct MountConfig {
     pub meta: Vec<String>,
     /// Files of at most this many bytes are committed inline, in the metadata.
     pub inline_max: usize,
-    /// `ro`, `allow_other` and kernel flags (see [`crate::mount_cli`]).
+    /// `ro`, `allow_other`, `subdir=` and kernel flags (see [`crate::mount_cli`]).
     pub options: MountOptions,
 }
 
@@ -118,6 +118,12 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
                 s.message()
             )
         })?;
+    // The directory shown as the mount's root, found before anything is set up: a missing
+    // path or a file fails the mount here, with the path in the message.
+    let inos = match &cfg.options.subdir {
+        Some(d) => InoMap::rooted_at(rt.block_on(d.resolve(&meta))?),
+        None => InoMap::WHOLE,
+    };
 
     let session = rt
         .block_on(MountSession::open(
@@ -152,11 +158,14 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
     let _ = dp
         .writer_label
         .set(format!("{}:{}", session.host(), mountpoint.display()));
-    let core = Core::new(dp, session.clone());
+    let core = Core::new(dp, session.clone(), inos);
     let fs = CairnFs::new(core.clone(), rt.handle().clone());
     // The source `mount` and `df` show is the cluster, as `--meta` takes it: `cairn` commands
-    // run inside the mount find their cluster there (crate::cluster). These options are for
-    // the fusermount3 path (not root), which needs the commas of the list escaped.
+    // run inside the mount find their cluster there (crate::cluster), in a `subdir=` mount too
+    // (the sub-directory is not part of the source, which must stay a plain address list; the
+    // FUSE kernel module refuses options it does not know, so it is not among the options
+    // either). These options are for the fusermount3 path (not root), which needs the commas
+    // of the list escaped.
     let cluster = cfg.meta.join(",");
     let allow_other = cfg.options.allow_other || allow_other();
     let mut options = vec![
@@ -188,7 +197,9 @@ pub fn run(cfg: MountConfig) -> anyhow::Result<()> {
     raise_readahead(&mountpoint);
     probe.mounted.store(true, Ordering::Relaxed);
     cairn_common::systemd::notify_ready();
+    let subdir = cfg.options.subdir.as_ref().map(ToString::to_string);
     tracing::info!(mountpoint = %mountpoint.display(), meta = %cfg.meta.join(","),
+        subdir = subdir.as_deref().unwrap_or("/"), root_inode = inos.root(),
         read_only = cfg.options.read_only, "mounted");
 
     let reason = rt.block_on(async {

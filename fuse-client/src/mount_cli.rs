@@ -8,6 +8,7 @@
 //! list as `--meta` takes it, and expects it to return once the file system is mounted: it
 //! starts the mount in the background like `cairn mount --background`.
 use crate::cluster::{self, MountEntry};
+use crate::mount_subdir::Subdir;
 use anyhow::{bail, Context};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,10 @@ pub struct MountOptions {
     pub remount: bool,
     /// `metrics=<host:port>`: serve `/metrics`, `/healthz`, `/readyz` there.
     pub metrics_listen: Option<String>,
+    /// `subdir=<path>`: mount this directory of the namespace as the root (see
+    /// [`crate::mount_subdir`]). Fixed for the life of the mount: a remount ignores it, since
+    /// `mount(8)` passes an fstab line's options back on `mount -o remount`.
+    pub subdir: Option<Subdir>,
 }
 
 /// Options `mount(8)` and fstab carry that are not for the file system.
@@ -87,9 +92,11 @@ impl MountOptions {
                 o if IGNORED.contains(&o) || IGNORED_PREFIXES.iter().any(|p| o.starts_with(p)) => {}
                 o if o.starts_with("log=") => self.log_file = Some(PathBuf::from(&o[4..])),
                 o if o.starts_with("metrics=") => self.metrics_listen = Some(o[8..].to_owned()),
+                o if o.starts_with("subdir=") => self.subdir = Some(Subdir::parse(&o[7..])?),
                 o => bail!(
                     "unknown mount option {o:?} (Cairn takes ro, rw, remount, allow_other, \
-                     log=<file>, metrics=<host:port>, nosuid, nodev, noexec, sync, dirsync and mount(8)'s own options)"
+                     subdir=<path>, log=<file>, metrics=<host:port>, nosuid, nodev, noexec, sync, \
+                     dirsync and mount(8)'s own options)"
                 ),
             }
         }
@@ -158,6 +165,11 @@ pub fn foreground_args(cluster: &str, mountpoint: &Path, o: &MountOptions) -> Ve
     if let Some(m) = &o.metrics_listen {
         args.push("--metrics-listen".into());
         args.push(m.into());
+    }
+    // A flag of its own rather than `-o subdir=`: the path may hold a comma.
+    if let Some(d) = &o.subdir {
+        args.push("--subdir".into());
+        args.push(d.to_string().into());
     }
     args
 }
@@ -400,6 +412,42 @@ mod tests {
         let a = parse_helper_args(&os(&["c", "/m", "-oro,log=/tmp/x.log", "-f"])).unwrap();
         assert!(a.foreground && a.options.read_only);
         assert_eq!(a.options.log_file, Some(PathBuf::from("/tmp/x.log")));
+    }
+
+    #[test]
+    fn subdir_comes_from_the_options_and_goes_to_the_mount_as_a_flag() {
+        let a = parse_helper_args(&os(&[
+            "c",
+            "/mnt/a",
+            "-o",
+            "rw,subdir=projects/a/,nosuid,_netdev",
+        ]))
+        .unwrap();
+        let sub = a.options.subdir.clone().expect("subdir parsed");
+        assert_eq!(sub.to_string(), "/projects/a");
+        assert_eq!(
+            foreground_args(&a.cluster, &a.mountpoint, &a.options),
+            os(&[
+                "mount",
+                "/mnt/a",
+                "--meta",
+                "c",
+                "-o",
+                "nosuid",
+                "--subdir",
+                "/projects/a"
+            ])
+        );
+        let mut o = MountOptions::default();
+        o.parse("subdir=/x").unwrap();
+        o.parse("ro,subdir=/projects/b").unwrap();
+        assert_eq!(o.subdir.map(|d| d.to_string()), Some("/projects/b".into()));
+        assert!(o.read_only);
+        for bad in ["subdir=", "subdir=/a/../b", "subdir=a//b"] {
+            let e = MountOptions::default().parse(bad).unwrap_err();
+            assert!(format!("{e}").starts_with("subdir \""), "{bad}: {e}");
+        }
+        assert!(MountOptions::default().parse("subdirx=/a").is_err());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! file, the mount the shell is in), the health verdict of `cairn status` and its exit status
 //! while a chunk server is down and after it returns, a closed stdout, mounts from
 //! `/etc/fstab`-style lines with `ro` and `remount`, `cairn mount --background` and
-//! `cairn umount`, and `scripts/up` putting `cairn` on the PATH of a new shell.
+//! `cairn umount`, `scripts/up` putting `cairn` on the PATH of a new shell, and mounts of a
+//! sub-directory (`subdir=`).
 mod e2e_harness;
 
 use e2e_harness::{bin_dir, init_tracing, is_mounted, wait_until, Cluster};
@@ -922,4 +923,332 @@ fn t60_systemd_units_verify_and_the_processes_run_from_config_files_and_notify_r
     assert_eq!(text(&buf[..n]).trim(), "STOPPING=1");
     let st = meta.wait().unwrap();
     assert!(st.success(), "cairn-meta exits cleanly on SIGTERM: {st}");
+}
+
+/// Lazily unmounts its paths when dropped, also when the test fails (the mount processes of
+/// background mounts then exit on their own).
+struct Unmount(Vec<PathBuf>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            e2e_harness::lazy_unmount(p);
+        }
+    }
+}
+
+fn cstr(s: impl AsRef<std::ffi::OsStr>) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(s.as_ref().as_bytes()).unwrap()
+}
+
+fn setxattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    let (p, n) = (cstr(path), cstr(name));
+    // SAFETY: valid NUL-terminated strings and a buffer of `value.len()` bytes.
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn getxattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    let (p, n) = (cstr(path), cstr(name));
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid NUL-terminated strings and a buffer of `buf.len()` bytes.
+    let rc = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(rc as usize);
+    Ok(buf)
+}
+
+/// `flock(fd, LOCK_EX | LOCK_NB)`.
+fn try_flock(f: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a descriptor owned by `f`.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The names in directory `d`, sorted.
+fn names(d: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(d)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", d.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn t70_subdir_mounts_show_one_directory_as_their_root() {
+    use std::os::unix::fs::MetadataExt;
+    init_tracing();
+    let mut c = Cluster::start(3, 3);
+    let home = c.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let full = c.mount();
+    let (by_mount, by_fstab, failed) = (
+        c.path("sub-mount"),
+        c.path("sub-fstab"),
+        c.path("sub-failed"),
+    );
+    // Helper mounts log here rather than in /var/log/cairn.
+    let logs = c.path("");
+    let log = move |name: &str| format!("log={}", logs.join(format!("{name}.log")).display());
+    for d in [&by_mount, &by_fstab, &failed] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let _unmount = Unmount(vec![by_mount.clone(), by_fstab.clone(), failed.clone()]);
+
+    info!("--- /projects/a/file through a mount of the whole namespace");
+    let a = full.join("projects/a");
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::write(full.join("top-secret"), b"at the Cairn root").unwrap();
+    std::fs::create_dir_all(full.join("projects/b")).unwrap();
+    let content = e2e_harness::random_bytes(300 << 10, 70);
+    std::fs::write(a.join("file"), &content).unwrap();
+
+    info!("--- cairn mount --subdir /projects/a: the file is at the root, and only the subdir's content");
+    let sub = c.mount_with(&["--subdir", "/projects/a"]);
+    assert_eq!(std::fs::read(sub.join("file")).unwrap(), content);
+    assert_eq!(names(&sub), vec!["file"]);
+    let root = std::fs::metadata(&sub).unwrap();
+    assert!(root.is_dir(), "the mount root is a directory");
+    assert_eq!(root.ino(), 1, "the mount root is FUSE inode 1");
+    assert_eq!(
+        std::fs::metadata(sub.join("file")).unwrap().ino(),
+        std::fs::metadata(a.join("file")).unwrap().ino(),
+        "inodes below the root keep their Cairn numbers"
+    );
+    for outside in ["top-secret", "projects", "b", "a"] {
+        let e = std::fs::metadata(sub.join(outside)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{outside}: {e}");
+    }
+    assert_eq!(
+        std::fs::metadata(sub.join("..")).unwrap().ino(),
+        std::fs::metadata(c.path("")).unwrap().ino(),
+        "the mount root's .. is the kernel's: the directory the mount point is in"
+    );
+    let ls = e2e_harness::sh(&format!("ls -a '{}'", sub.display()));
+    assert_eq!(
+        ls.split_whitespace().collect::<Vec<_>>(),
+        [".", "..", "file"],
+        "{ls}"
+    );
+
+    info!("--- writes, mkdir, renames, links and removals in the subdir land in /projects/a");
+    let big = e2e_harness::random_bytes(5 << 20, 71);
+    std::fs::write(sub.join("new.bin"), &big).unwrap();
+    std::fs::create_dir(sub.join("dir")).unwrap();
+    std::fs::rename(sub.join("new.bin"), sub.join("dir/renamed.bin")).unwrap();
+    std::fs::hard_link(sub.join("dir/renamed.bin"), sub.join("link")).unwrap();
+    std::os::unix::fs::symlink("dir/renamed.bin", sub.join("sym")).unwrap();
+    std::fs::write(sub.join("gone"), b"removed below").unwrap();
+    std::fs::remove_file(sub.join("gone")).unwrap();
+    std::fs::create_dir(sub.join("empty")).unwrap();
+    std::fs::remove_dir(sub.join("empty")).unwrap();
+    assert_eq!(names(&a), ["dir", "file", "link", "sym"]);
+    assert_eq!(names(&a.join("dir")), ["renamed.bin"]);
+    assert_eq!(std::fs::read(a.join("dir/renamed.bin")).unwrap(), big);
+    assert_eq!(std::fs::read(a.join("sym")).unwrap(), big);
+    let linked = std::fs::metadata(a.join("link")).unwrap();
+    assert_eq!(linked.nlink(), 2);
+    assert_eq!(
+        linked.ino(),
+        std::fs::metadata(sub.join("dir/renamed.bin"))
+            .unwrap()
+            .ino()
+    );
+    std::fs::write(a.join("from-full"), b"written through the whole mount").unwrap();
+    assert_eq!(
+        std::fs::read(sub.join("from-full")).unwrap(),
+        b"written through the whole mount"
+    );
+    assert_eq!(names(&sub), ["dir", "file", "from-full", "link", "sym"]);
+    let ls = e2e_harness::sh(&format!("ls -la '{}'", sub.display()));
+    assert!(ls.contains("sym -> dir/renamed.bin"), "{ls}");
+
+    info!("--- xattrs of the mount root are the subdir's; locks hold across both mounts");
+    setxattr(&sub, "user.team", b"a-team").unwrap();
+    assert_eq!(getxattr(&a, "user.team").unwrap(), b"a-team");
+    setxattr(&a.join("file"), "user.origin", b"full").unwrap();
+    assert_eq!(getxattr(&sub.join("file"), "user.origin").unwrap(), b"full");
+    let held = std::fs::File::open(sub.join("file")).unwrap();
+    try_flock(&held).unwrap();
+    let other = std::fs::File::open(a.join("file")).unwrap();
+    let e = try_flock(&other).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EWOULDBLOCK), "{e}");
+    drop(held);
+    wait_until(
+        "the lock to go with its file",
+        Duration::from_secs(10),
+        || try_flock(&other).is_ok(),
+    );
+    drop(other);
+
+    info!("--- statfs, df and cairn status inside the subdir mount name the cluster");
+    let (s, f) = (
+        nix::sys::statvfs::statvfs(&sub).unwrap(),
+        nix::sys::statvfs::statvfs(&full).unwrap(),
+    );
+    assert_eq!((s.blocks(), s.block_size()), (f.blocks(), f.block_size()));
+    let df = e2e_harness::sh(&format!("df --output=source,fstype '{}'", sub.display()));
+    assert!(
+        df.contains(&c.meta_list()) && df.contains("fuse.cairn"),
+        "{df}"
+    );
+    let o = cairn_in(&sub.join("dir"), &home, &["status", "--json"]);
+    let v = json(&o);
+    assert_eq!(v["cluster"]["meta"], c.meta_list().as_str());
+    assert_eq!(
+        v["cluster"]["source"],
+        format!("the mount at {}", sub.display()).as_str()
+    );
+
+    info!("--- mount -t fuse.cairn -o subdir=: the same directory, the cluster as the source");
+    install_mount_helper();
+    let o = run(Command::new("mount")
+        .args([
+            "-t",
+            "fuse.cairn",
+            "-o",
+            &format!("subdir=/projects/a,nosuid,{}", log("by-mount")),
+        ])
+        .arg(c.meta_list())
+        .arg(&by_mount));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read(by_mount.join("file")).unwrap(), content);
+    assert_eq!(std::fs::read(by_mount.join("link")).unwrap(), big);
+    assert_eq!(names(&by_mount), names(&a));
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.contains(&format!(" {} ", by_mount.display())))
+        .expect("in mountinfo");
+    assert!(
+        line.contains(&format!("- fuse.cairn {} ", c.meta_list())),
+        "{line}"
+    );
+    std::fs::rename(by_mount.join("dir"), by_mount.join("dir2")).unwrap();
+    assert!(a.join("dir2/renamed.bin").exists());
+    let o = run(Command::new("umount").arg(&by_mount));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(!is_mounted(&by_mount));
+
+    info!("--- an fstab line with subdir=, remounted read-only (mount passes subdir= back)");
+    let fstab = c.path("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "{} {} fuse.cairn _netdev,subdir=projects/a/,{} 0 0\n",
+            c.meta_list(),
+            by_fstab.display(),
+            log("by-fstab")
+        ),
+    )
+    .unwrap();
+    install_mount_helper();
+    let o = run(Command::new("mount").arg("-T").arg(&fstab).arg(&by_fstab));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    std::fs::write(by_fstab.join("from-fstab"), b"fstab").unwrap();
+    assert_eq!(std::fs::read(a.join("from-fstab")).unwrap(), b"fstab");
+    let o = run(Command::new("mount")
+        .arg("-T")
+        .arg(&fstab)
+        .args(["-o", "remount,ro"])
+        .arg(&by_fstab));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let e = std::fs::write(by_fstab.join("ro"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    assert_eq!(
+        names(&by_fstab),
+        names(&a),
+        "still the subdir after the remount"
+    );
+    let o = run(Command::new(bin_dir().join("cairn"))
+        .arg("umount")
+        .arg(&by_fstab));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(!is_mounted(&by_fstab));
+
+    info!("--- a missing subdir, a file and a path with .. fail the mount, naming the path");
+    let bg = |opts: &[&str]| {
+        let mut cmd = Command::new(bin_dir().join("cairn"));
+        cmd.arg("mount")
+            .arg(&failed)
+            .args(["--background", "--meta", &c.meta_list()]);
+        cmd.args(opts).arg("--log-file").arg(c.path("failed.log"));
+        run(&mut cmd)
+    };
+    for (opts, said) in [
+        (
+            &["--subdir", "/projects/nope"][..],
+            "subdir /projects/nope: /projects/nope does not exist in the Cairn file system",
+        ),
+        (
+            &["-o", "subdir=projects/a/file"][..],
+            "subdir /projects/a/file: /projects/a/file is not a directory",
+        ),
+        (
+            &["-o", "subdir=/projects/../a"][..],
+            "subdir \"/projects/../a\": \"..\" is not allowed",
+        ),
+    ] {
+        let o = bg(opts);
+        assert_eq!(o.status.code(), Some(1), "{opts:?}");
+        assert!(
+            text(&o.stderr).contains(said),
+            "{opts:?}: {}",
+            text(&o.stderr)
+        );
+        assert!(!is_mounted(&failed), "{opts:?}");
+    }
+    install_mount_helper();
+    let o = run(Command::new("mount")
+        .args([
+            "-t",
+            "fuse.cairn",
+            "-o",
+            &format!("subdir=/projects/zz,{}", log("failed-helper")),
+        ])
+        .arg(c.meta_list())
+        .arg(&failed));
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("/projects/zz does not exist"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(!is_mounted(&failed));
+    wait_until(
+        "failed mount processes to be gone",
+        Duration::from_secs(10),
+        || mount_processes(&failed) == 0,
+    );
+
+    info!("--- unmounting the subdir mount leaves the whole mount as it was");
+    let idx = c.mounts.iter().position(|m| m.path == sub).unwrap();
+    let st = c.mounts[idx].proc.terminate(Duration::from_secs(30));
+    assert!(st.success(), "the subdir mount exits cleanly: {st}");
+    assert!(!is_mounted(&sub));
+    assert_eq!(std::fs::read(a.join("file")).unwrap(), content);
+    assert_eq!(
+        std::fs::read(full.join("top-secret")).unwrap(),
+        b"at the Cairn root"
+    );
 }

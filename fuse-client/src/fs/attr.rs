@@ -33,7 +33,8 @@ fn ts(t: &Option<pb::Timestamp>) -> SystemTime {
     t.as_ref().map(from_wire).unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
-/// The FUSE attributes of a Cairn inode.
+/// The FUSE attributes of a Cairn inode, under its Cairn number ([`Core::to_fuse`] gives the
+/// kernel's).
 pub fn to_file_attr(a: &pb::Attr) -> FileAttr {
     FileAttr {
         ino: a.ino,
@@ -56,13 +57,16 @@ pub fn to_file_attr(a: &pb::Attr) -> FileAttr {
 }
 
 impl Core {
-    /// `attr` with this mount's view: the dirty size of a file being written. The version of a
-    /// regular file is remembered as the one the kernel now has (see [`Core::open`]).
+    /// `attr` with this mount's view: the kernel's inode number (see [`super::InoMap`]) and
+    /// the dirty size of a file being written. The version of a regular file is remembered as
+    /// the one the kernel now has (see [`Core::open`]). Every attribute the kernel gets (entry,
+    /// attr, create and readdirplus replies) is made here.
     pub(super) fn to_fuse(&self, a: &pb::Attr) -> FileAttr {
         if Kind::from_wire(a.kind) == Some(Kind::Regular) {
             self.seen.note(a.ino, a.version);
         }
         let mut attr = to_file_attr(a);
+        attr.ino = self.inos.to_fuse(a.ino);
         if let Some(f) = self.files.get(a.ino) {
             if let Some(size) = f.dirty_size() {
                 attr.size = size;

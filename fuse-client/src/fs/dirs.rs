@@ -3,7 +3,8 @@
 //!
 //! A listing's position (the kernel's cookie) is an index into the entries fetched so far:
 //! 1 = ".", 2 = "..", 3 + i = entry i. Entries are fetched lazily, a page at a time, only as far
-//! as the kernel's buffer reaches.
+//! as the kernel's buffer reaches. Listings are read by Cairn inode; every inode number put into
+//! a reply is the kernel's ([`super::InoMap`]), and the mount root is its own "..".
 use super::attr::{wire_file_type, TTL};
 use super::state::Core;
 use crate::errno::{Errno, OrErrno};
@@ -53,7 +54,7 @@ impl DirHandles {
 /// Where a listing goes: fuser's READDIR or READDIRPLUS reply. Each `add_*` returns true when
 /// the reply is full.
 pub(super) trait Listing {
-    /// Adds "." (`pos` 0) or ".." (`pos` 1) of directory `ino`.
+    /// Adds "." (`pos` 0) or ".." (`pos` 1) of directory `ino` (a Cairn inode).
     fn add_dot(&mut self, core: &Core, h: &DirHandle, ino: u64, pos: usize) -> Result<bool, Errno>;
 
     /// Adds entry `e` at cookie `next` (or skips it).
@@ -69,39 +70,31 @@ fn dot_name(pos: usize) -> &'static str {
 }
 
 impl Listing for ReplyDirectory {
-    fn add_dot(
-        &mut self,
-        _core: &Core,
-        h: &DirHandle,
-        ino: u64,
-        pos: usize,
-    ) -> Result<bool, Errno> {
-        let target = if pos == 0 { ino } else { h.parent.max(1) };
+    fn add_dot(&mut self, core: &Core, h: &DirHandle, ino: u64, pos: usize) -> Result<bool, Errno> {
+        let target = if pos == 0 {
+            core.inos.to_fuse(ino)
+        } else {
+            core.inos.dotdot(ino, h.parent)
+        };
         Ok(self.add(target, (pos + 1) as i64, FileType::Directory, dot_name(pos)))
     }
 
-    fn add_entry(&mut self, _core: &Core, e: &pb::DirEntry, next: i64) -> bool {
+    fn add_entry(&mut self, core: &Core, e: &pb::DirEntry, next: i64) -> bool {
         let (child, kind) = e
             .attr
             .as_ref()
-            .map(|a| (a.ino, wire_file_type(a.kind)))
+            .map(|a| (core.inos.to_fuse(a.ino), wire_file_type(a.kind)))
             .unwrap_or((0, FileType::RegularFile));
         self.add(child, next, kind, OsStr::from_bytes(&e.name))
     }
 }
 
 impl Listing for ReplyDirectoryPlus {
-    fn add_dot(
-        &mut self,
-        core: &Core,
-        h: &DirHandle,
-        _ino: u64,
-        pos: usize,
-    ) -> Result<bool, Errno> {
+    fn add_dot(&mut self, core: &Core, h: &DirHandle, ino: u64, pos: usize) -> Result<bool, Errno> {
         let dir = h.dir.as_ref().ok_or(Errno::EIO)?;
         let mut attr = core.to_fuse(dir);
         if pos == 1 {
-            attr.ino = h.parent.max(1);
+            attr.ino = core.inos.dotdot(ino, h.parent);
         }
         let next = (pos + 1) as i64;
         Ok(self.add(attr.ino, next, dot_name(pos), &Duration::ZERO, &attr, 0))
@@ -113,7 +106,7 @@ impl Listing for ReplyDirectoryPlus {
             return false;
         };
         let attr = core.to_fuse(a);
-        self.add(a.ino, next, OsStr::from_bytes(&e.name), &TTL, &attr, 0)
+        self.add(attr.ino, next, OsStr::from_bytes(&e.name), &TTL, &attr, 0)
     }
 }
 

@@ -74,7 +74,7 @@ impl Core {
             if self.seen.is_stale(ino, version) {
                 if let Some(n) = self.notifier.get() {
                     // Attributes only (offset < 0); ENOENT just means the kernel has none.
-                    let _ = n.inval_inode(ino, -1, 0);
+                    let _ = n.inval_inode(self.inos.to_fuse(ino), -1, 0);
                 }
                 self.seen.note(ino, version);
             }

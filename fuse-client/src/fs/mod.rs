@@ -5,7 +5,13 @@
 //! recording a writer, dropping a handle), and hands the operation to the tokio runtime with
 //! [`CairnFs::spawn_reply`], so a slow chunk fetch never blocks an `ls` elsewhere. Operations
 //! return `Result<T, Errno>`; [`reply::FuseReply`] is the one place a result becomes a reply.
-//! Cairn inode numbers are the FUSE inode numbers (root = 1).
+//!
+//! Inode numbers: the kernel's root is always 1; it is the Cairn root, or with `subdir=` the
+//! sub-directory the mount shows. [`InoMap`] is the one translation: each method here turns
+//! every inode number of its request (`ino`, `parent`, `newparent`) into the Cairn inode first
+//! ([`CairnFs::ino`]), and the numbers the kernel gets back are made where replies are built
+//! ([`Core`]'s attribute conversion, the listings of [`dirs`], the attribute invalidation of
+//! [`files`]). Everything between speaks Cairn numbers.
 //!
 //! The operations, by area:
 //! - [`namespace`]: lookup, getattr, create/mknod/mkdir/symlink, link, unlink, rmdir, rename,
@@ -15,10 +21,12 @@
 //! - [`xattrs`]: extended attributes;
 //! - [`locks`]: fcntl and flock locks;
 //! - [`attr`]: attribute and file-type conversion;
+//! - [`ino_map`]: the kernel's inode numbers and the cluster's;
 //! - [`state`]: the shared state they all use ([`Core`]).
 mod attr;
 mod dirs;
 mod files;
+mod ino_map;
 mod locks;
 mod namespace;
 mod reply;
@@ -26,6 +34,7 @@ mod state;
 mod xattrs;
 
 pub use self::attr::SetAttr;
+pub use self::ino_map::InoMap;
 pub use self::namespace::NewEntry;
 pub use self::state::Core;
 
@@ -73,7 +82,7 @@ impl CairnFs {
         });
     }
 
-    /// Lists directory `ino` (handle `fh`) from cookie `offset` into `out` on the runtime.
+    /// Lists Cairn directory `ino` (handle `fh`) from cookie `offset` into `out` on the runtime.
     fn spawn_listing<L>(&self, name: &'static str, mut out: L, ino: u64, fh: u64, offset: i64)
     where
         L: Listing + FuseReply<Value = ()>,
@@ -88,10 +97,16 @@ impl CairnFs {
         });
     }
 
-    /// Who creates `name` in `parent`: the requesting user.
-    fn new_entry(req: &Request<'_>, parent: u64, name: &OsStr) -> NewEntry {
+    /// The Cairn inode of the kernel's inode `ino`: every inode number of a request goes
+    /// through here before anything else sees it (see [`InoMap`]).
+    fn ino(&self, ino: u64) -> u64 {
+        self.core.inos.to_cairn(ino)
+    }
+
+    /// Who creates `name` in the kernel's directory `parent`: the requesting user.
+    fn new_entry(&self, req: &Request<'_>, parent: u64, name: &OsStr) -> NewEntry {
         NewEntry {
-            parent,
+            parent: self.ino(parent),
             name: bytes(name),
             uid: req.uid(),
             gid: req.gid(),
@@ -136,6 +151,7 @@ impl Filesystem for CairnFs {
     }
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        let parent = self.ino(parent);
         let name = bytes(name);
         self.spawn_reply("lookup", reply, move |core| async move {
             core.lookup(parent, name).await
@@ -143,10 +159,11 @@ impl Filesystem for CairnFs {
     }
 
     fn forget(&mut self, _req: &Request<'_>, ino: u64, _nlookup: u64) {
-        self.core.seen.forget(ino);
+        self.core.seen.forget(self.ino(ino));
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        let ino = self.ino(ino);
         self.spawn_reply("getattr", reply, move |core| async move {
             core.getattr(ino).await
         });
@@ -170,6 +187,7 @@ impl Filesystem for CairnFs {
         _flags: Option<u32>,
         reply: ReplyAttr,
     ) {
+        let ino = self.ino(ino);
         let change = SetAttr {
             mode,
             uid,
@@ -184,6 +202,7 @@ impl Filesystem for CairnFs {
     }
 
     fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        let ino = self.ino(ino);
         self.spawn_reply("readlink", reply, move |core| async move {
             core.readlink(ino).await
         });
@@ -199,7 +218,7 @@ impl Filesystem for CairnFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let at = Self::new_entry(req, parent, name);
+        let at = self.new_entry(req, parent, name);
         self.spawn_reply("mknod", reply, move |core| async move {
             core.mknod(at, mode, rdev).await
         });
@@ -214,13 +233,14 @@ impl Filesystem for CairnFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let at = Self::new_entry(req, parent, name);
+        let at = self.new_entry(req, parent, name);
         self.spawn_reply("mkdir", reply, move |core| async move {
             core.mkdir(at, mode).await
         });
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let parent = self.ino(parent);
         let name = bytes(name);
         self.spawn_reply("unlink", reply, move |core| async move {
             core.unlink(parent, name).await
@@ -228,6 +248,7 @@ impl Filesystem for CairnFs {
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let parent = self.ino(parent);
         let name = bytes(name);
         self.spawn_reply("rmdir", reply, move |core| async move {
             core.rmdir(parent, name).await
@@ -242,7 +263,7 @@ impl Filesystem for CairnFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let at = Self::new_entry(req, parent, link_name);
+        let at = self.new_entry(req, parent, link_name);
         let target = bytes(target.as_os_str());
         self.spawn_reply("symlink", reply, move |core| async move {
             core.symlink(at, target).await
@@ -259,6 +280,7 @@ impl Filesystem for CairnFs {
         flags: u32,
         reply: ReplyEmpty,
     ) {
+        let (parent, newparent) = (self.ino(parent), self.ino(newparent));
         let (name, new_name) = (bytes(name), bytes(newname));
         self.spawn_reply("rename", reply, move |core| async move {
             core.rename(parent, name, newparent, new_name, flags).await
@@ -273,6 +295,7 @@ impl Filesystem for CairnFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let (ino, newparent) = (self.ino(ino), self.ino(newparent));
         let new_name = bytes(newname);
         self.spawn_reply("link", reply, move |core| async move {
             core.link(ino, newparent, new_name).await
@@ -280,6 +303,7 @@ impl Filesystem for CairnFs {
     }
 
     fn open(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        let ino = self.ino(ino);
         let fh = self.core.fh();
         let opener = req.pid();
         self.spawn_reply("open", reply, move |core| async move {
@@ -298,7 +322,7 @@ impl Filesystem for CairnFs {
         _lock_owner: Option<u64>,
         reply: ReplyData,
     ) {
-        let started = self.core.start_read(ino, offset);
+        let started = self.core.start_read(self.ino(ino), offset);
         self.spawn_reply("read", reply, move |core| async move {
             let (f, offset) = started?;
             f.read(&core.dp, offset, size).await
@@ -317,7 +341,7 @@ impl Filesystem for CairnFs {
         _lock_owner: Option<u64>,
         reply: ReplyWrite,
     ) {
-        let started = self.core.start_write(ino, offset, req.pid());
+        let started = self.core.start_write(self.ino(ino), offset, req.pid());
         let data = data.to_vec();
         self.spawn_reply("write", reply, move |core| async move {
             let (f, offset) = started?;
@@ -326,6 +350,7 @@ impl Filesystem for CairnFs {
     }
 
     fn flush(&mut self, req: &Request<'_>, ino: u64, _fh: u64, lock_owner: u64, reply: ReplyEmpty) {
+        let ino = self.ino(ino);
         let file = self.core.files.get(ino);
         let closer = req.pid();
         self.spawn_reply("flush", reply, move |core| async move {
@@ -343,6 +368,7 @@ impl Filesystem for CairnFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let ino = self.ino(ino);
         // The handle goes here, in request order; whether it was the last decides the rest
         // (see `Core::release`).
         let left = self.core.files.release(ino);
@@ -360,7 +386,7 @@ impl Filesystem for CairnFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let file = self.core.files.get(ino);
+        let file = self.core.files.get(self.ino(ino));
         self.spawn_reply(
             "fsync",
             reply,
@@ -382,7 +408,7 @@ impl Filesystem for CairnFs {
         offset: i64,
         reply: ReplyDirectory,
     ) {
-        self.spawn_listing("readdir", reply, ino, fh, offset);
+        self.spawn_listing("readdir", reply, self.ino(ino), fh, offset);
     }
 
     fn readdirplus(
@@ -393,7 +419,7 @@ impl Filesystem for CairnFs {
         offset: i64,
         reply: ReplyDirectoryPlus,
     ) {
-        self.spawn_listing("readdirplus", reply, ino, fh, offset);
+        self.spawn_listing("readdirplus", reply, self.ino(ino), fh, offset);
     }
 
     fn releasedir(
@@ -409,6 +435,8 @@ impl Filesystem for CairnFs {
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        // The cluster's capacity, whatever the inode: a sub-directory mount shows the whole
+        // cluster's, as an NFS export of a directory shows its disk's.
         self.spawn_reply(
             "statfs",
             reply,
@@ -431,7 +459,7 @@ impl Filesystem for CairnFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let at = Self::new_entry(req, parent, name);
+        let at = self.new_entry(req, parent, name);
         let fh = self.core.fh();
         self.spawn_reply("create", reply, move |core| async move {
             let attr = core.create_file(at, mode, flags).await?;
@@ -451,6 +479,7 @@ impl Filesystem for CairnFs {
         pid: u32,
         reply: ReplyLock,
     ) {
+        let ino = self.ino(ino);
         let want = locks::lock_arg(typ, start, end, pid);
         self.spawn_reply("getlk", reply, move |core| async move {
             core.getlk(ino, lock_owner, want?).await
@@ -470,6 +499,7 @@ impl Filesystem for CairnFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
+        let ino = self.ino(ino);
         let want = locks::lock_arg(typ, start, end, pid);
         let waiter = req.pid();
         self.spawn_reply("setlk", reply, move |core| async move {
@@ -488,7 +518,7 @@ impl Filesystem for CairnFs {
         reply: ReplyEmpty,
     ) {
         let req = pb::SetXattrRequest {
-            ino,
+            ino: self.ino(ino),
             name: bytes(name),
             value: value.to_vec(),
             flags: flags as u32,
@@ -509,6 +539,7 @@ impl Filesystem for CairnFs {
         size: u32,
         reply: ReplyXattr,
     ) {
+        let ino = self.ino(ino);
         let name = bytes(name);
         self.spawn_reply("getxattr", reply, move |core| async move {
             core.getxattr(ino, name, size).await
@@ -516,12 +547,14 @@ impl Filesystem for CairnFs {
     }
 
     fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        let ino = self.ino(ino);
         self.spawn_reply("listxattr", reply, move |core| async move {
             core.listxattr(ino, size).await
         });
     }
 
     fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
+        let ino = self.ino(ino);
         let name = bytes(name);
         self.spawn_reply("removexattr", reply, move |core| async move {
             core.removexattr(ino, name).await
@@ -538,6 +571,7 @@ impl Filesystem for CairnFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let ino = self.ino(ino);
         let range = (u64::try_from(offset), u64::try_from(length));
         self.spawn_reply("fallocate", reply, move |core| async move {
             let (Ok(offset), Ok(length)) = range else {

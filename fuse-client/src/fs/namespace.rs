@@ -205,10 +205,17 @@ impl Core {
         if open.len() <= LIST_ALL_MAX {
             return open.iter().map(|f| f.ino).collect();
         }
-        match self.lookup(parent, name.to_vec()).await {
-            Ok(a) if self.files.get(a.ino).is_some() => vec![a.ino],
-            // Not open here, or no such name (the unlink itself reports that).
-            _ => Vec::new(),
+        let Ok(a) = self.lookup(parent, name.to_vec()).await else {
+            // No such name (the unlink itself reports that).
+            return Vec::new();
+        };
+        // The attributes are made for the kernel: its inode number, back to Cairn's.
+        let ino = self.inos.to_cairn(a.ino);
+        if self.files.get(ino).is_some() {
+            vec![ino]
+        } else {
+            // Not open here.
+            Vec::new()
         }
     }
 

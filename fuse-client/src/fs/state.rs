@@ -3,6 +3,7 @@
 //! are `impl Core` blocks in the sibling modules, one per area.
 use super::dirs::DirHandles;
 use super::files::SeenVersions;
+use super::ino_map::InoMap;
 use super::namespace::FreshDirs;
 use super::xattrs::CapsCache;
 use crate::data::open_file::{FileState, OpenFiles};
@@ -19,6 +20,9 @@ pub struct Core {
     pub dp: Arc<DataPlane>,
     pub files: OpenFiles,
     pub session: Arc<MountSession>,
+    /// The kernel's inode numbers and the cluster's (see [`InoMap`]): requests are translated
+    /// in `CairnFs`, replies where attributes and listings are made for the kernel.
+    pub(super) inos: InoMap,
     pub(super) dirs: DirHandles,
     next_fh: AtomicU64,
     /// Tells the kernel to drop cached attributes (set once mounted).
@@ -29,11 +33,13 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(dp: Arc<DataPlane>, session: Arc<MountSession>) -> Arc<Core> {
+    /// The state of a mount whose root is `inos`' (the whole namespace, or a `subdir=`).
+    pub fn new(dp: Arc<DataPlane>, session: Arc<MountSession>, inos: InoMap) -> Arc<Core> {
         Arc::new(Core {
             dp,
             files: OpenFiles::default(),
             session,
+            inos,
             dirs: DirHandles::default(),
             next_fh: AtomicU64::new(1),
             notifier: OnceLock::new(),
