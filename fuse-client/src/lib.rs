@@ -37,7 +37,8 @@
 //! - [`status`]: `cairn status [--json] [--watch]`: the cluster report of
 //!   `cairn_common::cluster_report`, judged by `cairn_common::health`, fetched and shown.
 //! - [`admin`]: `cairn fsck`, `cairn scrub [--now]`, `cairn chunk drain`.
-//! - [`transfer`]: `cairn put`, `cairn get` (resumable copies) and `cairn uploads list|abort`.
+//! - [`transfer`]: `cairn put`, `cairn get` (resumable copies of files, and with `-r` of whole
+//!   trees) and `cairn uploads list|abort`.
 pub mod admin;
 pub mod bench;
 pub mod cluster;

@@ -130,25 +130,31 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ChunkCmd,
     },
-    /// Copy a local file into the file system, resumably: run the same command again after an
-    /// interruption and only the missing chunks are sent; the file appears atomically when
-    /// complete.
+    /// Copy a local file (with -r, a directory tree) into the file system, resumably: run the
+    /// same command again after an interruption and only the missing chunks are sent; each
+    /// file appears atomically when complete.
+    #[command(after_help = PUT_TREE_HELP)]
     Put {
-        /// The local file.
+        /// The local file (with -r, or a directory).
         local: PathBuf,
         /// Absolute path inside the file system (/dir/file; a directory or a trailing / keeps
         /// the local file name).
         remote: String,
         #[command(flatten)]
+        copy: TreeArgs,
+        #[command(flatten)]
         cluster: ClusterArg,
     },
-    /// Copy a file out of the file system, verifying every chunk; an interrupted copy resumes
-    /// from `<local>.cairn-part`.
+    /// Copy a file (with -r, a directory tree) out of the file system, verifying every chunk;
+    /// an interrupted copy resumes from `<local>.cairn-part`.
+    #[command(after_help = GET_TREE_HELP)]
     Get {
-        /// Absolute path inside the file system (/dir/file).
+        /// Absolute path inside the file system (/dir/file; with -r, or a directory).
         remote: String,
         /// The local file (or an existing directory to copy into).
         local: PathBuf,
+        #[command(flatten)]
+        copy: TreeArgs,
         #[command(flatten)]
         cluster: ClusterArg,
     },
@@ -164,6 +170,84 @@ enum Cmd {
     /// `cairn completions bash > /etc/bash_completion.d/cairn`.
     Completions { shell: clap_complete::Shell },
 }
+
+/// `-r` and its options, for `cairn put` and `cairn get`.
+#[derive(Args, Clone, Copy)]
+struct TreeArgs {
+    /// Copy a directory and everything in it (see below).
+    #[arg(short = 'r', long, visible_short_alias = 'R')]
+    recursive: bool,
+    /// With -r: files copied at once (each still resumable).
+    #[arg(short = 'j', long, requires = "recursive", default_value_t = transfer::DEFAULT_JOBS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    jobs: u64,
+    /// With -r: the destination is the tree's root itself, even if it is an existing
+    /// directory (never <dest>/<name>): the same command then lands in the same place on every
+    /// run, which is how to resume a copy whose first run made the destination.
+    #[arg(short = 'T', long, requires = "recursive")]
+    no_target_directory: bool,
+    /// With -r: print the summary as JSON (files, bytes, unchanged, transferred, dirs,
+    /// symlinks, skipped, failed, interrupted, seconds, failures, skipped_paths).
+    #[arg(long, requires = "recursive")]
+    json: bool,
+}
+
+impl TreeArgs {
+    fn opts(self, quiet: bool) -> transfer::CopyOpts {
+        transfer::CopyOpts {
+            quiet,
+            recursive: self.recursive,
+            jobs: self.jobs as usize,
+            json: self.json,
+            dest_is_root: self.no_target_directory,
+        }
+    }
+}
+
+const PUT_TREE_HELP: &str = "\
+With -r, the source may be a directory, copied as `cp -r` does: if <REMOTE> is an existing \
+directory the tree goes to <REMOTE>/<name of LOCAL>, else <REMOTE> is created (its parent must \
+exist) with LOCAL's contents. Directories get their local modes, regular files are copied with \
+mode, owner and mtime (--jobs at a time, each resumable), symlinks are recreated as symlinks \
+(never followed; a symlink named as LOCAL itself is), FIFOs, sockets and devices are skipped \
+with a warning. One progress bar covers the whole tree.
+
+Resuming a tree: run the same command again. A file whose target already has the same size \
+and content (every chunk's blake3 compared; never size and mtime alone) is skipped, a file cut \
+off midway resumes from its upload session, the rest are copied. If the first run made \
+<REMOTE>, the same command would now copy into <REMOTE>/<name>: add -T to resume into <REMOTE> \
+itself (the command says so when it stops).
+
+Exit status with -r: 0 when everything was copied (skipped special files are warned about and \
+counted, not failures), 1 when any entry failed (each is listed with its reason at the end), \
+130 when interrupted.
+
+Examples:
+  cairn put -r ./photos /backup       # /backup exists: /backup/photos
+  cairn put -r ./photos /photos-2024  # /photos-2024 is created
+  cairn put -r -T ./photos /photos-2024   # again: into /photos-2024 itself";
+
+const GET_TREE_HELP: &str = "\
+With -r, the source may be a directory, copied as `cp -r` does: if <LOCAL> is an existing \
+directory the tree goes to <LOCAL>/<name of REMOTE>, else <LOCAL> is created (its parent must \
+exist) with REMOTE's contents. Directories and files get the remote permission bits (not \
+setuid/setgid) and files their mtime; symlinks are recreated as symlinks, special files are \
+skipped with a warning. Files are copied --jobs at a time; one progress bar covers the tree.
+
+Resuming a tree: run the same command again. A local file that already has the same size and \
+content (every chunk's blake3 compared with the remote chunk ids; never size and mtime alone) \
+is skipped, a file cut off midway resumes from its .cairn-part file, the rest are copied. If \
+the first run made <LOCAL>, the same command would now copy into <LOCAL>/<name>: add -T to \
+resume into <LOCAL> itself (the command says so when it stops).
+
+Exit status with -r: 0 when everything was copied (skipped special files are warned about and \
+counted, not failures), 1 when any entry failed (each is listed with its reason at the end), \
+130 when interrupted.
+
+Examples:
+  cairn get -r /photos ./restore      # ./restore exists: ./restore/photos
+  cairn get -r /photos ./photos-copy  # ./photos-copy is created
+  cairn get -r -T /photos ./photos-copy   # again: into ./photos-copy itself";
 
 #[derive(Args)]
 struct MountArgs {
@@ -404,13 +488,21 @@ fn main() -> ExitCode {
         Cmd::Put {
             local,
             remote,
+            copy,
             cluster,
-        } => return cluster.with_meta(|meta| transfer::put_main(meta, local, remote, quiet)),
+        } => {
+            return cluster
+                .with_meta(|meta| transfer::put_main(meta, local, remote, copy.opts(quiet)))
+        }
         Cmd::Get {
             remote,
             local,
+            copy,
             cluster,
-        } => return cluster.with_meta(|meta| transfer::get_main(meta, remote, local, quiet)),
+        } => {
+            return cluster
+                .with_meta(|meta| transfer::get_main(meta, remote, local, copy.opts(quiet)))
+        }
         Cmd::Uploads {
             cmd: UploadsCmd::List { cluster, json },
         } => return cluster.with_meta(|meta| transfer::uploads_list_main(meta, json)),

@@ -2,7 +2,8 @@
 //! `cairn put` and `cairn get` killed with -9 halfway and run again (only the missing chunks
 //! travel, measured on the chunk servers' received-bytes counters), upload sessions listed,
 //! aborted and expired (and their chunks collected), and copies through the mount that survive
-//! the death of the mount itself, of a chunk server and of the meta leader.
+//! the death of the mount itself, of a chunk server and of the meta leader; and whole trees
+//! copied in and out with `cairn put -r` / `cairn get -r`.
 mod e2e_harness;
 
 use cairn_common::{ChunkClients, ChunkId, MetaClient};
@@ -765,4 +766,231 @@ fn t60_a_copy_survives_restarts_of_a_chunk_server_and_the_meta_leader() {
     sh(&format!("cmp {} {}/copy", src.display(), mnt.display()));
     let fresh = c.mount();
     sh(&format!("cmp {} {}/copy", src.display(), fresh.display()));
+}
+
+/// What a tree holds, path by path (relative to `root`): `dir <mode>`, `file <mode> <size>
+/// <blake3>`, `link -> <target>`, or `special`. Two trees with equal listings have the same
+/// entries, bytes, modes and link targets.
+fn tree_listing(root: &Path) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![root.to_owned()];
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let p = e.expect("dir entry").path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let md = std::fs::symlink_metadata(&p).expect("lstat");
+            let mode = md.permissions().mode() & 0o7777;
+            let what = if md.is_dir() {
+                todo.push(p.clone());
+                format!("dir {mode:o}")
+            } else if md.file_type().is_symlink() {
+                format!("link -> {}", std::fs::read_link(&p).unwrap().display())
+            } else if md.is_file() {
+                format!("file {mode:o} {} {}", md.len(), blake3_of(&p))
+            } else {
+                "special".into()
+            };
+            out.insert(rel, what);
+        }
+    }
+    out
+}
+
+/// `cairn ... --json`, run and parsed: (exit code, the summary, stderr).
+fn cairn_json(c: &Cluster, args: &[&str]) -> (i32, Value, String) {
+    let (code, out, err) = c.cairn(args);
+    let v = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("cairn {args:?}: not JSON ({e}):\n{out}\n{err}"));
+    (code, v, err)
+}
+
+/// `cairn put -r` / `cairn get -r` of a directory tree: nested directories with their modes,
+/// files of various sizes (empty, one chunk, several chunks), an executable, symlinks (one
+/// dangling) and a FIFO (skipped with a warning). The tree put into the cluster reads back
+/// identical through the mount; `get -r` brings it back identical (`diff -r` and a listing of
+/// bytes, modes and link targets); `cp -r` rules for the destination (`<dest>/<name>` when
+/// `<dest>` exists, `-T` to resume into a destination the first run made); a rerun skips every
+/// complete file; a directory without `-r` is refused with a hint; an entry that cannot be
+/// copied is reported with its path and makes the exit status 1 while the rest is copied.
+#[test]
+fn t70_put_r_and_get_r_copy_a_whole_tree() {
+    use std::os::unix::fs::PermissionsExt;
+    init_tracing();
+    let mut c = Cluster::start(3, 3);
+    let mnt = c.mount();
+
+    info!("--- a local tree: nested directories, files of many sizes, symlinks, a FIFO");
+    let src = c.path("tree");
+    let mkdir = |p: &Path, mode: u32| {
+        std::fs::create_dir(p).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    mkdir(&src, 0o755);
+    mkdir(&src.join("sub"), 0o750);
+    mkdir(&src.join("sub/deep"), 0o700);
+    mkdir(&src.join("sub/deep/empty-dir"), 0o755);
+    let files: [(&str, u64); 6] = [
+        ("empty", 0),
+        ("small.txt", 100),
+        ("run.sh", 1000),
+        ("sub/mid.bin", MIB + 7),
+        ("sub/deep/multi.bin", 2 * CHUNK + 123),
+        ("sub/deep/exact.bin", CHUNK),
+    ];
+    for (i, (name, len)) in files.iter().enumerate() {
+        // Seeds 2k and 2k+1 give the same bytes (the generator starts from seed | 1).
+        write_random_file(&src.join(name), *len, 100 + 2 * i as u64);
+    }
+    std::fs::set_permissions(src.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("sub/mid.bin", src.join("link")).unwrap();
+    std::os::unix::fs::symlink("/no/such/target", src.join("sub/dangling")).unwrap();
+    sh(&format!("mkfifo {}", src.join("fifo").display()));
+    let total: u64 = files.iter().map(|(_, l)| l).sum();
+    let src_s = src.display().to_string();
+    let mut want = tree_listing(&src);
+    assert_eq!(want.remove("fifo").as_deref(), Some("special"));
+
+    info!("--- a directory without -r is refused, with a hint");
+    let (code, _, err) = c.cairn(&["put", &src_s, "/t"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("is a directory") && err.contains("-r"),
+        "{err}"
+    );
+
+    info!("--- put -r to a new destination: made, with the tree's contents");
+    let (code, sum, err) = cairn_json(&c, &["put", "-r", "--json", &src_s, "/t"]);
+    assert_eq!(code, 0, "{sum}\n{err}");
+    assert!(err.contains("skipping") && err.contains("fifo"), "{err}");
+    assert_eq!(sum["files"], 6, "{sum}");
+    assert_eq!(sum["bytes"], total, "{sum}");
+    assert_eq!(sum["dirs"], 4, "{sum}");
+    assert_eq!(sum["symlinks"], 2, "{sum}");
+    assert_eq!(sum["skipped"], 1, "{sum}");
+    assert_eq!(sum["failed"], 0, "{sum}");
+    assert_eq!(sum["unchanged"], 0, "{sum}");
+    assert!(sum["seconds"].as_f64().is_some(), "{sum}");
+    assert_eq!(sum["destination"], "/t", "{sum}");
+
+    info!("--- through the mount: the same bytes, modes and link targets");
+    assert_eq!(tree_listing(&mnt.join("t")), want);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&mnt.join("t")), 0o755);
+    assert_eq!(mode(&mnt.join("t/sub/deep")), 0o700);
+    assert_eq!(
+        std::fs::read_link(mnt.join("t/link")).unwrap(),
+        Path::new("sub/mid.bin")
+    );
+    assert!(!mnt.join("t/fifo").exists(), "special files are not copied");
+
+    info!("--- the same put again with -T: every file is complete, nothing is sent");
+    let before = received_bytes(&c);
+    let (code, sum, err) = cairn_json(&c, &["put", "-r", "-T", "--json", &src_s, "/t"]);
+    assert_eq!(code, 0, "{sum}\n{err}");
+    assert_eq!(
+        (sum["files"].as_u64(), sum["unchanged"].as_u64()),
+        (Some(6), Some(6)),
+        "{sum}"
+    );
+    assert_eq!(sum["transferred"], 0, "{sum}");
+    assert_eq!(received_bytes(&c) - before, 0, "a rerun sends nothing");
+    assert_eq!(tree_listing(&mnt.join("t")), want);
+
+    info!("--- put -r onto an existing directory: copied into <dest>/<name>");
+    let (code, out, err) = c.cairn(&["put", "-r", "-q", &src_s, "/t"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("put -r") && out.contains("/t/tree"), "{out}");
+    assert_eq!(tree_listing(&mnt.join("t/tree")), want);
+
+    info!("--- get -r to a new local directory: the same tree, byte for byte");
+    let back = c.path("back");
+    let back_s = back.display().to_string();
+    let (code, sum, err) = cairn_json(&c, &["get", "-r", "--json", "/t", &back_s]);
+    assert_eq!(code, 0, "{sum}\n{err}");
+    assert_eq!(
+        sum["files"], 12,
+        "/t holds the tree twice (itself and /t/tree): {sum}"
+    );
+    assert_eq!(sum["failed"], 0, "{sum}");
+    assert_eq!(sum["skipped"], 0, "{sum}");
+    let mut got = tree_listing(&back);
+    let below: Vec<String> = got
+        .keys()
+        .filter(|k| k.starts_with("tree"))
+        .cloned()
+        .collect();
+    for k in below {
+        got.remove(&k);
+    }
+    assert_eq!(got, want, "get -r brings back every byte, mode and link");
+    sh(&format!(
+        "diff -r --no-dereference -x fifo {src_s} {}",
+        back.join("tree").display()
+    ));
+    assert_eq!(mode(&back), 0o755);
+
+    info!("--- get -r into an existing directory: <dest>/<name>; then again, all unchanged");
+    let into = c.path("into");
+    std::fs::create_dir(&into).unwrap();
+    let into_s = into.display().to_string();
+    let (code, sum, err) = cairn_json(&c, &["get", "-r", "--json", "/t/tree", &into_s]);
+    assert_eq!(code, 0, "{sum}\n{err}");
+    assert_eq!(tree_listing(&into.join("tree")), want);
+    let (code, sum, err) = cairn_json(&c, &["get", "-r", "--json", "/t/tree", &into_s]);
+    assert_eq!(code, 0, "{sum}\n{err}");
+    assert_eq!(
+        (sum["files"].as_u64(), sum["unchanged"].as_u64()),
+        (Some(6), Some(6)),
+        "{sum}"
+    );
+    assert_eq!(sum["transferred"], 0, "{sum}");
+
+    info!("--- a file whose copy is corrupt locally is not skipped: it is fetched again");
+    let victim = into.join("tree/sub/deep/multi.bin");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[(CHUNK + 5) as usize] ^= 1;
+    std::fs::write(&victim, &bytes).unwrap();
+    let (code, sum, err) = cairn_json(&c, &["get", "-r", "--json", "/t/tree", &into_s]);
+    assert_eq!(code, 0, "{sum}\n{err}");
+    assert_eq!(
+        sum["unchanged"], 5,
+        "same size, different bytes: copied again: {sum}"
+    );
+    assert_eq!(tree_listing(&into.join("tree")), want);
+
+    info!("--- a remote directory without -r is refused, with a hint");
+    let (code, _, err) = c.cairn(&["get", "/t", &c.path("x").display().to_string()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("is a directory") && err.contains("-r"),
+        "{err}"
+    );
+
+    info!("--- an entry that cannot be copied: reported with its path, the rest copied, exit 1");
+    std::fs::create_dir_all(mnt.join("f/small.txt")).unwrap();
+    let (code, sum, err) = cairn_json(&c, &["put", "-r", "-T", "--json", &src_s, "/f"]);
+    assert_eq!(code, 1, "{sum}\n{err}");
+    assert_eq!(sum["failed"], 1, "{sum}");
+    assert_eq!(sum["files"], 5, "{sum}");
+    let failure = &sum["failures"][0];
+    assert!(
+        failure["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("tree/small.txt")
+            && failure["error"]
+                .as_str()
+                .unwrap()
+                .contains("is a directory"),
+        "{sum}"
+    );
+    assert!(
+        err.contains("small.txt"),
+        "the failure is on stderr too: {err}"
+    );
+    assert_eq!(
+        blake3_of(&mnt.join("f/sub/deep/multi.bin")),
+        blake3_of(&src.join("sub/deep/multi.bin"))
+    );
 }

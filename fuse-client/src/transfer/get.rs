@@ -3,16 +3,18 @@
 //! Reads one version's chunk list (`GetChunks`) and writes each slot into `<local>.cairn-part`,
 //! fetching each chunk whole and verifying it against its id (the read path's replica failover
 //! and checks, [`reader::fetch_chunk`]). At the end the part file is cut to size and published
-//! durably (`cairn_common::durable::publish`: fsynced, renamed to `<local>`, the directory
-//! fsynced). A rerun after an interruption keeps every
-//! slot of the part file whose bytes already hash to the chunk id (when the chunk is stored
-//! exactly as the file uses it, `len == stored_len`) and fetches the others — also when the
-//! remote file changed in between: only chunks that match are kept.
+//! durably with the remote file's mode (without setuid/setgid) and mtime
+//! (`cairn_common::durable::publish`: fsynced, renamed to `<local>`, the directory fsynced). A
+//! rerun after an interruption keeps every slot of the part file whose bytes already hash to
+//! the chunk id (when the chunk is stored exactly as the file uses it, `len == stored_len`) and
+//! fetches the others — also when the remote file changed in between: only chunks that match
+//! are kept.
+use super::progress::{file_bar, Progress};
 use super::{
-    display_path, is_regular, meta_client, note, progress_bar, rate, resolve, split_remote,
-    Interrupted, Unresolved, PARALLEL,
+    display_path, is_dir, is_regular, meta_client, rate, resolve, split_remote, Conn, Interrupted,
+    Unresolved, PARALLEL,
 };
-use crate::data::commit;
+use crate::data::commit::{self, Base};
 use crate::data::reader::{self, StoredChunk};
 use crate::data::slots;
 use crate::data::DataPlane;
@@ -22,10 +24,11 @@ use anyhow::{anyhow, Context};
 use cairn_common::durable;
 use cairn_common::time::from_wire;
 use cairn_common::{ChunkId, CHUNK_SIZE};
+use cairn_proto as pb;
 use futures::StreamExt;
 use std::ffi::OsString;
 use std::future::Future;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,6 +94,23 @@ fn slot_matches(buf: &[u8], chunk: &StoredChunk) -> bool {
     keep <= buf.len() && same(&buf[..keep]) && buf[keep..].iter().all(|&b| b == 0)
 }
 
+/// The permission bits a copied file or directory gets locally: the remote ones without
+/// setuid and setgid (as `cp` without `-p`: a copy belongs to whoever made it).
+pub(super) fn local_mode(remote_mode: u32) -> u32 {
+    remote_mode & 0o1777
+}
+
+/// The chunk list of the current version of remote file `ino` (at `path`).
+pub(super) async fn load_remote(dp: &Arc<DataPlane>, ino: u64, path: &str) -> anyhow::Result<Base> {
+    commit::load_base(dp, ino).await.map_err(|e| {
+        if e == Errno::ESTALE {
+            anyhow!("{path} was removed or replaced in the cluster meanwhile; run again")
+        } else {
+            anyhow!("reading the chunk list of {path}: {e}")
+        }
+    })
+}
+
 /// `cairn get <remote> <local>`: see the module documentation. `stop` interrupts it.
 pub async fn get(
     addrs: Vec<String>,
@@ -99,7 +119,6 @@ pub async fn get(
     quiet: bool,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<GetSummary> {
-    let t0 = Instant::now();
     let meta = meta_client(addrs)?;
     let comps = split_remote(remote)?;
     let path = display_path(&comps);
@@ -107,6 +126,10 @@ pub async fn get(
         Unresolved::Missing(_) => anyhow!("{path}: No such file in the cluster"),
         Unresolved::Failed(e) => e,
     })?;
+    anyhow::ensure!(
+        !is_dir(&attr),
+        "{path}: is a directory (use `cairn get -r` to copy a directory tree)"
+    );
     anyhow::ensure!(is_regular(&attr), "{path}: not a regular file");
     let into_dir = local.as_os_str().as_encoded_bytes().ends_with(b"/");
     anyhow::ensure!(
@@ -132,15 +155,25 @@ pub async fn get(
     } else {
         local.to_owned()
     };
-    let dp = DataPlane::new(meta.clone());
-    let base = commit::load_base(&dp, attr.ino).await.map_err(|e| {
-        if e == Errno::ESTALE {
-            anyhow!("{path} was removed or replaced in the cluster meanwhile; run again")
-        } else {
-            anyhow!("reading the chunk list of {path}: {e}")
-        }
-    })?;
-    let size = base.size;
+    let conn = Conn::new(meta, PARALLEL);
+    let base = load_remote(&conn.dp, attr.ino, &path).await?;
+    let progress = Progress::own(file_bar(base.size, quiet, format!("get {path}")), "get");
+    get_file(&conn, path, &attr, base, local, &progress, stop).await
+}
+
+/// Copies version `base` of the remote file `path` (attributes `attr`) to `local`, through
+/// `<local>.cairn-part`. Chunks in flight take permits of `conn.chunks`.
+pub(super) async fn get_file(
+    conn: &Conn,
+    path: String,
+    attr: &pb::Attr,
+    base: Base,
+    local: PathBuf,
+    progress: &Progress,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<GetSummary> {
+    let t0 = Instant::now();
+    let (size, version) = (base.size, base.version);
     let part = part_path(&local);
     let file = Arc::new(
         std::fs::OpenOptions::new()
@@ -152,25 +185,26 @@ pub async fn get(
             .with_context(|| format!("{}: cannot open", part.display()))?,
     );
     let part_len = file.metadata()?.len();
-    let slots = Arc::new(base.slots.clone());
+    let slots = Arc::new(base.slots);
 
-    let pb = progress_bar(size, quiet, format!("get {path}"));
     if part_len > 0 {
-        note(
-            &pb,
-            "get",
-            &format!(
-                "resuming into {} ({} there; each chunk is checked against its hash)",
-                part.display(),
-                human(part_len)
-            ),
-        );
+        progress.note(&format!(
+            "resuming into {} ({} there; each chunk is checked against its hash)",
+            part.display(),
+            human(part_len)
+        ));
     }
     let nslots = size.div_ceil(CHUNK);
     let mut jobs = futures::stream::iter(0..nslots)
         .map(|slot| {
-            let (dp, file, slots) = (dp.clone(), file.clone(), slots.clone());
+            let (dp, file, slots) = (conn.dp.clone(), file.clone(), slots.clone());
+            let budget = conn.chunks.clone();
             async move {
+                // Held until the slot is written: the chunks in memory stay within the budget.
+                let _permit = budget
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| anyhow!("chunk budget: {e}"))?;
                 let start = slot * CHUNK;
                 let len = slots::len_in_file(slot, size);
                 let Some(chunk) = slots.get(&slot).cloned() else {
@@ -253,30 +287,41 @@ pub async fn get(
                         GetDone::Reused(n) => { reused += n; n }
                         GetDone::Hole(n) => { holes += n; n }
                     };
-                    pb.inc(n);
+                    progress.inc(n);
                 }
             }
         }
     };
     drop(jobs);
     if let Err(e) = outcome {
-        pb.abandon();
+        progress.abandon();
         return Err(e);
     }
 
-    // Exactly `size` bytes, durable, then renamed into place and the directory synced.
+    // Exactly `size` bytes with the remote file's mode and mtime, durable, then renamed into
+    // place and the directory synced. (The mode only now: a read-only mode on the part file
+    // would stop the next run from resuming into it.)
     let mtime = from_wire(&attr.mtime.unwrap_or_default());
+    let mode = std::fs::Permissions::from_mode(local_mode(attr.mode));
     let f = file.clone();
     let part2 = part.clone();
     let local2 = local.clone();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+    let published = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         f.set_len(size)?;
         let _ = f.set_modified(mtime);
+        f.set_permissions(mode)?;
         durable::publish(&f, &part2, &local2)?;
         Ok(())
     })
-    .await??;
-    pb.finish_and_clear();
+    .await
+    .map_err(anyhow::Error::from)
+    .and_then(|r| r)
+    .with_context(|| format!("publishing {}", local.display()));
+    if let Err(e) = published {
+        progress.abandon();
+        return Err(e);
+    }
+    progress.finish();
     Ok(GetSummary {
         remote: path,
         local,
@@ -284,7 +329,7 @@ pub async fn get(
         fetched,
         reused,
         holes,
-        version: base.version,
+        version,
         took: t0.elapsed(),
     })
 }

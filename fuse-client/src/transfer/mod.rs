@@ -1,38 +1,116 @@
-//! `cairn put`, `cairn get` and `cairn uploads list|abort`: resumable copies of whole files
-//! between a local disk and the cluster, without a mount.
+//! `cairn put`, `cairn get` and `cairn uploads list|abort`: resumable copies of whole files and
+//! trees between a local disk and the cluster, without a mount.
 //!
 //! - [`put`]: `cairn put <local> <remote>`, chunks stored and recorded in an upload session, the
 //!   file committed whole at the end;
 //! - [`get`]: `cairn get <remote> <local>`, verified chunks into a part file published durably;
+//! - [`put_tree`], [`get_tree`]: `-r`, whole trees, several files at once, each file copied as
+//!   above; [`tree`] holds what both share (where the tree lands, the run and its summary),
+//!   [`walk`] the local and the remote walk, [`unchanged`] the content check that lets a rerun
+//!   skip complete files;
+//! - [`progress`]: the bars (one per file, or one per tree);
 //! - [`uploads`]: `cairn uploads list [--json]` and `cairn uploads abort <id>`.
 //!
 //! This module holds their entry points for `main.rs` (runtime, exit status, interruption) and
-//! what they share: resolving paths inside the file system, progress bars, wording errors.
+//! what they share: resolving paths inside the file system, wording errors.
 mod get;
+mod get_tree;
+mod progress;
 mod put;
+mod put_tree;
+mod tree;
+mod unchanged;
 mod uploads;
+mod walk;
 
 pub use get::{get, part_path, GetSummary, PART_SUFFIX};
+pub use get_tree::get_tree;
 pub use put::{put, PutSummary};
+pub use put_tree::put_tree;
+pub use tree::TreeSummary;
 pub use uploads::{abort, human_secs, list, table, UploadRow};
 
+use crate::data::DataPlane;
 use crate::meta::Meta;
 use crate::status::human;
 use anyhow::anyhow;
 use cairn_common::time::from_wire;
 use cairn_common::{ErrorKind, Kind, ROOT_INO};
 use cairn_proto as pb;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::future::Future;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
+use tokio::sync::Semaphore;
 use tonic::Status;
 
-/// Chunks read, hashed and stored (put) or fetched and written (get) at once: bounds memory to
-/// about `PARALLEL` × 4 MiB.
+/// Chunks read, hashed and stored (put) or fetched and written (get) at once for one file:
+/// bounds memory to about `PARALLEL` × 4 MiB.
 pub const PARALLEL: usize = 6;
+
+/// Chunks in flight across all the files of a tree copy (`-r`), however many `--jobs`: memory
+/// stays about `TREE_CHUNKS` × 4 MiB.
+pub const TREE_CHUNKS: usize = 2 * PARALLEL;
+
+/// Files copied at once by `-r` unless `--jobs` says otherwise.
+pub const DEFAULT_JOBS: usize = 4;
+
+/// What the file copies of one command share: the metadata client, the data plane (chunk
+/// server connections, placement memory) and the budget of chunks in flight, which bounds
+/// memory however many files are copied at once.
+#[derive(Clone)]
+struct Conn {
+    meta: Meta,
+    dp: Arc<DataPlane>,
+    chunks: Arc<Semaphore>,
+}
+
+impl Conn {
+    /// At most `chunks` chunks in memory at once.
+    fn new(meta: Meta, chunks: usize) -> Conn {
+        Conn {
+            dp: DataPlane::new(meta.clone()),
+            meta,
+            chunks: Arc::new(Semaphore::new(chunks)),
+        }
+    }
+}
+
+/// How `cairn put` / `cairn get` were asked to copy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CopyOpts {
+    /// No progress bars; errors only.
+    pub quiet: bool,
+    /// `-r`: a whole tree.
+    pub recursive: bool,
+    /// With `-r`: files copied at once.
+    pub jobs: usize,
+    /// With `-r`: the summary as JSON on stdout.
+    pub json: bool,
+    /// With `-r`, `-T`: the destination is the tree's root itself, never a directory to copy
+    /// into.
+    pub dest_is_root: bool,
+}
+
+/// The options of one tree copy.
+#[derive(Debug, Clone, Copy)]
+pub struct TreeOpts {
+    pub quiet: bool,
+    pub jobs: usize,
+    /// `-T`: see [`tree::Dest::is_root`].
+    pub dest_is_root: bool,
+}
+
+impl CopyOpts {
+    fn tree(self) -> TreeOpts {
+        TreeOpts {
+            quiet: self.quiet,
+            jobs: self.jobs.max(1),
+            dest_is_root: self.dest_is_root,
+        }
+    }
+}
 
 /// The command was stopped by SIGINT/SIGTERM (exit status 130).
 #[derive(Debug, thiserror::Error)]
@@ -62,9 +140,13 @@ fn run<T>(cmd: &str, f: impl Future<Output = anyhow::Result<T>>) -> Result<T, Ex
     })
 }
 
-/// `cairn put`.
-pub fn put_main(meta: Vec<String>, local: PathBuf, remote: String, quiet: bool) -> ExitCode {
-    let done = run("put", put(meta, &local, &remote, quiet, stop_signal()));
+/// `cairn put`, `cairn put -r`.
+pub fn put_main(meta: Vec<String>, local: PathBuf, remote: String, o: CopyOpts) -> ExitCode {
+    if o.recursive {
+        let tree = put_tree(meta, &local, &remote, o.tree(), stop_signal());
+        return tree_main("put", o.json, tree);
+    }
+    let done = run("put", put(meta, &local, &remote, o.quiet, stop_signal()));
     crate::out::clear_progress_bar();
     match done {
         Ok(s) => {
@@ -75,9 +157,13 @@ pub fn put_main(meta: Vec<String>, local: PathBuf, remote: String, quiet: bool) 
     }
 }
 
-/// `cairn get`.
-pub fn get_main(meta: Vec<String>, remote: String, local: PathBuf, quiet: bool) -> ExitCode {
-    let done = run("get", get(meta, &remote, &local, quiet, stop_signal()));
+/// `cairn get`, `cairn get -r`.
+pub fn get_main(meta: Vec<String>, remote: String, local: PathBuf, o: CopyOpts) -> ExitCode {
+    if o.recursive {
+        let tree = get_tree(meta, &remote, &local, o.tree(), stop_signal());
+        return tree_main("get", o.json, tree);
+    }
+    let done = run("get", get(meta, &remote, &local, o.quiet, stop_signal()));
     crate::out::clear_progress_bar();
     match done {
         Ok(s) => {
@@ -86,6 +172,33 @@ pub fn get_main(meta: Vec<String>, remote: String, local: PathBuf, quiet: bool) 
         }
         Err(code) => code,
     }
+}
+
+/// A tree copy: its summary on stdout (a line, or JSON), the failures again on stderr, and the
+/// exit status: 0 when everything was copied, 1 when an entry failed, 130 when interrupted.
+fn tree_main(
+    cmd: &str,
+    json: bool,
+    f: impl Future<Output = anyhow::Result<TreeSummary>>,
+) -> ExitCode {
+    let done = run(cmd, f);
+    crate::out::clear_progress_bar();
+    let s = match done {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if json {
+        if let Err(e) = crate::out::json(&s) {
+            eprintln!("cairn {cmd}: {e}");
+            return ExitCode::FAILURE;
+        }
+    } else {
+        crate::outln!("{}", s.line());
+    }
+    for l in s.closing_lines() {
+        eprintln!("{l}");
+    }
+    ExitCode::from(s.exit_code())
 }
 
 /// `cairn uploads list [--json]`.
@@ -230,32 +343,6 @@ async fn resolve(meta: &Meta, comps: &[Vec<u8>]) -> Result<pb::Attr, Unresolved>
             .ok_or(Unresolved::Missing(here))?;
     }
     Ok(attr)
-}
-
-fn progress_bar(len: u64, quiet: bool, what: String) -> ProgressBar {
-    let target = if quiet || !std::io::stderr().is_terminal() {
-        ProgressDrawTarget::hidden()
-    } else {
-        ProgressDrawTarget::stderr()
-    };
-    let pb = ProgressBar::with_draw_target(Some(len), target);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{msg} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-    ) {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb.set_message(what);
-    crate::out::set_progress_bar(&pb);
-    pb
-}
-
-/// A line for the user on stderr, above the progress bar if one is shown.
-fn note(pb: &ProgressBar, cmd: &str, msg: &str) {
-    if pb.is_hidden() {
-        eprintln!("cairn {cmd}: {msg}");
-    } else {
-        pb.println(format!("cairn {cmd}: {msg}"));
-    }
 }
 
 fn rate(bytes: u64, took: Duration) -> String {

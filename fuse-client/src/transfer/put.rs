@@ -26,13 +26,13 @@
 //! **Interruption.** Ctrl-C or SIGTERM stops the copy, records the chunks already stored and
 //! leaves the session for the next run (exit status 130); `kill -9` loses at most the chunks in
 //! flight.
+use super::progress::{file_bar, Progress};
 use super::{
-    display_path, is_dir, is_regular, list_uploads, lookup, meta_client, meta_error, note,
-    progress_bar, rate, resolve, split_remote, unix_ms, Interrupted, Unresolved, PARALLEL,
+    display_path, is_dir, is_regular, list_uploads, lookup, meta_client, meta_error, rate, resolve,
+    split_remote, unix_ms, Conn, Interrupted, Unresolved, PARALLEL,
 };
 use crate::data::slots;
 use crate::data::upload::{self, Uploaded};
-use crate::data::DataPlane;
 use crate::errno::Errno;
 use crate::meta::Meta;
 use crate::status::human;
@@ -42,6 +42,7 @@ use cairn_common::{ChunkId, ErrorKind, CHUNK_SIZE};
 use cairn_proto as pb;
 use futures::StreamExt;
 use std::collections::HashMap;
+use std::fs::Metadata;
 use std::future::Future;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -89,11 +90,12 @@ impl PutSummary {
 }
 
 /// The target of a put: `name` in directory `parent`, and the file there now (if any).
-struct Target {
-    parent: u64,
-    name: Vec<u8>,
-    path: String,
-    existing: Option<pb::Attr>,
+pub(super) struct Target {
+    pub parent: u64,
+    pub name: Vec<u8>,
+    /// Its path inside the file system, for messages and the session's label.
+    pub path: String,
+    pub existing: Option<pb::Attr>,
 }
 
 /// Resolves where `cairn put <local> <remote>` writes: `<remote>` itself, or
@@ -206,6 +208,24 @@ async fn record_loop(
     Ok(())
 }
 
+/// The source of a put: a regular file. A directory asks for `-r`.
+fn source_metadata(local: &Path) -> anyhow::Result<Metadata> {
+    let md = match std::fs::metadata(local) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("{}: No such file", local.display())
+        }
+        Err(e) => return Err(e).with_context(|| local.display().to_string()),
+    };
+    anyhow::ensure!(
+        !md.is_dir(),
+        "{}: is a directory (use `cairn put -r` to copy a directory tree)",
+        local.display()
+    );
+    anyhow::ensure!(md.is_file(), "{}: not a regular file", local.display());
+    Ok(md)
+}
+
 /// `cairn put <local> <remote>`: see the module documentation. `stop` interrupts it.
 pub async fn put(
     addrs: Vec<String>,
@@ -214,24 +234,38 @@ pub async fn put(
     quiet: bool,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<PutSummary> {
+    let md = source_metadata(local)?;
+    let meta = meta_client(addrs)?;
+    let target = put_target(&meta, remote, local).await?;
+    let sessions = list_uploads(&meta, false).await?;
+    let conn = Conn::new(meta, PARALLEL);
+    let progress = Progress::own(
+        file_bar(md.len(), quiet, format!("put {}", target.path)),
+        "put",
+    );
+    put_file(&conn, local, &md, target, &sessions, &progress, stop).await
+}
+
+/// Puts the regular file `local` (whose metadata is `md`) at `target`. `sessions` holds at
+/// least every upload session of this target (any others are ignored): an earlier put of the
+/// same source is resumed from its session. Chunks in flight take permits of `conn.chunks`.
+pub(super) async fn put_file(
+    conn: &Conn,
+    local: &Path,
+    md: &Metadata,
+    target: Target,
+    sessions: &[pb::UploadInfo],
+    progress: &Progress,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<PutSummary> {
     let t0 = Instant::now();
-    let md = match std::fs::metadata(local) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("{}: No such file", local.display())
-        }
-        Err(e) => return Err(e).with_context(|| local.display().to_string()),
-    };
-    anyhow::ensure!(md.is_file(), "{}: not a regular file", local.display());
     let file = Arc::new(
         std::fs::File::open(local).with_context(|| format!("{}: cannot open", local.display()))?,
     );
     let canon = std::fs::canonicalize(local).with_context(|| local.display().to_string())?;
     let size = md.len();
     let mtime = md.modified().unwrap_or(UNIX_EPOCH);
-
-    let meta = meta_client(addrs)?;
-    let target = put_target(&meta, remote, local).await?;
+    let meta = &conn.meta;
     let current = target.existing.as_ref().map(|a| a.version).unwrap_or(0);
     let label = format!(
         "put {} size={size} mtime={} -> {}",
@@ -243,15 +277,15 @@ pub async fn put(
 
     // Ours: sessions of this source for this target. Resume the one with this exact label (same
     // size and mtime) based on the target's current version.
-    let ours: Vec<pb::UploadInfo> = list_uploads(&meta, false)
-        .await?
-        .into_iter()
+    let ours: Vec<pb::UploadInfo> = sessions
+        .iter()
         .filter(|u| {
             u.ino == 0
                 && u.parent == target.parent
                 && u.name == target.name
                 && u.label.starts_with(&same_source)
         })
+        .cloned()
         .collect();
     let resumable = ours
         .iter()
@@ -316,17 +350,21 @@ pub async fn put(
         .map(|u| u.base_version)
         .unwrap_or(current);
 
-    let pb = progress_bar(size, quiet, format!("put {}", target.path));
     for n in notes {
-        note(&pb, "put", &n);
+        progress.note(&n);
     }
-    let dp = DataPlane::new(meta.clone());
     let recorded = Arc::new(recorded);
     let nslots = size.div_ceil(CHUNK);
     let mut jobs = futures::stream::iter(0..nslots)
         .map(|slot| {
-            let (dp, file, recorded) = (dp.clone(), file.clone(), recorded.clone());
+            let (dp, file, recorded) = (conn.dp.clone(), file.clone(), recorded.clone());
+            let budget = conn.chunks.clone();
             async move {
+                // Held until the chunk is stored: the chunks in memory stay within the budget.
+                let _permit = budget
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| anyhow!("chunk budget: {e}"))?;
                 let len = slots::len_in_file(slot, size);
                 let want = recorded.get(&slot).copied();
                 let (data, id) = tokio::task::spawn_blocking(move || {
@@ -377,7 +415,7 @@ pub async fn put(
                 Some(Err(e)) => break Err(e),
                 Some(Ok(PutDone::Resumed(n))) => {
                     resumed += n;
-                    pb.inc(n);
+                    progress.inc(n);
                 }
                 Some(Ok(PutDone::Stored { slot, len, up })) => {
                     if up.replicas.is_empty() {
@@ -385,7 +423,7 @@ pub async fn put(
                     } else {
                         sent += len;
                     }
-                    pb.inc(len);
+                    progress.inc(len);
                     if tx.send(up.to_update(slot)).is_err() {
                         // The recorder failed: its error is reported below.
                         break Ok(());
@@ -408,7 +446,7 @@ pub async fn put(
             .and_then(|r| r)
     };
     if stopped {
-        pb.abandon();
+        progress.abandon();
         let saved = match recorded_result {
             Ok(()) => "the chunks stored so far are recorded".to_owned(),
             Err(e) => format!("some chunks in flight may be sent again ({e:#})"),
@@ -418,18 +456,18 @@ pub async fn put(
         ))));
     }
     if let Err(e) = outcome {
-        pb.abandon();
+        progress.abandon();
         return Err(e);
     }
     if let Err(e) = recorded_result {
-        pb.abandon();
+        progress.abandon();
         return Err(e);
     }
 
     // The source must not have changed while it was read.
     let now = std::fs::metadata(local).with_context(|| local.display().to_string())?;
     if now.len() != size || now.modified().ok() != md.modified().ok() {
-        pb.abandon();
+        progress.abandon();
         bail!(
             "{} changed while it was being read; run the command again (chunks already stored \
              are not sent again)",
@@ -448,7 +486,7 @@ pub async fn put(
     let attr = match meta.commit_upload(req).await {
         Ok(attr) => attr.unwrap_or_default(),
         Err(s) => {
-            pb.abandon();
+            progress.abandon();
             return Err(match ErrorKind::from_status(&s) {
                 ErrorKind::Conflict | ErrorKind::AlreadyExists if base_version == 0 => anyhow!(
                     "{} was created by another writer while uploading (the upload expected no \
@@ -469,17 +507,17 @@ pub async fn put(
             });
         }
     };
-    pb.finish_and_clear();
+    progress.finish();
 
     // Sessions this one replaces: of the same source and target, older or of a changed source.
     for u in ours.iter().filter(|u| u.upload != upload) {
         if let Err(s) = meta.abort_upload(u.upload).await {
             if ErrorKind::from_status(&s) != ErrorKind::NotFound {
-                eprintln!(
-                    "cairn put: note: could not abort the stale upload {}: {}",
+                progress.note(&format!(
+                    "note: could not abort the stale upload {}: {}",
                     u.upload,
                     s.message()
-                );
+                ));
             }
         }
     }
