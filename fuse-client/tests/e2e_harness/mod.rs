@@ -639,7 +639,7 @@ pub fn sh(cmd: &str) -> String {
 pub fn write_random_file(path: &Path, len: u64, seed: u64) {
     use std::io::Write;
     let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
-    let mut x = seed | 1;
+    let mut x = xorshift_state(seed);
     let mut buf = vec![0u8; 1 << 20];
     let mut left = len;
     while left > 0 {
@@ -652,6 +652,15 @@ pub fn write_random_file(path: &Path, len: u64, seed: u64) {
 }
 
 /// Fills `buf` with xorshift64* output from state `x` (advanced): incompressible bytes.
+/// The generator's start for `seed`: splitmix64's finalizer, a bijection, so different seeds
+/// give different streams (never zero, which xorshift cannot leave).
+fn xorshift_state(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)).max(1)
+}
+
 fn fill_xorshift(buf: &mut [u8], x: &mut u64) {
     for w in buf.chunks_mut(8) {
         *x ^= *x >> 12;
@@ -664,7 +673,7 @@ fn fill_xorshift(buf: &mut [u8], x: &mut u64) {
 
 /// Deterministic, incompressible bytes (xorshift64*), different for every seed.
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut x = xorshift_state(seed);
     let mut v = vec![0u8; len];
     fill_xorshift(&mut v, &mut x);
     v
