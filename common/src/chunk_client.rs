@@ -4,7 +4,7 @@ use cairn_proto::chunk_service_client::ChunkServiceClient;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Status;
 
 #[derive(Clone, Default)]
@@ -23,16 +23,14 @@ impl ChunkClients {
         let ch = match chans.get(addr) {
             Some(ch) => ch.clone(),
             None => {
-                let ch = Endpoint::from_shared(format!("http://{addr}"))
+                let ch = crate::channel::endpoint(addr)
                     .map_err(|e| {
                         crate::error::status(
                             ErrorKind::InvalidArgument,
                             format!("bad chunk server address {addr:?}: {e}"),
                         )
                     })?
-                    .connect_timeout(Duration::from_secs(1))
                     .timeout(Duration::from_secs(30))
-                    .tcp_nodelay(true)
                     // Chunks are 4 MiB: large windows keep a single stream from stalling.
                     .initial_stream_window_size(Some(8 * 1024 * 1024))
                     .initial_connection_window_size(Some(16 * 1024 * 1024))

@@ -9,7 +9,8 @@
 //! - [`name`]: validation of directory-entry names (no `/`, no NUL, at most 255 bytes).
 //! - [`meta_client`]: a client for the metadata cluster that follows the Raft leader and retries
 //!   across leader changes.
-//! - [`chunk_client`]: a pool of connections to chunk servers.
+//! - [`chunk_client`]: a pool of connections to chunk servers; [`channel`]: the one recipe of a
+//!   connection between Cairn processes (connect timeout, keepalive probe of silent peers).
 //! - [`time`]: [`Time`], wall-clock time as stored and sent, and its one conversion to and
 //!   from `SystemTime` and the wire `Timestamp`.
 //! - [`kind`]: [`Kind`], an inode's kind, and its one conversion to each encoding (wire,
@@ -27,6 +28,7 @@
 //! - [`metrics`]: the HTTP port of every process (`/metrics`, `/healthz`, `/readyz`), the one
 //!   Prometheus recorder, and the gRPC call metrics layer.
 pub mod block_tree;
+pub mod channel;
 pub mod chunk;
 pub mod chunk_client;
 pub mod cluster_report;

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Status;
 
 /// The longest pause between two attempts of a call. While the cluster elects a new leader
@@ -81,6 +81,9 @@ struct Inner {
     addrs: Vec<String>,
     /// Where calls go first: the last node that answered as leader, or a node's hint.
     leader: Mutex<Option<String>>,
+    /// The node whose last attempt found it unreachable or silent: the next node tried without
+    /// a leader known is another one, so a call never goes straight back to a dead leader.
+    avoid: Mutex<Option<String>>,
     channels: Mutex<HashMap<String, Channel>>,
     next: Mutex<usize>,
     retry_for: Duration,
@@ -104,6 +107,7 @@ impl MetaClient {
             inner: Arc::new(Inner {
                 addrs,
                 leader: Mutex::new(None),
+                avoid: Mutex::new(None),
                 channels: Mutex::new(HashMap::new()),
                 next: Mutex::new(0),
                 retry_for,
@@ -143,16 +147,14 @@ impl MetaClient {
         let ch = match chans.get(addr) {
             Some(ch) => ch.clone(),
             None => {
-                let ch = Endpoint::from_shared(format!("http://{addr}"))
+                let ch = crate::channel::endpoint(addr)
                     .map_err(|e| {
                         crate::error::status(
                             ErrorKind::InvalidArgument,
                             format!("bad meta address {addr:?}: {e}"),
                         )
                     })?
-                    .connect_timeout(Duration::from_secs(1))
                     .timeout(self.inner.rpc_timeout)
-                    .tcp_nodelay(true)
                     .connect_lazy();
                 chans.insert(addr.to_owned(), ch.clone());
                 ch
@@ -177,10 +179,24 @@ impl MetaClient {
         if self.inner.addrs.is_empty() {
             return None;
         }
+        let avoid = self
+            .inner
+            .avoid
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut n = self.inner.next.lock().unwrap_or_else(|e| e.into_inner());
-        let a = self.inner.addrs[*n % self.inner.addrs.len()].clone();
+        let mut a = self.inner.addrs[*n % self.inner.addrs.len()].clone();
         *n = n.wrapping_add(1);
+        if avoid.as_ref() == Some(&a) && self.inner.addrs.len() > 1 {
+            a = self.inner.addrs[*n % self.inner.addrs.len()].clone();
+            *n = n.wrapping_add(1);
+        }
         Some(a)
+    }
+
+    fn set_avoid(&self, a: Option<String>) {
+        *self.inner.avoid.lock().unwrap_or_else(|e| e.into_inner()) = a;
     }
 
     fn set_leader(&self, l: Option<String>) {
@@ -231,6 +247,7 @@ impl MetaClient {
             let client = self.client_for(&addr)?;
             let status = match f(client).await {
                 Ok(resp) => {
+                    self.set_avoid(None);
                     self.set_leader(Some(addr));
                     return Ok(resp.into_inner());
                 }
@@ -248,7 +265,10 @@ impl MetaClient {
                         continue;
                     }
                 }
-                ErrorKind::Unavailable => self.set_leader(None),
+                ErrorKind::Unavailable => {
+                    self.set_leader(None);
+                    self.set_avoid(Some(addr.clone()));
+                }
                 _ => return Err(status),
             }
             redirects = 0;
@@ -280,6 +300,23 @@ mod tests {
         for bad in ["", "xyz", &"0".repeat(31), &"g".repeat(32), &"0".repeat(33)] {
             assert_eq!(parse_request_id(bad), None, "{bad:?}");
         }
+    }
+
+    /// After a node failed (unreachable, or silent until its connection was closed), the next
+    /// node tried is another one: a call never goes straight back to a dead leader.
+    #[test]
+    fn a_node_that_just_failed_is_not_tried_again_first() {
+        let c = MetaClient::new(vec!["a:1".into(), "b:1".into(), "c:1".into()]);
+        c.set_avoid(Some("a:1".into()));
+        for _ in 0..6 {
+            assert_ne!(c.pick().as_deref(), Some("a:1"));
+        }
+        c.set_avoid(None);
+        let all: std::collections::BTreeSet<String> = (0..3).filter_map(|_| c.pick()).collect();
+        assert_eq!(all.len(), 3, "round robin over every node again");
+        c.set_leader(Some("a:1".into()));
+        c.set_avoid(Some("a:1".into()));
+        assert_eq!(c.pick().as_deref(), Some("a:1"), "a named leader is tried");
     }
 
     /// Every attempt of one call carries the call's id (set once, around the retry loop);

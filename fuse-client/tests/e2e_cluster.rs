@@ -381,3 +381,113 @@ fn t50_a_forked_child_closing_its_copy_does_not_publish_half_written_data() {
         "the closed version is not whole"
     );
 }
+
+/// The meta leader goes silent without closing its connections (SIGSTOP: as a network that drops
+/// its packets, or a host that froze). The mount must leave it behind as fast as it would a
+/// killed leader: its connection is probed (HTTP/2 PING), closed when the probe goes
+/// unanswered, and the call moves to a node that names the new leader. A writer creating files
+/// through the mount keeps going while the old leader is still stopped, nothing it was told is
+/// written is lost, and the old leader rejoins as a follower when it wakes.
+#[test]
+fn t60_a_silent_leader_is_left_behind_and_writers_go_on() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    init_tracing();
+    let mut c = Cluster::start(3, 3);
+    let mnt = c.mount();
+    std::fs::create_dir(mnt.join("w")).unwrap();
+
+    info!("--- a writer creates small files in a loop");
+    let stop = Arc::new(AtomicBool::new(false));
+    let done: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::default();
+    let writer = {
+        let (stop, done, dir) = (stop.clone(), done.clone(), mnt.join("w"));
+        std::thread::spawn(move || {
+            let mut errors = vec![];
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                match std::fs::write(dir.join(format!("f{i}")), format!("file {i}")) {
+                    Ok(()) => done.lock().unwrap().push((Instant::now(), i)),
+                    Err(e) => errors.push(format!("f{i}: {e}")),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            errors
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+
+    info!("--- SIGSTOP the meta leader for 20 s");
+    let leader = c.wait_for_leader(Duration::from_secs(5));
+    let pid = c.meta[(leader - 1) as usize].pid().expect("leader running") as i32;
+    /// Wakes the stopped leader however the test ends (a stopped process ignores SIGTERM).
+    struct Wake(i32);
+    impl Drop for Wake {
+        fn drop(&mut self) {
+            unsafe {
+                libc::kill(self.0, libc::SIGCONT);
+            }
+        }
+    }
+    let wake = Wake(pid);
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    let stopped_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(20));
+    let woke_at = Instant::now();
+    drop(wake);
+
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let errors = writer.join().unwrap();
+    assert!(errors.is_empty(), "writes failed: {errors:?}");
+    let done = done.lock().unwrap().clone();
+    let while_stopped: Vec<&(Instant, u64)> = done
+        .iter()
+        .filter(|(t, _)| *t > stopped_at && *t < woke_at)
+        .collect();
+    let first = while_stopped
+        .first()
+        .map(|(t, _)| t.duration_since(stopped_at));
+    info!(
+        creates_while_stopped = while_stopped.len(),
+        first_after = ?first,
+        "the writer while the leader was silent"
+    );
+    // The mount's per-attempt timeout is 10 s: moving on sooner shows the probe, not the
+    // timeout, left the silent leader behind.
+    assert!(
+        first.is_some_and(|d| d < Duration::from_secs(10)),
+        "no create completed within 10 s of the leader going silent (first after {first:?})"
+    );
+
+    info!("--- every acknowledged file is there, and the old leader rejoins as a follower");
+    for (_, i) in &done {
+        let got = std::fs::read_to_string(mnt.join("w").join(format!("f{i}")))
+            .unwrap_or_else(|e| panic!("f{i} acknowledged, then lost: {e}"));
+        assert_eq!(got, format!("file {i}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = c.status().expect("status");
+        let role = st["meta"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"].as_u64() == Some(leader))
+            .and_then(|m| m["role"].as_str().map(str::to_owned));
+        let leaders = st["meta"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] == "leader")
+            .count();
+        if leaders == 1 && matches!(role.as_deref(), Some("follower" | "leader")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "old leader not back: {role:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -26,7 +26,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Largest snapshot chunk sent in one `InstallSnapshot` RPC: the chunk's bytes travel as they
 /// are (plus the snapshot's meta), well below [`cairn_proto::MAX_MESSAGE_BYTES`].
@@ -70,10 +70,9 @@ impl NetworkFactory {
                 return Ok(ch.clone());
             }
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
+        let ch = cairn_common::channel::endpoint(addr)
             .map_err(|e| e.to_string())?
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
             .connect_lazy();
         channels.insert(target, (addr.to_owned(), ch.clone()));
         Ok(ch)

@@ -61,7 +61,7 @@ impl Ctx {
             });
         }
         let ask = async {
-            let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            let ch = cairn_common::channel::endpoint(addr)
                 .ok()?
                 .connect_timeout(timeout)
                 .timeout(timeout)
