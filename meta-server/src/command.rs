@@ -324,6 +324,64 @@ pub struct GcOrphans {
 
 // --- request ids and batches -----------------------------------------------------------------
 
+/// How deep commands may nest inside one another when decoded. The deepest command ever
+/// proposed is a [`Group`] holding a [`Once`] around a [`Batch`] (3); anything deeper did not
+/// come from a meta node.
+pub const MAX_NESTING: usize = 8;
+
+/// Bounded decoding of the commands that hold commands ([`Once`], [`Batch`], [`Group`]).
+///
+/// The derived decoder recurses once per level, and postcard has no depth limit of its own: a
+/// forged Raft payload of commands nested a million deep (a few bytes a level) overflowed the
+/// stack of the thread decoding it, and a stack overflow aborts the process — one request
+/// killed the meta node. Each nested level is counted here (per thread: a value is decoded on
+/// one thread, start to end) and a value deeper than [`MAX_NESTING`] is malformed. The
+/// encoding is unchanged.
+mod nesting {
+    use super::{Command, MAX_NESTING};
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer};
+    use std::cell::Cell;
+
+    thread_local! {
+        static DEPTH: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// One level of nesting, counted while it is decoded.
+    struct Level;
+
+    impl Level {
+        fn enter<E: Error>() -> Result<Level, E> {
+            DEPTH.with(|d| {
+                let depth = d.get() + 1;
+                if depth > MAX_NESTING {
+                    return Err(E::custom(format!(
+                        "commands nest deeper than {MAX_NESTING} levels"
+                    )));
+                }
+                d.set(depth);
+                Ok(Level)
+            })
+        }
+    }
+
+    impl Drop for Level {
+        fn drop(&mut self) {
+            DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+        }
+    }
+
+    pub(super) fn boxed<'de, D: Deserializer<'de>>(d: D) -> Result<Box<Command>, D::Error> {
+        let _level = Level::enter()?;
+        Box::<Command>::deserialize(d)
+    }
+
+    pub(super) fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Command>, D::Error> {
+        let _level = Level::enter()?;
+        Vec::<Command>::deserialize(d)
+    }
+}
+
 /// Applies `cmd` at most once for request id (`client`, `seq`): if that id already succeeded,
 /// its recorded reply is returned instead (the client retried after losing the reply).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -331,6 +389,7 @@ pub struct Once {
     pub client: u64,
     pub seq: u64,
     pub now: Time,
+    #[serde(deserialize_with = "nesting::boxed")]
     pub cmd: Box<Command>,
 }
 
@@ -347,6 +406,7 @@ pub struct PruneRequests {
 /// Applies `cmds` in order as one entry: all or nothing; the reply is the last one's.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Batch {
+    #[serde(deserialize_with = "nesting::list")]
     pub cmds: Vec<Command>,
 }
 
@@ -357,6 +417,7 @@ pub struct Batch {
 /// A group is never nested, and never wrapped in a [`Once`] or a [`Batch`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Group {
+    #[serde(deserialize_with = "nesting::list")]
     pub cmds: Vec<Command>,
 }
 

@@ -167,9 +167,10 @@ pub async fn start_with_listener(
         read_lease,
     ));
 
-    let raft_svc = RaftServiceServer::new(raft::service::RaftServiceImpl::new(raft.clone()))
-        .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);
+    let raft_svc =
+        RaftServiceServer::new(raft::service::RaftServiceImpl::new(config.id, raft.clone()))
+            .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);
     // The leader-only state has one owner, shared by the service and the workers.
     let leader = leader::LeaderState::new(node.clone(), config.heartbeat_timeout());
     let meta_impl = Arc::new(service::MetaServiceImpl::new(

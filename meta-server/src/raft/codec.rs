@@ -504,4 +504,57 @@ mod tests {
             Err(CodecError::Malformed(_))
         ));
     }
+
+    /// Commands nest as deep as the proposer nests them (a group of a once around a batch),
+    /// and no deeper: a deeper value is malformed, and decoding it does not recurse past the
+    /// bound (a million levels used to overflow the stack and abort the process).
+    #[test]
+    fn commands_nested_too_deep_are_refused() {
+        let leaf = Command::RenewSession(RenewSession {
+            session: 1,
+            now: Time::default(),
+        });
+        let once = |cmd: Command| {
+            Command::Once(Once {
+                client: 1,
+                seq: 2,
+                now: Time::default(),
+                cmd: Box::new(cmd),
+            })
+        };
+        let real = Command::Group(Group {
+            cmds: vec![once(Command::Batch(Batch {
+                cmds: vec![leaf.clone(), leaf.clone()],
+            }))],
+        });
+        let bytes = encode(&real).unwrap();
+        assert_eq!(decode::<Command>(&bytes).unwrap(), real);
+
+        let mut deep = leaf.clone();
+        for _ in 0..MAX_NESTING {
+            deep = once(deep);
+        }
+        assert!(decode::<Command>(&encode(&deep).unwrap()).is_ok());
+        let too_deep = once(deep);
+        assert!(matches!(
+            decode::<Command>(&encode(&too_deep).unwrap()),
+            Err(CodecError::Malformed(_))
+        ));
+        // The depth count is back to zero after a refusal: the next value decodes.
+        assert_eq!(decode::<Command>(&bytes).unwrap(), real);
+
+        // A million levels, spliced together as bytes (building the value would overflow).
+        let leaf_bytes = &encode(&leaf).unwrap()[1..];
+        let one = &encode(&once(leaf.clone())).unwrap()[1..];
+        let level = &one[..one.len() - leaf_bytes.len()];
+        let mut huge = vec![FORMAT];
+        for _ in 0..1_000_000 {
+            huge.extend_from_slice(level);
+        }
+        huge.extend_from_slice(leaf_bytes);
+        assert!(matches!(
+            decode::<Command>(&huge),
+            Err(CodecError::Malformed(_))
+        ));
+    }
 }

@@ -4,7 +4,8 @@
 //! `Result<Response, RaftError>`, so a Raft-level refusal reaches the caller's openraft as a
 //! `RemoteError`. A payload that does not decode (another format, truncated, trailing bytes) is
 //! refused with `INVALID_ARGUMENT` and changes nothing, and so is one naming a term or a log
-//! index no real cluster reaches ([`MAX_PLAUSIBLE`]).
+//! index no real cluster reaches ([`MAX_PLAUSIBLE`]), or one that names this very node as its
+//! sender (see [`RaftServiceImpl::not_from_self`]).
 use crate::raft::codec;
 use crate::raft::{LogId, NodeId, Raft, TypeConfig, Vote};
 use cairn_proto::raft_service_server::RaftService;
@@ -14,12 +15,31 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 pub struct RaftServiceImpl {
+    /// This node's id.
+    id: NodeId,
     raft: Raft,
 }
 
 impl RaftServiceImpl {
-    pub fn new(raft: Raft) -> RaftServiceImpl {
-        RaftServiceImpl { raft }
+    pub fn new(id: NodeId, raft: Raft) -> RaftServiceImpl {
+        RaftServiceImpl { id, raft }
+    }
+
+    /// Refuses a request whose vote names this node itself as the leader or candidate that
+    /// sent it. openraft never sends a node its own RPCs, so such a request is forged — and it
+    /// is easy to forge: a leader's term and id are public (ClusterStatus). openraft took an
+    /// AppendEntries carrying the leader's own vote as one from its leader and appended the
+    /// entries to its log, right among its own: one request put an arbitrary command into the
+    /// replicated state (it was applied), and the leader's next write of its own never
+    /// completed.
+    fn not_from_self(&self, vote: &Vote) -> Result<(), Status> {
+        if vote.leader_id.node_id == self.id {
+            return Err(Status::invalid_argument(format!(
+                "raft request refused: it names this node ({}) as its sender",
+                self.id
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -69,6 +89,7 @@ impl RaftService for RaftServiceImpl {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = decode(request)?;
+        self.not_from_self(&rpc.vote)?;
         let ids = rpc.prev_log_id.iter().chain(&rpc.leader_commit);
         plausible(&rpc.vote, ids.chain(rpc.entries.iter().map(|e| &e.log_id)))?;
         encode(&self.raft.append_entries(rpc).await)
@@ -76,6 +97,7 @@ impl RaftService for RaftServiceImpl {
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: openraft::raft::VoteRequest<NodeId> = decode(request)?;
+        self.not_from_self(&rpc.vote)?;
         plausible(&rpc.vote, &rpc.last_log_id)?;
         encode(&self.raft.vote(rpc).await)
     }
@@ -85,6 +107,7 @@ impl RaftService for RaftServiceImpl {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: openraft::raft::InstallSnapshotRequest<TypeConfig> = decode(request)?;
+        self.not_from_self(&rpc.vote)?;
         plausible(&rpc.vote, &rpc.meta.last_log_id)?;
         encode(&self.raft.install_snapshot(rpc).await)
     }

@@ -25,6 +25,11 @@ pub const MAX_PREPARE_CHUNKS: usize = 1024;
 /// them in its upload session first, in batches of this size, and applies them with one small
 /// CommitWrite (`apply_upload`).
 pub const MAX_SLOT_UPDATES: usize = 4096;
+/// Most servers one PrepareWrite may ask to avoid (the servers that failed for the client
+/// recently: never more than a cluster has). Placement compares every candidate with every
+/// avoided id for every chunk asked about, so an unbounded list (millions of ids fit in one
+/// message) cost seconds of a runtime thread per request.
+pub const MAX_EXCLUDE_SERVERS: usize = 1024;
 /// Most replicas one slot update may list (more than any replication factor).
 pub const MAX_SLOT_REPLICAS: usize = 64;
 /// Most uploads one ListUploads page returns.

@@ -1,7 +1,7 @@
 //! File data RPCs: where a file's chunks live (`GetChunks`), where new chunks go
 //! (`PrepareWrite`, placed by the leader), the commit of a new version (`CommitWrite`), and
 //! the capacity figures (`StatFs`).
-use super::checks::{self, invalid, once, request_id, MAX_PREPARE_CHUNKS};
+use super::checks::{self, invalid, once, request_id, MAX_EXCLUDE_SERVERS, MAX_PREPARE_CHUNKS};
 use super::convert;
 use super::namespace::setattr_command;
 use super::{Answer, Ctx};
@@ -80,6 +80,11 @@ pub(super) async fn prepare_write(
 ) -> Answer<pb::PrepareWriteReply> {
     let r = req.into_inner();
     checks::at_most(r.chunks.len(), MAX_PREPARE_CHUNKS, "chunks")?;
+    checks::at_most(
+        r.exclude_servers.len(),
+        MAX_EXCLUDE_SERVERS,
+        "servers to avoid",
+    )?;
     let chunks = r
         .chunks
         .iter()
