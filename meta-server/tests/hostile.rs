@@ -10,6 +10,8 @@
 //!
 //! `PROPTEST_CASES` sets the number of requests (default [`DEFAULT_CASES`]); `CAIRN_FUZZ_SEED`
 //! (any text) picks another fixed sequence, to explore beyond the one CI runs.
+mod support;
+
 use cairn_common::{ChunkId, CHUNK_SIZE};
 use cairn_meta_server::command::{Command, Create, Once};
 use cairn_meta_server::fsm::MAX_FILE_SIZE;
@@ -28,6 +30,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use support::start_node;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
@@ -64,20 +67,6 @@ fn panics() -> Vec<String> {
 }
 
 // --- the cluster ---------------------------------------------------------------------------
-
-async fn start_node(
-    dir: &std::path::Path,
-    l: tokio::net::TcpListener,
-) -> cairn_meta_server::RunningNode {
-    use cairn_meta_server::config::{Config, Peer};
-    let addr = l.local_addr().unwrap().to_string();
-    let mut cfg = Config::new(1, addr.clone(), dir);
-    cfg.peers = vec![Peer { id: 1, addr }];
-    cfg.drain_timeout = Duration::from_secs(2);
-    cairn_meta_server::start_with_listener(cfg, l)
-        .await
-        .unwrap()
-}
 
 /// Raw clients (no retries, no redirects) allowed to send far more than the node accepts.
 async fn clients(addr: &str) -> (MetaServiceClient<Channel>, RaftServiceClient<Channel>) {

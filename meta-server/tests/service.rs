@@ -1,11 +1,13 @@
 //! The whole meta service against a real one-node cluster: namespace calls, chunk-server
 //! registration and heartbeats, placement, commit quorum, chunk locations, bad-replica reports,
 //! status, and exactly-once retries.
+mod support;
+
 use cairn_common::error::ErrorKind;
 use cairn_common::{ChunkId, CHUNK_SIZE};
 use cairn_meta_server::service::{MAX_REASON_LEN, MAX_SLOT_PAGE, MAX_SLOT_UPDATES};
 use cairn_proto as pb;
-use std::time::Duration;
+use support::start_node;
 use tonic::{Request, Status};
 
 /// A one-node cluster on 127.0.0.1:0 in a temp dir (kept until dropped), a client of it, and
@@ -22,21 +24,6 @@ async fn one_node() -> (
     let node = start_node(dir.path(), l).await;
     let meta = cairn_common::MetaClient::new(vec![addr.clone()]);
     (dir, node, meta, addr)
-}
-
-/// Starts (or restarts) the one-node cluster of `dir` on listener `l`.
-async fn start_node(
-    dir: &std::path::Path,
-    l: tokio::net::TcpListener,
-) -> cairn_meta_server::RunningNode {
-    use cairn_meta_server::config::{Config, Peer};
-    let addr = l.local_addr().unwrap().to_string();
-    let mut cfg = Config::new(1, addr.clone(), dir);
-    cfg.peers = vec![Peer { id: 1, addr }];
-    cfg.drain_timeout = Duration::from_secs(1);
-    cairn_meta_server::start_with_listener(cfg, l)
-        .await
-        .unwrap()
 }
 
 /// The whole service against a real one-node cluster: namespace calls, chunk-server
