@@ -1151,18 +1151,7 @@ fn entries() -> BoxedStrategy<Vec<openraft::Entry<TypeConfig>>> {
             payload: if blank {
                 EntryPayload::Blank
             } else {
-                EntryPayload::Normal(Command::Create(Create {
-                    parent: 1,
-                    name: [b"forged-".to_vec(), n].concat(),
-                    kind: cairn_common::Kind::Regular,
-                    mode: 0o644,
-                    uid: 0,
-                    gid: 0,
-                    rdev: 0,
-                    symlink_target: Vec::new(),
-                    exclusive: true,
-                    now: cairn_common::Time::default(),
-                }))
+                EntryPayload::Normal(forged_create([b"forged-".to_vec(), n].concat()))
             },
         }
     });
@@ -1256,18 +1245,7 @@ fn impersonation(term: u64, last: u64, back: u64) -> AppendEntriesRequest<TypeCo
         prev_log_id: Some(own(prev)),
         entries: vec![openraft::Entry {
             log_id: own(prev + 1),
-            payload: EntryPayload::Normal(Command::Create(Create {
-                parent: 1,
-                name: IMPERSONATION.to_vec(),
-                kind: cairn_common::Kind::Regular,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                rdev: 0,
-                symlink_target: Vec::new(),
-                exclusive: true,
-                now: cairn_common::Time::default(),
-            })),
+            payload: EntryPayload::Normal(forged_create(IMPERSONATION.to_vec())),
         }],
         leader_commit: Some(own(prev + 1)),
     }
@@ -1903,4 +1881,20 @@ async fn a_raft_request_impersonating_the_node_itself_is_refused() {
     assert_no_forged_entries(&mut meta).await;
     create(&mut meta, 1, b"after-restart", pb::FileKind::Regular, b"").await;
     node.shutdown().await.unwrap();
+}
+
+/// The command a forged entry carries: a file `name` in the root, which must never appear.
+fn forged_create(name: Vec<u8>) -> Command {
+    Command::Create(Create {
+        parent: 1,
+        name,
+        kind: cairn_common::Kind::Regular,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        symlink_target: Vec::new(),
+        exclusive: true,
+        now: cairn_common::Time::default(),
+    })
 }

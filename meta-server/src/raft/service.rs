@@ -55,6 +55,19 @@ fn decode<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
 /// cluster, never elects a leader again.
 pub const MAX_PLAUSIBLE: u64 = 1 << 56;
 
+impl RaftServiceImpl {
+    /// The door every Raft request passes before openraft sees it: its vote must not name this
+    /// node as the sender, and no term or index in it may be implausible.
+    fn admit<'a>(
+        &self,
+        vote: &Vote,
+        log_ids: impl IntoIterator<Item = &'a LogId>,
+    ) -> Result<(), Status> {
+        self.not_from_self(vote)?;
+        plausible(vote, log_ids)
+    }
+}
+
 /// Refuses a request that names an implausible term or index (see [`MAX_PLAUSIBLE`]).
 fn plausible<'a>(vote: &Vote, log_ids: impl IntoIterator<Item = &'a LogId>) -> Result<(), Status> {
     let bad = |what: &str, v: u64| {
@@ -89,16 +102,14 @@ impl RaftService for RaftServiceImpl {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = decode(request)?;
-        self.not_from_self(&rpc.vote)?;
         let ids = rpc.prev_log_id.iter().chain(&rpc.leader_commit);
-        plausible(&rpc.vote, ids.chain(rpc.entries.iter().map(|e| &e.log_id)))?;
+        self.admit(&rpc.vote, ids.chain(rpc.entries.iter().map(|e| &e.log_id)))?;
         encode(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: openraft::raft::VoteRequest<NodeId> = decode(request)?;
-        self.not_from_self(&rpc.vote)?;
-        plausible(&rpc.vote, &rpc.last_log_id)?;
+        self.admit(&rpc.vote, &rpc.last_log_id)?;
         encode(&self.raft.vote(rpc).await)
     }
 
@@ -107,8 +118,7 @@ impl RaftService for RaftServiceImpl {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: openraft::raft::InstallSnapshotRequest<TypeConfig> = decode(request)?;
-        self.not_from_self(&rpc.vote)?;
-        plausible(&rpc.vote, &rpc.meta.last_log_id)?;
+        self.admit(&rpc.vote, &rpc.meta.last_log_id)?;
         encode(&self.raft.install_snapshot(rpc).await)
     }
 }
